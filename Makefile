@@ -1,0 +1,48 @@
+# The README's two commands: `make quickstart` (demo run) and `make test` (whole suite).
+# Each creates .venv and installs what it needs. PYTHON picks the interpreter for the venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Where no GPU exists, install the CPU build of torch first (a plain `torch` would pull a CUDA build).
+CPU_TORCH ?= torch==2.13.0
+
+.PHONY: quickstart test install venv dev lint bench clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@if ! nvidia-smi -L >/dev/null 2>&1 && [ ! -e /dev/kfd ]; then \
+		echo "no GPU found: installing the CPU build of torch ($(CPU_TORCH))"; \
+		$(PIP) install -q "$(CPU_TORCH)" || echo "could not install $(CPU_TORCH); the package range decides"; \
+	fi
+	touch $@
+
+venv: $(VENV)/.created
+
+# Installs the package with its compiled kernels (scikit-build-core + CMake; build/ caches objects).
+install: venv
+	$(PIP) install -q ".[test]"
+
+quickstart: install
+	$(VENV)/bin/aam demo --output-dir demo-run
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks kernels
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-json=benchmarks/results/cpu-latest.json -q
+
+# Developer build: compiles the modules into src/aam and links kernels/ so `PYTHONPATH=src` works.
+dev: venv
+	$(PIP) install -q scikit-build-core pybind11
+	cmake -S . -B build/dev -G Ninja -DAAM_INPLACE=ON -DAAM_BACKEND=$${AAM_BACKEND:-cpu} \
+		-DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
+	cmake --build build/dev -j2
+	ln -sfn ../../kernels src/aam/kernels
+
+clean:
+	rm -rf build dist $(VENV) src/aam/*.so src/aam/kernels

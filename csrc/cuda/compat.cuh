@@ -1,0 +1,47 @@
+// One header makes the CUDA sources compile as HIP (hipcc, AMD): runtime names, warp size, shuffles.
+#pragma once
+#if defined(AAM_HIP) || defined(__HIP_PLATFORM_AMD__)
+#include <hip/hip_runtime.h>
+#include <hip/hip_fp16.h>
+#include <hip/hip_bfloat16.h>
+#define AAM_GPU_HIP 1
+using gpuStream_t = hipStream_t;
+using gpuError_t = hipError_t;
+#define gpuSuccess hipSuccess
+#define gpuGetLastError hipGetLastError
+#define gpuGetErrorString hipGetErrorString
+#define gpuMemsetAsync hipMemsetAsync
+// AMD CDNA wavefronts are 64 lanes.
+#define AAM_WARP_SIZE 64
+#define AAM_SHFL_XOR(v, m) __shfl_xor((v), (m))
+using aam_half = __half;
+using aam_bf16 = hip_bfloat16;
+__device__ inline float aam_to_float(aam_bf16 x) { return static_cast<float>(x); }
+__device__ inline aam_bf16 aam_from_float_bf16(float x) { return aam_bf16(x); }
+#else
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+using gpuStream_t = cudaStream_t;
+using gpuError_t = cudaError_t;
+#define gpuSuccess cudaSuccess
+#define gpuGetLastError cudaGetLastError
+#define gpuGetErrorString cudaGetErrorString
+#define gpuMemsetAsync cudaMemsetAsync
+#define AAM_WARP_SIZE 32
+#define AAM_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+using aam_half = __half;
+using aam_bf16 = __nv_bfloat16;
+__device__ inline float aam_to_float(aam_bf16 x) { return __bfloat162float(x); }
+__device__ inline aam_bf16 aam_from_float_bf16(float x) { return __float2bfloat16(x); }
+#endif
+__device__ inline float aam_to_float(float x) { return x; }
+__device__ inline float aam_to_float(double x) { return static_cast<float>(x); }
+__device__ inline float aam_to_float(aam_half x) { return __half2float(x); }
+
+#include <stdexcept>
+#include <string>
+inline void aam_check_launch(const char* what) {
+  gpuError_t err = gpuGetLastError();
+  if (err != gpuSuccess) throw std::runtime_error(std::string(what) + ": " + gpuGetErrorString(err));
+}

@@ -1,0 +1,1 @@
+"""Triton kernels, shipped inside the wheel as `aam.kernels`. Imported only when Triton is present."""

@@ -1,0 +1,5 @@
+import sys
+
+from aam.cli.main import main
+
+sys.exit(main())

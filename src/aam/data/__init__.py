@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "load_table": "biom_io", "rarefy": "biom_io", "RarefactionInfo": "biom_io", "sample_totals": "biom_io",
     "feature_sequences": "sequences", "load_sequences": "sequences", "read_qza_tree": "sequences",
-    "is_sequence": "sequences",
+    "is_sequence": "sequences", "table_sequences": "sequences",
     "tokenize": "tokenizer", "TokenReport": "tokenizer", "PAD": "tokenizer", "START": "tokenizer",
     "MASK": "tokenizer", "VOCAB_SIZE": "tokenizer",
     "DistanceMatrix": "distances", "load_distance_matrix": "distances", "write_distance_matrix": "distances",

@@ -24,6 +24,8 @@
 
 // FP exceptions are never inspected: let the compiler if-convert the clamps and selects so they vectorise.
 #pragma GCC optimize("no-trapping-math", "no-math-errno")
+// The vector helpers are always inlined, so the AVX argument-passing ABI note does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 #define AAM_INLINE inline __attribute__((always_inline))
 

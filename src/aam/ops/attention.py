@@ -446,6 +446,8 @@ def _check_triton(req: registry.Request) -> str | None:
         return why
     if req["dtype"] not in (torch.float32, *_HALF):
         return f"dtype {req['dtype']} not supported (fp32/fp16/bf16)"
+    if dev.type == "cpu" and req["dtype"] == torch.bfloat16:
+        return "the Triton interpreter mishandles bfloat16 (runs on GPUs)"
     if req.get("head_dim") not in GPU_HEAD_DIMS:
         return f"head_dim {req.get('head_dim')} not in {GPU_HEAD_DIMS}"
     return None

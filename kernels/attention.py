@@ -143,6 +143,11 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, BOUND, MASK, H, L_Q, L_K, scale,
     tl.store(DQ + qoff, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation (tests replace it to poison outputs with NaN)."""
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -171,8 +176,8 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bound: 
     """q, k, v [N, H, L, Dh]; bound int32 [N]; mask [N, Lk] (True at padding) or None -> (out, lse fp32)."""
     n, h, lq, d = q.shape
     lk = k.shape[2]
-    out = torch.empty((n, h, lq, d), dtype=q.dtype, device=q.device)
-    lse = torch.empty((n, h, lq), dtype=torch.float32, device=q.device)
+    out = _empty((n, h, lq, d), q.dtype, q.device)
+    lse = _empty((n, h, lq), torch.float32, q.device)
     cfg = _launch(d, q.device)
     m, has_mask = _mask_arg(mask, bound)
     grid = (triton.cdiv(lq, cfg["BLOCK_M"]), n * h)
@@ -192,7 +197,7 @@ def attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     lk = k.shape[2]
     delta = (dout.float() * out.float()).sum(-1).contiguous()
     lse = lse.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (q, k, v))
     cfg = _launch(d, q.device)
     m, has_mask = _mask_arg(mask, bound)
     common = dict(HAS_MASK=has_mask, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=d,

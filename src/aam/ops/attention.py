@@ -100,6 +100,11 @@ def _sdpa_self_check(device: torch.device) -> str | None:
 # ---- custom (compiled) --------------------------------------------------------------------------
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Output allocation of the compiled backends (tests replace it to poison outputs with NaN)."""
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
 def _s3(t: torch.Tensor) -> list[int]:
     return [t.stride(0), t.stride(1), t.stride(2)]
 
@@ -133,8 +138,8 @@ def _cpu_forward(q, k, v, lengths, mask, scale):
     dtype = q.dtype
     qc, kc, vc = _cpu_ready(q), _cpu_ready(k), _cpu_ready(v)
     n, h, lq, d = qc.shape
-    out = torch.empty((n, h, lq, d), dtype=qc.dtype)
-    lse = torch.empty((n, h, lq), dtype=qc.dtype)
+    out = _empty((n, h, lq, d), qc.dtype)
+    lse = _empty((n, h, lq), qc.dtype)
     lens, m = _mask_args(lengths, mask)
     mod.attention_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
                           lse.data_ptr(), _ptr(lens), _ptr(m), 0 if m is None else m.stride(0), 0, n, h, lq,
@@ -147,7 +152,7 @@ def _cpu_backward(dout, q, k, v, out, lse, lengths, mask, scale):
     mod = _ext.cpu_module()
     qc, kc, vc, oc, gc = (_cpu_ready(t) for t in (q, k, v, out, dout))
     n, h, lq, d = qc.shape
-    dq = torch.empty(qc.shape, dtype=qc.dtype)
+    dq = _empty(qc.shape, qc.dtype)
     dk = torch.zeros(kc.shape, dtype=qc.dtype)
     dv = torch.zeros(vc.shape, dtype=qc.dtype)
     lens, m = _mask_args(lengths, mask)
@@ -174,8 +179,8 @@ def _gpu_forward(q, k, v, lengths, mask, scale):
     mod = _ext.gpu_module()
     qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
     n, h, seq, d = qc.shape
-    out = torch.empty_like(qc)
-    lse = torch.empty((n, h, seq), dtype=torch.float32, device=q.device)
+    out = _empty(qc.shape, qc.dtype, q.device)
+    lse = _empty((n, h, seq), torch.float32, q.device)
     bound = kv_bounds(lengths, mask, n, seq, q.device)
     m = None if mask is None else mask.contiguous().view(torch.uint8)
     mod.attention_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
@@ -188,7 +193,7 @@ def _gpu_backward(dout, q, k, v, out, lse, lengths, mask, scale):
     mod = _ext.gpu_module()
     qc, kc, vc, oc, gc = (t.contiguous() for t in (q, k, v, out, dout))
     n, h, seq, d = qc.shape
-    dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
+    dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (qc, kc, vc))
     delta = torch.empty((n, h, seq), dtype=torch.float32, device=q.device)
     bound = kv_bounds(lengths, mask, n, seq, q.device)
     m = None if mask is None else mask.contiguous().view(torch.uint8)
@@ -297,8 +302,8 @@ def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
     qc, kc, vc = _cpu_ready(q), _cpu_ready(k), _cpu_ready(v)
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
-    out = torch.empty((t, h, d), dtype=qc.dtype)
-    lse = torch.empty((t, h), dtype=qc.dtype)
+    out = _empty((t, h, d), qc.dtype)
+    lse = _empty((t, h), qc.dtype)
 
     def s(x):  # (n unused, h, token)
         return [0, x.stride(1), x.stride(0)]
@@ -314,7 +319,7 @@ def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
     qc, kc, vc, oc, gc = (_cpu_ready(x) for x in (q, k, v, out, dout))
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
-    dq = torch.empty(qc.shape, dtype=qc.dtype)
+    dq = _empty(qc.shape, qc.dtype)
     dk = torch.zeros(kc.shape, dtype=qc.dtype)
     dv = torch.zeros(vc.shape, dtype=qc.dtype)
 

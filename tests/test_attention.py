@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from attention_parity import assert_parity, make_case, poison_outputs
 
 from aam.errors import BackendUnavailable
 from aam.ops import _ext
 from aam.ops import attention as A
 from aam.ops.attention import masked_attention, masked_attention_varlen
-from attention_parity import assert_parity, make_case, poison_outputs
 
 HAVE_CPU_KERNEL = _ext.cpu_module() is not None and hasattr(_ext.cpu_module(), "attention_forward")
 needs_cpu_kernel = pytest.mark.skipif(not HAVE_CPU_KERNEL, reason="aam._C with attention not built (make dev)")
@@ -22,6 +22,15 @@ SHAPES = [(1, 1), (3, 1), (3, 7), (3, 149), (3, 150), (3, 151), (1, 151), (127, 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     poison_outputs(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny shapes: torch's own thread pool only adds contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

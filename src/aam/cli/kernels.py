@@ -29,4 +29,6 @@ def kernels(json_path: str | None, device: str, no_check: bool) -> int:
     if json_path:
         diagnostics.write_json(rep, json_path)
         click.echo(f"report written to {json_path}")
-    return 1 if rep["failed"] else 0
+    if rep["failed"]:
+        click.get_current_context().exit(1)
+    return 0

@@ -93,7 +93,11 @@ def _sdpa_self_check(device: torch.device) -> str | None:
     """On ROCm, SDPA's masked paths have returned wrong results: compare with math before trusting it."""
     if device.type != "cuda" or not torch.version.hip:
         return None
-    res = self_check("sdpa", device)
+    # Calls the SDPA implementation directly: dispatching here would re-enter this self-check.
+    def run(q, k, v, mask):
+        return _sdpa(q, k, v, mask, None, 1.0 / math.sqrt(q.shape[-1]), 0.0)
+
+    res = _combine([_check_one(run, device, dt) for dt in (torch.float32, torch.float16, torch.bfloat16)])
     return None if res["ok"] else f"self-check against math failed ({res['detail']})"
 
 
@@ -591,35 +595,71 @@ def _random_case(device: torch.device, n: int = 5, h: int = 2, seq: int = 37, d:
     return [t.to(device) for t in (q, k, v)], mask.to(device)
 
 
-def self_check(backend: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict:
-    """Random masked case (fully padded row, length-1 row, a hole in a mask) vs float64 math.
+_TOLS = {torch.float32: (1e-4, 1e-3), torch.float16: (2e-2, 5e-2), torch.bfloat16: (1e-1, 2e-1),
+         torch.float64: (1e-9, 1e-8)}
 
-    Returns {"ok", "max_err_fwd", "max_err_bwd", "tol_fwd", "tol_bwd", "nan", "detail"}.
-    """
-    device = torch.device(device)
+
+def _check_one(fn, device: torch.device, dtype: torch.dtype) -> dict:
+    """Run fn(q, k, v, mask) on the random case in `dtype`; errors vs float64 math, NaN, exact-zero rows."""
     (q, k, v), mask = _random_case(device)
     ref_inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
     ref = attention_math(*ref_inputs, mask, 1.0 / math.sqrt(q.shape[-1]), 0.0)
-    grad_out = torch.randn_like(ref)
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=ref.dtype).to(device)
     ref_grads = torch.autograd.grad(ref, ref_inputs, grad_out)
     inputs = [t.to(dtype).clone().requires_grad_(True) for t in (q, k, v)]
-    out = masked_attention(*inputs, key_padding_mask=mask, backend=backend)
+    out = fn(*inputs, mask)
     grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
     nan = bool(torch.isnan(out).any()) or any(bool(torch.isnan(g).any()) for g in grads)
     err_f = (out.double() - ref).abs().max().item()
     err_b = max((g.double() - r).abs().max().item() for g, r in zip(grads, ref_grads, strict=True))
-    tol_f, tol_b = {torch.float32: (1e-4, 1e-3), torch.float16: (2e-2, 5e-2),
-                    torch.bfloat16: (1e-1, 2e-1)}.get(dtype, (1e-9, 1e-8))
+    tol_f, tol_b = _TOLS[dtype]
     empty = mask.all(-1)
     exact_zero = bool((out[empty] == 0).all()) and bool((grads[0][empty] == 0).all())
     ok = not nan and err_f <= tol_f and err_b <= tol_b and exact_zero
-    detail = f"max err fwd {err_f:.2e} (tol {tol_f:.0e}), bwd {err_b:.2e} (tol {tol_b:.0e})"
+    detail = f"{_dtype_name(dtype)}: max err fwd {err_f:.2e} (tol {tol_f:.0e}), bwd {err_b:.2e} (tol {tol_b:.0e})"
     if nan:
         detail += ", NaN in output or gradient"
     if not exact_zero:
         detail += ", fully padded row not exactly 0"
     return {"ok": ok, "max_err_fwd": err_f, "max_err_bwd": err_b, "tol_fwd": tol_f, "tol_bwd": tol_b,
             "nan": nan, "detail": detail}
+
+
+def _combine(results: list[dict]) -> dict:
+    worst = max(results, key=lambda r: r["max_err_fwd"] / r["tol_fwd"])
+    return {**worst, "ok": all(r["ok"] for r in results), "nan": any(r["nan"] for r in results),
+            "max_err_bwd": max(r["max_err_bwd"] for r in results),
+            "detail": "; ".join(r["detail"] for r in results)}
+
+
+def self_check(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> dict:
+    """Random masked case (fully padded row, length-1 row, a hole in a mask) vs float64 math.
+
+    dtype None checks float32, plus bfloat16 on GPUs (when the backend takes it).
+    Returns {"ok", "max_err_fwd", "max_err_bwd", "tol_fwd", "tol_bwd", "nan", "detail"}.
+    """
+    device = torch.device(device)
+    dtypes = [dtype] if dtype is not None else (
+        [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32])
+    results = []
+    for dt in dtypes:
+        req = {"device": device, "dtype": dt, "head_dim": 32, "seq_len": 37, "q_len": 37, "dropout_p": 0.0}
+        if dtype is None and dt != torch.float32 and backend != "auto" \
+                and _backend_check(backend, req) is not None:
+            continue  # the backend does not take this dtype here; the table says so
+
+        def run(q, k, v, mask):
+            return masked_attention(q, k, v, key_padding_mask=mask, backend=backend)
+
+        results.append(_check_one(run, device, dt))
+    return _combine(results)
+
+
+def _backend_check(name: str, req: registry.Request) -> str | None:
+    for b in registry.backends(OP):
+        if b.name == name:
+            return b.check(req)
+    return f"no backend {name}"
 
 
 def self_check_masked_attention_varlen(backend: str, device: torch.device | str,

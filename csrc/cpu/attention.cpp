@@ -213,10 +213,38 @@ AAM_INLINE void accumulate_rows(const T* w, const T* rows, int64_t nk, int64_t n
   }
 }
 
+// acc[j][d] += sum_{i < nrows} w[i][j] * rows[i][d] for j < nk: a register-blocked GEMM over a chunk of
+// queries (KB keys x DB dims live in registers across all rows), used for dV = P^T dO and dK = dS^T Q.
+template <typename T>
+AAM_INLINE void chunk_accumulate(const T* w, const T* rows, int64_t nrows, int64_t nk, int64_t nkp, int64_t dp,
+                                 T* acc) {
+  constexpr int W = VecOf<T>::lanes, NV = DB / W, KB = 4;
+  static_assert(JB % KB == 0, "key padding must cover the key blocks");
+  for (int64_t j0 = 0; j0 < nk; j0 += KB) {
+    for (int64_t d0 = 0; d0 < dp; d0 += DB) {
+      Vec<T> a[KB][NV];
+      for (int jj = 0; jj < KB; ++jj)
+        for (int u = 0; u < NV; ++u) a[jj][u] = vload(acc + (j0 + jj) * dp + d0 + u * W);
+      for (int64_t i = 0; i < nrows; ++i) {
+        const T* wr = w + i * nkp + j0;
+        Vec<T> r[NV];
+        for (int u = 0; u < NV; ++u) r[u] = vload(rows + i * dp + d0 + u * W);
+        for (int jj = 0; jj < KB; ++jj) {
+          const T c = wr[jj];
+          for (int u = 0; u < NV; ++u) a[jj][u] += c * r[u];
+        }
+      }
+      for (int jj = 0; jj < KB; ++jj)
+        for (int u = 0; u < NV; ++u) vstore(acc + (j0 + jj) * dp + d0 + u * W, a[jj][u]);
+    }
+  }
+}
+
 template <typename T>
 struct Work {
   std::vector<int64_t> idx;
   std::vector<T> kt, vt, kc, vc, dkc, dvc, rows, rows2, s, s2, out;
+  std::vector<T> pc, dsc, qcr, gcr;  // backward: P, dS, scaled Q and dO of a chunk of queries
 };
 
 // Gather the valid keys: xt [dp][nkp] (transposed) and/or xc [nkp][dp] (row-major), zero padded.
@@ -308,54 +336,63 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
   gather_keys<T>(p, p.v, p.sv, n, h, w.idx, dp, nkp, &w.vt, nullptr);
   w.dkc.assign(nkp * dp, T(0));
   w.dvc.assign(nkp * dp, T(0));
-  w.rows.assign(QB * dp, T(0));
-  w.rows2.assign(QB * dp, T(0));
-  w.s.assign(QB * nkp, T(0));
-  w.s2.assign(QB * nkp, T(0));
+  constexpr int64_t QC = 64;  // queries per chunk (multiple of QB)
+  w.pc.assign(QC * nkp, T(0));
+  w.dsc.assign(QC * nkp, T(0));
+  w.qcr.assign(QC * dp, T(0));
+  w.gcr.assign(QC * dp, T(0));
   w.out.assign(QB * dp, T(0));
   const T scale = static_cast<T>(p.scale);
   const int64_t qb0 = base(p, p.sq, n) + h * p.sq.h;
   const int64_t ob0 = base(p, p.so, n) + h * p.so.h;
   const int64_t gb0 = base(p, p.sdo, n) + h * p.sdo.h;
   const int64_t lb0 = base(p, p.slse, n) + h * p.slse.h;
-  for (int64_t i = 0; i < nq; i += QB) {
-    const int64_t nb = std::min<int64_t>(QB, nq - i);
-    std::fill(w.rows.begin(), w.rows.end(), T(0));
-    std::fill(w.rows2.begin(), w.rows2.end(), T(0));
-    T delta[QB] = {}, lse_q[QB];
-    for (int qq = 0; qq < QB; ++qq) lse_q[qq] = std::numeric_limits<T>::infinity();
-    for (int64_t qq = 0; qq < nb; ++qq) {
-      const int64_t r = i + qq;
-      T acc = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const T g = load<T>(p.dout, gb0 + r * p.sdo.l + d);
-        w.rows[qq * dp + d] = scale * load<T>(p.q, qb0 + r * p.sq.l + d);
-        w.rows2[qq * dp + d] = g;
-        acc += g * load<T>(p.o, ob0 + r * p.so.l + d);
+  for (int64_t c0 = 0; c0 < nq; c0 += QC) {
+    const int64_t nrows = round_up(std::min<int64_t>(QC, nq - c0), QB);
+    std::fill(w.qcr.begin(), w.qcr.begin() + nrows * dp, T(0));
+    std::fill(w.gcr.begin(), w.gcr.begin() + nrows * dp, T(0));
+    for (int64_t sub = 0; sub < nrows; sub += QB) {
+      const int64_t i = c0 + sub;
+      const int64_t nb = std::min<int64_t>(QB, nq - i);
+      T* qrows = w.qcr.data() + sub * dp;
+      T* grows = w.gcr.data() + sub * dp;
+      T* pr0 = w.pc.data() + sub * nkp;
+      T* ds0 = w.dsc.data() + sub * nkp;
+      T delta[QB] = {}, lse_q[QB];
+      for (int qq = 0; qq < QB; ++qq) lse_q[qq] = std::numeric_limits<T>::infinity();
+      for (int64_t qq = 0; qq < nb; ++qq) {
+        const int64_t r = i + qq;
+        T acc = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const T g = load<T>(p.dout, gb0 + r * p.sdo.l + d);
+          qrows[qq * dp + d] = scale * load<T>(p.q, qb0 + r * p.sq.l + d);
+          grows[qq * dp + d] = g;
+          acc += g * load<T>(p.o, ob0 + r * p.so.l + d);
+        }
+        delta[qq] = acc;
+        lse_q[qq] = lse[lb0 + r * p.slse.l];
       }
-      delta[qq] = acc;
-      lse_q[qq] = lse[lb0 + r * p.slse.l];
-    }
-    block_scores(w.rows.data(), w.kt.data(), dp, nkp, w.s.data());    // scaled scores
-    block_scores(w.rows2.data(), w.vt.data(), dp, nkp, w.s2.data());  // dP = dO . v
-    for (int qq = 0; qq < QB; ++qq) {
-      T* pr = w.s.data() + qq * nkp;
-      T* dsr = w.s2.data() + qq * nkp;
-      const T l = lse_q[qq], dl = delta[qq];
-      for (int64_t j = 0; j < nkp; ++j) {
-        const T pj = exp_approx(pr[j] - l);
-        pr[j] = pj;
-        dsr[j] = pj * (dsr[j] - dl);
+      block_scores(qrows, w.kt.data(), dp, nkp, pr0);  // scaled scores
+      block_scores(grows, w.vt.data(), dp, nkp, ds0);  // dP = dO . v
+      for (int qq = 0; qq < QB; ++qq) {
+        T* pr = pr0 + qq * nkp;
+        T* dsr = ds0 + qq * nkp;
+        const T l = lse_q[qq], dl = delta[qq];
+        for (int64_t j = 0; j < nkp; ++j) {
+          const T pj = exp_approx(pr[j] - l);
+          pr[j] = pj;
+          dsr[j] = pj * (dsr[j] - dl);
+        }
+        for (int64_t j = nk; j < nkp; ++j) pr[j] = dsr[j] = T(0);
       }
-      for (int64_t j = nk; j < nkp; ++j) pr[j] = dsr[j] = T(0);
+      // dQ_q = scale * sum_j dS_qj k_j
+      block_weighted_rows(ds0, w.kc.data(), nk, nkp, dp, w.out.data());
+      for (int64_t qq = 0; qq < nb; ++qq)
+        for (int64_t d = 0; d < D; ++d) dq[dqb + (i + qq) * p.sdq.l + d] = scale * w.out[qq * dp + d];
     }
     // dV_j += sum_q P_qj dO_q ; dK_j += sum_q dS_qj (scale q_q)
-    accumulate_rows(w.s.data(), w.rows2.data(), nk, nkp, dp, w.dvc.data());
-    accumulate_rows(w.s2.data(), w.rows.data(), nk, nkp, dp, w.dkc.data());
-    // dQ_q = scale * sum_j dS_qj k_j
-    block_weighted_rows(w.s2.data(), w.kc.data(), nk, nkp, dp, w.out.data());
-    for (int64_t qq = 0; qq < nb; ++qq)
-      for (int64_t d = 0; d < D; ++d) dq[dqb + (i + qq) * p.sdq.l + d] = scale * w.out[qq * dp + d];
+    chunk_accumulate(w.pc.data(), w.gcr.data(), nrows, nk, nkp, dp, w.dvc.data());
+    chunk_accumulate(w.dsc.data(), w.qcr.data(), nrows, nk, nkp, dp, w.dkc.data());
   }
   const int64_t kb = base(p, p.sdk, n) + h * p.sdk.h;
   const int64_t vb = base(p, p.sdv, n) + h * p.sdv.h;

@@ -57,6 +57,6 @@ void bind_attention_cpu(py::module_& m) {
                                     sdq.data(), sdk.data(), sdv.data(), scale);
       },
       py::call_guard<py::gil_scoped_release>(),
-      "Masked attention backward (fp32/fp64): dq (all rows), dk / dv (valid key rows; pass zeroed buffers).");
+      "Masked attention backward (fp32/fp64): writes every row of dq, dk, dv (0 at padded keys and at queries without a key).");
   m.def("attention_has_avx2", &aam::attention_cpu_has_avx2, "Whether the AVX2+FMA attention path runs here.");
 }

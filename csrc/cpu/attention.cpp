@@ -326,9 +326,14 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
   const int64_t dqb = base(p, p.sdq, n) + h * p.sdq.h;
   valid_keys(p, n, w.idx);
   const int64_t nk = static_cast<int64_t>(w.idx.size());
-  if (nk == 0) {  // dk / dv arrive zeroed; only dq needs writing
+  const int64_t kb = base(p, p.sdk, n) + h * p.sdk.h;
+  const int64_t vb = base(p, p.sdv, n) + h * p.sdv.h;
+  const int64_t key_rows = p.cu ? nk : p.Lk;  // every key row of dk / dv is written (0 at padding)
+  if (nk == 0) {
     for (int64_t i = 0; i < nq; ++i)
       for (int64_t d = 0; d < D; ++d) dq[dqb + i * p.sdq.l + d] = T(0);
+    for (int64_t j = 0; j < key_rows; ++j)
+      for (int64_t d = 0; d < D; ++d) dk[kb + j * p.sdk.l + d] = dv[vb + j * p.sdv.l + d] = T(0);
     return;
   }
   const int64_t nkp = round_up(nk, JB);
@@ -394,14 +399,14 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
     chunk_accumulate(w.pc.data(), w.gcr.data(), nrows, nk, nkp, dp, w.dvc.data());
     chunk_accumulate(w.dsc.data(), w.qcr.data(), nrows, nk, nkp, dp, w.dkc.data());
   }
-  const int64_t kb = base(p, p.sdk, n) + h * p.sdk.h;
-  const int64_t vb = base(p, p.sdv, n) + h * p.sdv.h;
-  for (int64_t jj = 0; jj < nk; ++jj) {
-    const int64_t j = w.idx[jj];
+  int64_t jj = 0;  // idx is ascending
+  for (int64_t j = 0; j < key_rows; ++j) {
+    const bool has = jj < nk && w.idx[jj] == j;
     for (int64_t d = 0; d < D; ++d) {
-      dk[kb + j * p.sdk.l + d] = w.dkc[jj * dp + d];
-      dv[vb + j * p.sdv.l + d] = w.dvc[jj * dp + d];
+      dk[kb + j * p.sdk.l + d] = has ? w.dkc[jj * dp + d] : T(0);
+      dv[vb + j * p.sdv.l + d] = has ? w.dvc[jj * dp + d] : T(0);
     }
+    jj += has;
   }
 }
 
@@ -447,6 +452,15 @@ int num_threads() {
 #endif
 }
 
+// Small problems run on the calling thread: waking a team costs more than it saves there.
+bool worth_threads(const Problem& p, int64_t max_q) {
+  int64_t rows = p.N * max_q;
+  if (p.cu) rows = p.cu[p.N];
+  const int64_t lk = p.cu ? std::max<int64_t>(max_q, 1) : p.Lk;
+  return static_cast<double>(rows) * static_cast<double>(p.H) * static_cast<double>(lk) *
+             static_cast<double>(p.D) >= double(1 << 24);
+}
+
 template <typename T, typename F>
 void run_forward(const Problem& p, F task) {
   // Whole sequences per task when there are plenty of (n, h) pairs, else split the queries too.
@@ -457,7 +471,7 @@ void run_forward(const Problem& p, F task) {
   const int64_t qblock = (p.N * p.H >= 4 * num_threads() || max_q <= 64) ? std::max<int64_t>(max_q, 1) : 64;
   const int64_t nqb = (std::max<int64_t>(max_q, 1) + qblock - 1) / qblock;
   const int64_t tasks = p.N * p.H * nqb;
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(p, max_q))
   {
     Work<T> w;
 #pragma omp for schedule(dynamic, 4)
@@ -473,7 +487,10 @@ void run_forward(const Problem& p, F task) {
 template <typename T, typename F>
 void run_backward(const Problem& p, F task) {
   const int64_t tasks = p.N * p.H;
-#pragma omp parallel
+  int64_t max_q = p.cu ? 0 : p.Lq;
+  if (p.cu)
+    for (int64_t n = 0; n < p.N; ++n) max_q = std::max(max_q, p.cu[n + 1] - p.cu[n]);
+#pragma omp parallel if (worth_threads(p, max_q))
   {
     Work<T> w;
 #pragma omp for schedule(dynamic, 2)

@@ -157,8 +157,8 @@ def _cpu_backward(dout, q, k, v, out, lse, lengths, mask, scale):
     qc, kc, vc, oc, gc = (_cpu_ready(t) for t in (q, k, v, out, dout))
     n, h, lq, d = qc.shape
     dq = _empty(qc.shape, qc.dtype)
-    dk = torch.zeros(kc.shape, dtype=qc.dtype)
-    dv = torch.zeros(vc.shape, dtype=qc.dtype)
+    dk = _empty(kc.shape, qc.dtype)
+    dv = _empty(vc.shape, qc.dtype)
     lens, m = _mask_args(lengths, mask)
     mod.attention_backward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
                            gc.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
@@ -324,8 +324,8 @@ def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
     dq = _empty(qc.shape, qc.dtype)
-    dk = torch.zeros(kc.shape, dtype=qc.dtype)
-    dv = torch.zeros(vc.shape, dtype=qc.dtype)
+    dk = _empty(kc.shape, qc.dtype)
+    dv = _empty(vc.shape, qc.dtype)
 
     def s(x):
         return [0, x.stride(1), x.stride(0)]

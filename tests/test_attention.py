@@ -141,9 +141,10 @@ def test_explicit_backend_errors_and_dropout():
 
 @needs_cpu_kernel
 def test_auto_picks_custom_on_cpu_for_padded_input():
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, 151, 151, 0.0, True) == "custom"
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, 151, 151, 0.1, True) == "sdpa"
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, 1024, 1024, 0.0, False) == "sdpa"
+    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, False, True, 0.0, True) == "custom"
+    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, False, True, 0.1, True) == "sdpa"
+    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, True, True, 0.0, False) == "sdpa"
+    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, True, True, 0.0, True) == "custom"
 
 
 def test_sdpa_fully_padded_rows_have_no_nan():
@@ -221,6 +222,25 @@ def test_torch_compile_fullgraph(backend):
     (gr,) = torch.autograd.grad(ref.sum(), x)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(gx, gr)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("custom", marks=needs_cpu_kernel), "auto"])
+def test_torch_compile_dynamic_lengths(backend):
+    """Recompiles with a symbolic sequence length must not break the graph at dispatch."""
+    torch._dynamo.reset()
+
+    def f(q, mask):
+        return masked_attention(q, q, q, key_padding_mask=mask, backend=backend)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    for seq in (11, 13, 17):
+        q = torch.randn(3, 2, seq, 16, requires_grad=True)
+        mask = torch.arange(seq)[None] >= torch.tensor([seq, 0, 2])[:, None]
+        out = compiled(q, mask)
+        (g,) = torch.autograd.grad(out.sum(), q)
+        (gr,) = torch.autograd.grad(f(q, mask).sum(), q)
+        torch.testing.assert_close(out, f(q, mask))
+        torch.testing.assert_close(g, gr)
 
 
 @pytest.mark.slow

@@ -292,7 +292,7 @@ def _check_custom(req: registry.Request) -> str | None:
             return f"dtype {req['dtype']} not supported on GPU (fp32/fp16/bf16)"
         if req.get("head_dim") not in GPU_HEAD_DIMS:
             return f"head_dim {req.get('head_dim')} not in {GPU_HEAD_DIMS}"
-        if req.get("q_len", req.get("seq_len")) != req.get("seq_len"):
+        if not req.get("same_len", req.get("q_len", req.get("seq_len")) == req.get("seq_len")):
             return "GPU kernel needs as many queries as keys"
         return None
     return f"no custom kernel for device type {dev.type}"
@@ -484,7 +484,7 @@ def _auto_refusal(name: str, req: registry.Request) -> str | None:
     if name == "triton" and dev.type == "cpu":
         return "the triton interpreter is for tests only"
     if name == "custom" and dev.type == "cpu" and not req.get("padded", True) \
-            and req.get("seq_len", 0) > CPU_CUSTOM_MAX_DENSE_LEN:
+            and req.get("long_rows", req.get("seq_len", 0) > CPU_CUSTOM_MAX_DENSE_LEN):
         return f"sdpa is as fast on the CPU for unpadded rows longer than {CPU_CUSTOM_MAX_DENSE_LEN}"
     return None
 
@@ -510,12 +510,27 @@ def _select(op: str, requested: str, req: registry.Request) -> str:
 
 
 @torch.compiler.assume_constant_result
-def _select_name(op: str, requested: str, device_type: str, dtype: str, head_dim: int, seq_len: int,
-                 q_len: int, dropout: float, padded: bool) -> str:
-    """Backend name for a request; a constant under torch.compile (runs once at trace time)."""
+def _select_name(op: str, requested: str, device_type: str, dtype: str, head_dim: int, long_rows: bool,
+                 same_len: bool, dropout: float, padded: bool) -> str:
+    """Backend name for a request; a constant under torch.compile (runs once at trace time).
+
+    Every argument is a plain constant (shapes enter only as the facts dispatch needs), so a graph
+    with dynamic sequence lengths still traces without a break.
+    """
     req = {"device": torch.device(device_type), "dtype": getattr(torch, dtype), "head_dim": head_dim,
-           "seq_len": seq_len, "q_len": q_len, "dropout_p": dropout, "padded": padded}
+           "long_rows": long_rows, "same_len": same_len, "dropout_p": dropout, "padded": padded}
     return _select(op, registry.resolve_name(op, requested), req)
+
+
+def _head_dim_const(dim) -> int:
+    """The head dim as a Python int; under torch.compile a symbolic size is specialised to one of the
+    kernel sizes (or -1: any other size) through guards instead of reaching dispatch as a SymInt."""
+    if not torch.compiler.is_compiling():
+        return int(dim)
+    for size in GPU_HEAD_DIMS:
+        if dim == size:
+            return size
+    return -1
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -554,8 +569,10 @@ def masked_attention(
                          f"{tuple(key_lengths.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     padded = key_padding_mask is not None or key_lengths is not None
-    name = _select_name(OP, backend, q.device.type, _dtype_name(q.dtype), int(q.shape[-1]), int(k.shape[2]),
-                        int(q.shape[2]), float(dropout_p), padded)
+    long_rows = True if k.shape[2] > CPU_CUSTOM_MAX_DENSE_LEN else False  # a guarded Python bool, never a SymBool
+    same_len = True if q.shape[2] == k.shape[2] else False
+    name = _select_name(OP, backend, q.device.type, _dtype_name(q.dtype), _head_dim_const(q.shape[-1]), long_rows,
+                        same_len, float(dropout_p), padded)
     return _IMPLS[(OP, name)](q, k, v, key_padding_mask, key_lengths, scale, dropout_p)
 
 
@@ -579,9 +596,10 @@ def masked_attention_varlen(
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError("masked_attention_varlen: cu_seqlens must be a 1-D tensor [B + 1] of offsets")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    name = _select_name(OP_VARLEN, backend, q.device.type, _dtype_name(q.dtype), int(q.shape[-1]),
-                        int(max_seqlen), int(max_seqlen), float(dropout_p), True)
-    return _IMPLS[(OP_VARLEN, name)](q, k, v, cu_seqlens, int(max_seqlen), scale, dropout_p)
+    long_rows = True if max_seqlen > CPU_CUSTOM_MAX_DENSE_LEN else False
+    name = _select_name(OP_VARLEN, backend, q.device.type, _dtype_name(q.dtype), _head_dim_const(q.shape[-1]),
+                        long_rows, True, float(dropout_p), True)
+    return _IMPLS[(OP_VARLEN, name)](q, k, v, cu_seqlens, max_seqlen, scale, dropout_p)
 
 
 # ---- self-check (aam kernels) -------------------------------------------------------------------
@@ -644,7 +662,8 @@ def self_check(backend: str, device: torch.device | str, dtype: torch.dtype | No
         [torch.float32, torch.bfloat16] if device.type == "cuda" else [torch.float32])
     results = []
     for dt in dtypes:
-        req = {"device": device, "dtype": dt, "head_dim": 32, "seq_len": 37, "q_len": 37, "dropout_p": 0.0}
+        req = {"device": device, "dtype": dt, "head_dim": 32, "long_rows": False, "same_len": True,
+               "dropout_p": 0.0}
         if dtype is None and dt != torch.float32 and backend != "auto" \
                 and _backend_check(backend, req) is not None:
             continue  # the backend does not take this dtype here; the table says so

@@ -252,3 +252,23 @@ def test_torch_compile_inductor_custom():
     mask = torch.arange(11)[None] >= torch.tensor([11, 0, 1, 6])[:, None]
     out = torch.compile(block, fullgraph=True)(x, mask)
     torch.testing.assert_close(out, block(x, mask))
+
+
+def test_self_check_catches_wrong_masked_results_and_nan():
+    """What `auto` relies on before trusting SDPA on ROCm: a mask-ignoring or NaN-leaking kernel fails."""
+    cpu = torch.device("cpu")
+
+    def ignores_mask(q, k, v, mask):
+        return A._sdpa(q, k, v, None, None, 1 / math.sqrt(q.shape[-1]), 0.0)
+
+    def nan_rows(q, k, v, mask):  # what several backends return for rows without a valid key
+        out = A._sdpa(q, k, v, mask, None, 1 / math.sqrt(q.shape[-1]), 0.0)
+        return out.masked_fill(mask.all(-1)[:, None, None, None], float("nan"))
+
+    bad = A._check_one(ignores_mask, cpu, torch.float32)
+    assert not bad["ok"] and bad["max_err_fwd"] > 1e-2
+    leaky = A._check_one(nan_rows, cpu, torch.float32)
+    assert not leaky["ok"] and leaky["nan"]
+    good = A._check_one(lambda q, k, v, m: A._sdpa(q, k, v, m, None, 1 / math.sqrt(q.shape[-1]), 0.0), cpu,
+                        torch.float32)
+    assert good["ok"], good["detail"]

@@ -1,0 +1,110 @@
+"""masked_attention fwd+bwd speed and memory for every backend that runs here, at the model's shapes.
+
+Shapes (H=4, Dh=32): nucleotide level N sequences x L=101/151; sample level N samples x L=64/256/1024 ASVs.
+Lengths are realistic: most rows use 30-60% of L, one in ten is full. CPU sizes are scaled down by
+default; AAM_BENCH_FULL=1 runs the full sizes (N=8192 nucleotide rows, 64 samples), meant for GPUs.
+
+    make dev && PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_attention.py --benchmark-enable -q
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_attention.py      # custom vs sdpa ratio table
+
+Each benchmark records in extra_info: the bytes autograd saves for backward (activation memory, all
+devices) and the peak GPU memory of one fwd+bwd (CUDA/ROCm).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+from aam.errors import BackendUnavailable
+from aam.ops.attention import masked_attention
+
+FULL = os.environ.get("AAM_BENCH_FULL") == "1"
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+HEADS, HEAD_DIM = 4, 32
+# (name, N, L)
+SHAPES = [
+    ("nucleotide", 8192 if FULL else 256, 101),
+    ("nucleotide", 8192 if FULL else 256, 151),
+    ("sample", 64 if FULL else 16, 64),
+    ("sample", 64 if FULL else 16, 256),
+    ("sample", 64 if FULL else 4, 1024),
+]
+BACKENDS = ["custom", "triton", "sdpa", "math"]
+DTYPE = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
+
+
+def make_inputs(n: int, seq: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, HEADS, seq, HEAD_DIM, generator=g).to(DEVICE, DTYPE).requires_grad_(True)
+               for _ in range(3))
+    frac = 0.3 + 0.3 * torch.rand(n, generator=g)
+    lengths = (frac * seq).long().clamp(1, seq)
+    lengths[::10] = seq
+    mask = (torch.arange(seq)[None, :] >= lengths[:, None]).to(DEVICE)
+    return q, k, v, mask
+
+
+def fwd_bwd(q, k, v, mask, backend):
+    out = masked_attention(q, k, v, key_padding_mask=mask, backend=backend)
+    out.backward(torch.ones_like(out))
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def saved_bytes(q, k, v, mask, backend) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = masked_attention(q, k, v, key_padding_mask=mask, backend=backend)
+    del out
+    return total
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("level,n,seq", SHAPES, ids=[f"{s[0]}-N{s[1]}-L{s[2]}" for s in SHAPES])
+def test_attention_fwd_bwd(benchmark, backend, level, n, seq):
+    q, k, v, mask = make_inputs(n, seq)
+    try:
+        fwd_bwd(q, k, v, mask, backend)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    benchmark.group = f"attention {level} N={n} L={seq} {DEVICE.type} {str(DTYPE).removeprefix('torch.')}"
+    benchmark.extra_info["saved_for_backward_bytes"] = saved_bytes(q, k, v, mask, backend)
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        fwd_bwd(q, k, v, mask, backend)
+        benchmark.extra_info["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    benchmark.pedantic(fwd_bwd, args=(q, k, v, mask, backend), rounds=3, iterations=1, warmup_rounds=1)
+
+
+def ratio_table(reps: int = 3) -> None:
+    """Best-of-`reps` fwd+bwd of custom and sdpa at every shape, and the sdpa / custom ratio."""
+    print(f"device {DEVICE.type}  dtype {DTYPE}  threads {torch.get_num_threads()}  full={FULL}")
+    print(f"{'shape':<24} {'custom ms':>10} {'sdpa ms':>10} {'sdpa/custom':>12}")
+    for level, n, seq in SHAPES:
+        q, k, v, mask = make_inputs(n, seq)
+        times = {}
+        for backend in ("custom", "sdpa"):
+            fwd_bwd(q, k, v, mask, backend)
+            best = float("inf")
+            for _ in range(reps):
+                start = time.perf_counter()
+                fwd_bwd(q, k, v, mask, backend)
+                best = min(best, time.perf_counter() - start)
+            times[backend] = best
+        print(f"{level + f' N={n} L={seq}':<24} {times['custom'] * 1e3:>10.1f} {times['sdpa'] * 1e3:>10.1f} "
+              f"{times['sdpa'] / times['custom']:>12.2f}")
+
+
+if __name__ == "__main__":
+    ratio_table(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -1,0 +1,85 @@
+"""The Triton attention kernels under TRITON_INTERPRET=1 on the CPU (fp32 / fp16, small shapes).
+
+TRITON_INTERPRET must be set before triton itself is imported, and it must not leak into the rest of
+the suite (it would turn every later triton use into the interpreter). So, unless this process already
+runs with TRITON_INTERPRET=1, the one collected test re-runs this file in a child pytest with it set.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = [pytest.mark.triton]
+
+
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+if not INTERPRET:
+
+    @pytest.mark.slow
+    @pytest.mark.skipif(not _has_triton(), reason="triton is not installed")
+    def test_triton_kernels_in_interpreter_subprocess():
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                              env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert " passed" in proc.stdout
+
+if INTERPRET:
+
+    @pytest.fixture(scope="module")
+    def interpreter():
+        import aam.kernels.attention as mod
+
+        return mod
+
+
+    @pytest.fixture(autouse=True)
+    def _poison(monkeypatch, interpreter):
+        from attention_parity import poison_outputs
+
+        poison_outputs(monkeypatch)
+        poison_outputs(monkeypatch, interpreter)
+
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+    @pytest.mark.parametrize("n,seq,d,holes", [(1, 1, 16, False), (3, 7, 16, True), (3, 33, 32, False),
+                                                (2, 40, 64, True)])
+    def test_triton_parity(dtype, n, seq, d, holes):
+        from attention_parity import assert_parity, make_case
+
+        q, k, v, dout, mask = make_case(n, seq, d=d, seed=seq + d, holes=holes)
+        assert_parity("triton", dtype, q, k, v, dout, mask)
+
+
+    def test_triton_key_lengths_and_opcheck():
+        from attention_parity import assert_parity, make_case
+
+        lengths = torch.tensor([0, 1, 17])
+        q, k, v, dout, mask = make_case(3, 17, lengths=lengths)
+        assert_parity("triton", torch.float32, q, k, v, dout, mask, lengths=lengths)
+        qf = q.float().requires_grad_(True)
+        torch.library.opcheck(torch.ops.aam.attention_triton_fwd.default, (qf, k.float(), v.float(), None, mask, 0.25),
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+    def test_triton_refuses_bf16_in_interpreter():
+        from aam.errors import BackendUnavailable
+        from aam.ops.attention import masked_attention
+
+        q = torch.randn(1, 1, 4, 16, dtype=torch.bfloat16)
+        with pytest.raises(BackendUnavailable, match="bfloat16"):
+            masked_attention(q, q, q, backend="triton")

@@ -14,67 +14,114 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "common.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// Compile the hot loops twice (AVX2+FMA and baseline); the loader picks one for this CPU.
-#define AAM_CLONES __attribute__((target_clones("arch=haswell", "default")))
+// Compile the hot loops twice (x86-64-v3 = AVX2+FMA, and baseline); the loader picks one for this CPU.
+#define AAM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define AAM_CLONES
 #endif
+// The templated bodies must be inlined into each clone so they are compiled for its target.
+#define AAM_INLINE __attribute__((always_inline))
 
 namespace aam {
 namespace pairwise_loss {
 
-constexpr int64_t kRows = 4;    // rows i per backward sweep
-constexpr int64_t kCols = 4;    // columns j per forward inner loop
-constexpr int64_t kBlock = 64;  // columns j per low-precision partial sum in backward
+constexpr int64_t kRows = 4;    // rows i per register tile (forward and backward)
+constexpr int64_t kBlock = 64;  // columns j per cache block / low-precision partial sum in backward
 
-// Squared distances d2[j] = ||e_i - e_j||^2 for j in (i, B).
+// 32-byte vectors (AVX2 registers in the haswell clone, two SSE registers otherwise).
 template <typename T>
-static inline void row_sqdist(const T* E, int64_t B, int64_t D, int64_t i, T* d2) {
-  const T* ei = E + i * D;
-  int64_t j = i + 1;
-  for (; j + kCols <= B; j += kCols) {
-    const T* e0 = E + j * D;
-    const T* e1 = e0 + D;
-    const T* e2 = e1 + D;
-    const T* e3 = e2 + D;
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t d = 0; d < D; ++d) {
-      const T a = ei[d];
-      const T t0 = a - e0[d], t1 = a - e1[d], t2 = a - e2[d], t3 = a - e3[d];
-      s0 += t0 * t0;
-      s1 += t1 * t1;
-      s2 += t2 * t2;
-      s3 += t3 * t3;
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t n = 32 / sizeof(T);
+};
+template <typename T>
+AAM_INLINE static inline typename Vec<T>::type vload(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+AAM_INLINE static inline void vstore(T* p, typename Vec<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+AAM_INLINE static inline T hsum(typename Vec<T>::type v) {
+  T s = 0;
+  for (int64_t k = 0; k < Vec<T>::n; ++k) s += v[k];
+  return s;
+}
+
+// Squared distances of rows [i0, i0 + R) (R <= kRows) to every column j > i0, written to
+// coef[i][j] for j > i. Register tile: kRows rows x 2 columns per sweep over D.
+template <typename T>
+AAM_INLINE static inline void block_sqdist(const T* E, int64_t B, int64_t D, int64_t i0, int64_t R, T* coef) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::n;
+  const int64_t DV = D - D % W;
+  const T* ei[kRows];
+  for (int64_t r = 0; r < kRows; ++r) ei[r] = E + std::min(i0 + r, B - 1) * D;  // pad rows repeat
+  auto store = [&](int64_t j, const T* s) {
+    for (int64_t r = 0; r < R; ++r)
+      if (j > i0 + r) coef[(i0 + r) * B + j] = s[r];
+  };
+  int64_t j = i0 + 1;
+  for (; j + 2 <= B; j += 2) {
+    const T* ej0 = E + j * D;
+    const T* ej1 = ej0 + D;
+    V a0[kRows], a1[kRows];
+    for (int64_t r = 0; r < kRows; ++r) a0[r] = a1[r] = V{};
+    for (int64_t d = 0; d < DV; d += W) {
+      const V b0 = vload(ej0 + d), b1 = vload(ej1 + d);
+      for (int64_t r = 0; r < kRows; ++r) {
+        const V x = vload(ei[r] + d);
+        const V t0 = x - b0, t1 = x - b1;
+        a0[r] += t0 * t0;
+        a1[r] += t1 * t1;
+      }
     }
-    d2[j] = s0;
-    d2[j + 1] = s1;
-    d2[j + 2] = s2;
-    d2[j + 3] = s3;
+    T s0[kRows], s1[kRows];
+    for (int64_t r = 0; r < kRows; ++r) {
+      s0[r] = hsum<T>(a0[r]);
+      s1[r] = hsum<T>(a1[r]);
+      for (int64_t d = DV; d < D; ++d) {
+        const T t0 = ei[r][d] - ej0[d], t1 = ei[r][d] - ej1[d];
+        s0[r] += t0 * t0;
+        s1[r] += t1 * t1;
+      }
+    }
+    store(j, s0);
+    store(j + 1, s1);
   }
   for (; j < B; ++j) {
     const T* ej = E + j * D;
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t d = 0; d < D; ++d) {
-      const T t = ei[d] - ej[d];
-      s += t * t;
+    T s[kRows];
+    for (int64_t r = 0; r < kRows; ++r) {
+      V a = V{};
+      for (int64_t d = 0; d < DV; d += W) {
+        const V t = vload(ei[r] + d) - vload(ej + d);
+        a += t * t;
+      }
+      s[r] = hsum<T>(a);
+      for (int64_t d = DV; d < D; ++d) {
+        const T t = ei[r][d] - ej[d];
+        s[r] += t * t;
+      }
     }
-    d2[j] = s;
+    store(j, s);
   }
 }
 
-// One row of pairs: distances, residuals, loss terms and backward coefficients (in place of d2).
+// One row of pairs: residuals, loss terms and backward coefficients (in place of the squared distances).
 template <typename T>
-static inline void fwd_row(const T* E, const T* target, const T* weights, int64_t B, int64_t D,
+AAM_INLINE static inline void fwd_row(const T* E, const T* target, const T* weights, int64_t B, int64_t D,
                            bool use_tanh, T scale, int64_t i, T* coef, double* loss_out, double* w_out) {
-  T* crow = coef + i * B;
-  row_sqdist(E, B, D, i, crow);
+  T* crow = coef + i * B;  // holds the squared distances on entry
   const T* trow = target + i * B;
   const T* wrow = weights ? weights + i * B : nullptr;
   const T inv_scale = T(1) / scale;
@@ -101,21 +148,29 @@ static inline void fwd_row(const T* E, const T* target, const T* weights, int64_
   w_out[i] = wsum;
 }
 
-AAM_CLONES static void fwd_row_f32(const float* E, const float* t, const float* w, int64_t B, int64_t D,
-                                   bool th, float s, int64_t i, float* c, double* lo, double* wo) {
-  fwd_row<float>(E, t, w, B, D, th, s, i, c, lo, wo);
+// Rows [i0, i0 + R): squared distances (register-tiled), then the per-pair terms row by row.
+template <typename T>
+AAM_INLINE static inline void fwd_block(const T* E, const T* t, const T* w, int64_t B, int64_t D, bool th, T s,
+                             int64_t i0, int64_t R, T* c, double* lo, double* wo) {
+  block_sqdist(E, B, D, i0, R, c);
+  for (int64_t r = 0; r < R; ++r) fwd_row<T>(E, t, w, B, D, th, s, i0 + r, c, lo, wo);
 }
-AAM_CLONES static void fwd_row_f64(const double* E, const double* t, const double* w, int64_t B, int64_t D,
-                                   bool th, double s, int64_t i, double* c, double* lo, double* wo) {
-  fwd_row<double>(E, t, w, B, D, th, s, i, c, lo, wo);
+AAM_CLONES static void fwd_block_f32(const float* E, const float* t, const float* w, int64_t B, int64_t D,
+                                     bool th, float s, int64_t i0, int64_t R, float* c, double* lo, double* wo) {
+  fwd_block<float>(E, t, w, B, D, th, s, i0, R, c, lo, wo);
 }
-static void fwd_row_any(const float* E, const float* t, const float* w, int64_t B, int64_t D, bool th,
-                        double s, int64_t i, float* c, double* lo, double* wo) {
-  fwd_row_f32(E, t, w, B, D, th, static_cast<float>(s), i, c, lo, wo);
+AAM_CLONES static void fwd_block_f64(const double* E, const double* t, const double* w, int64_t B, int64_t D,
+                                     bool th, double s, int64_t i0, int64_t R, double* c, double* lo,
+                                     double* wo) {
+  fwd_block<double>(E, t, w, B, D, th, s, i0, R, c, lo, wo);
 }
-static void fwd_row_any(const double* E, const double* t, const double* w, int64_t B, int64_t D, bool th,
-                        double s, int64_t i, double* c, double* lo, double* wo) {
-  fwd_row_f64(E, t, w, B, D, th, s, i, c, lo, wo);
+static void fwd_block_any(const float* E, const float* t, const float* w, int64_t B, int64_t D, bool th,
+                          double s, int64_t i0, int64_t R, float* c, double* lo, double* wo) {
+  fwd_block_f32(E, t, w, B, D, th, static_cast<float>(s), i0, R, c, lo, wo);
+}
+static void fwd_block_any(const double* E, const double* t, const double* w, int64_t B, int64_t D, bool th,
+                          double s, int64_t i0, int64_t R, double* c, double* lo, double* wo) {
+  fwd_block_f64(E, t, w, B, D, th, s, i0, R, c, lo, wo);
 }
 
 // Mirror the upper triangle of coef into the lower one (cache-blocked), zero the diagonal.
@@ -139,14 +194,18 @@ template <typename T>
 static double forward(const T* E, const T* target, const T* weights, T* coef, int64_t B, int64_t D,
                       bool use_tanh, double scale, double* wsum_out) {
   std::vector<double> loss_rows(B, 0.0), w_rows(B, 0.0);
-  const int64_t half = (B + 1) / 2;
-  // Stripe s covers rows s and B-1-s: (B-1-s) + s pairs, the same for every stripe.
-#pragma omp parallel for schedule(static)
+  const int64_t nb = (B + kRows - 1) / kRows;
+  const int64_t half = (nb + 1) / 2;
+  // Stripe s covers row blocks s and nb-1-s: about the same number of pairs for every stripe.
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t s = 0; s < half; ++s) {
-    fwd_row_any(E, target, weights, B, D, use_tanh, scale, s, coef, loss_rows.data(), w_rows.data());
-    const int64_t other = B - 1 - s;
-    if (other != s)
-      fwd_row_any(E, target, weights, B, D, use_tanh, scale, other, coef, loss_rows.data(), w_rows.data());
+    for (int64_t blk : {s, nb - 1 - s}) {
+      if (blk == nb - 1 - s && blk == s && s != nb - 1 - s) continue;
+      const int64_t i0 = blk * kRows;
+      fwd_block_any(E, target, weights, B, D, use_tanh, scale, i0, std::min(kRows, B - i0), coef,
+                    loss_rows.data(), w_rows.data());
+      if (nb - 1 - s == s) break;
+    }
   }
   symmetrize(coef, B);
   double loss = 0.0, wsum = 0.0;
@@ -158,34 +217,45 @@ static double forward(const T* E, const T* target, const T* weights, T* coef, in
   return loss;
 }
 
-// grad rows [i0, i0 + R): G_i = factor * sum_j c_ij (e_i - e_j).
-template <typename T, int64_t R>
-static inline void bwd_rows(const T* E, const T* coef, int64_t B, int64_t D, double factor, int64_t i0,
-                            T* grad, T* part, double* acc) {
-  std::fill(acc, acc + R * D, 0.0);
-  const T* ei[R];
-  for (int64_t r = 0; r < R; ++r) ei[r] = E + (i0 + r) * D;
+// grad rows [i0, i0 + R) (R <= kRows): G_i = factor * sum_j c_ij (e_i - e_j). For each block of kBlock
+// columns (kept in cache), sweep D in vector chunks with a kRows-row register tile; the block's
+// partial sums go into fp64 accumulators.
+template <typename T>
+AAM_INLINE static inline void bwd_block(const T* E, const T* coef, int64_t B, int64_t D, double factor, int64_t i0,
+                             int64_t R, T* grad, double* acc) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::n;
+  const int64_t DV = D - D % W;
+  std::fill(acc, acc + kRows * D, 0.0);
+  const T* ei[kRows];
+  const T* ci[kRows];
+  for (int64_t r = 0; r < kRows; ++r) {
+    const int64_t row = std::min(i0 + r, B - 1);
+    ei[r] = E + row * D;
+    ci[r] = coef + row * B;
+  }
   for (int64_t jb = 0; jb < B; jb += kBlock) {
     const int64_t jend = std::min(B, jb + kBlock);
-    std::fill(part, part + R * D, T(0));
-    for (int64_t j = jb; j < jend; ++j) {
-      T c[R];
-      bool any = false;
-      for (int64_t r = 0; r < R; ++r) {
-        c[r] = coef[(i0 + r) * B + j];
-        any |= c[r] != T(0);
+    for (int64_t d = 0; d < DV; d += W) {
+      V x[kRows], a[kRows];
+      for (int64_t r = 0; r < kRows; ++r) {
+        x[r] = vload(ei[r] + d);
+        a[r] = V{};
       }
-      if (!any) continue;
-      const T* ej = E + j * D;
-      for (int64_t r = 0; r < R; ++r) {
-        T* p = part + r * D;
-        const T* a = ei[r];
-        const T cr = c[r];
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) p[d] += cr * (a[d] - ej[d]);
+      for (int64_t j = jb; j < jend; ++j) {
+        const V y = vload(E + j * D + d);
+        for (int64_t r = 0; r < kRows; ++r) a[r] += ci[r][j] * (x[r] - y);
+      }
+      for (int64_t r = 0; r < kRows; ++r)
+        for (int64_t k = 0; k < W; ++k) acc[r * D + d + k] += static_cast<double>(a[r][k]);
+    }
+    for (int64_t d = DV; d < D; ++d) {
+      for (int64_t r = 0; r < kRows; ++r) {
+        T a = 0;
+        for (int64_t j = jb; j < jend; ++j) a += ci[r][j] * (ei[r][d] - E[j * D + d]);
+        acc[r * D + d] += static_cast<double>(a);
       }
     }
-    for (int64_t k = 0; k < R * D; ++k) acc[k] += static_cast<double>(part[k]);
   }
   for (int64_t r = 0; r < R; ++r) {
     T* g = grad + (i0 + r) * D;
@@ -193,33 +263,21 @@ static inline void bwd_rows(const T* E, const T* coef, int64_t B, int64_t D, dou
   }
 }
 
-AAM_CLONES static void bwd_rows4_f32(const float* E, const float* c, int64_t B, int64_t D, double f, int64_t i0,
-                                     float* g, float* p, double* a) {
-  bwd_rows<float, kRows>(E, c, B, D, f, i0, g, p, a);
+AAM_CLONES static void bwd_block_f32(const float* E, const float* c, int64_t B, int64_t D, double f, int64_t i0,
+                                     int64_t R, float* g, double* a) {
+  bwd_block<float>(E, c, B, D, f, i0, R, g, a);
 }
-AAM_CLONES static void bwd_rows1_f32(const float* E, const float* c, int64_t B, int64_t D, double f, int64_t i0,
-                                     float* g, float* p, double* a) {
-  bwd_rows<float, 1>(E, c, B, D, f, i0, g, p, a);
+AAM_CLONES static void bwd_block_f64(const double* E, const double* c, int64_t B, int64_t D, double f,
+                                     int64_t i0, int64_t R, double* g, double* a) {
+  bwd_block<double>(E, c, B, D, f, i0, R, g, a);
 }
-AAM_CLONES static void bwd_rows4_f64(const double* E, const double* c, int64_t B, int64_t D, double f,
-                                     int64_t i0, double* g, double* p, double* a) {
-  bwd_rows<double, kRows>(E, c, B, D, f, i0, g, p, a);
+static void bwd_block_any(const float* E, const float* c, int64_t B, int64_t D, double f, int64_t i0, int64_t R,
+                          float* g, double* a) {
+  bwd_block_f32(E, c, B, D, f, i0, R, g, a);
 }
-AAM_CLONES static void bwd_rows1_f64(const double* E, const double* c, int64_t B, int64_t D, double f,
-                                     int64_t i0, double* g, double* p, double* a) {
-  bwd_rows<double, 1>(E, c, B, D, f, i0, g, p, a);
-}
-static void bwd_block(const float* E, const float* c, int64_t B, int64_t D, double f, int64_t i0, int64_t n,
-                      float* g, float* p, double* a) {
-  if (n == kRows) bwd_rows4_f32(E, c, B, D, f, i0, g, p, a);
-  else
-    for (int64_t k = 0; k < n; ++k) bwd_rows1_f32(E, c, B, D, f, i0 + k, g, p, a);
-}
-static void bwd_block(const double* E, const double* c, int64_t B, int64_t D, double f, int64_t i0, int64_t n,
-                      double* g, double* p, double* a) {
-  if (n == kRows) bwd_rows4_f64(E, c, B, D, f, i0, g, p, a);
-  else
-    for (int64_t k = 0; k < n; ++k) bwd_rows1_f64(E, c, B, D, f, i0 + k, g, p, a);
+static void bwd_block_any(const double* E, const double* c, int64_t B, int64_t D, double f, int64_t i0,
+                          int64_t R, double* g, double* a) {
+  bwd_block_f64(E, c, B, D, f, i0, R, g, a);
 }
 
 template <typename T>
@@ -227,12 +285,11 @@ static void backward(const T* E, const T* coef, T* grad, int64_t B, int64_t D, d
   const int64_t nblocks = (B + kRows - 1) / kRows;
 #pragma omp parallel
   {
-    std::vector<T> part(kRows * D);
     std::vector<double> acc(kRows * D);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * kRows;
-      bwd_block(E, coef, B, D, factor, i0, std::min(kRows, B - i0), grad, part.data(), acc.data());
+      bwd_block_any(E, coef, B, D, factor, i0, std::min(kRows, B - i0), grad, acc.data());
     }
   }
 }

@@ -62,12 +62,14 @@ def pairwise_loss_math(
     d = torch.sqrt(d2.clamp_min(tiny)) * (d2 > 0)
     pred = torch.tanh(d / scale) if transform == "tanh" else d
     iu = torch.triu_indices(b, b, offset=1, device=emb.device)
-    res = (pred - target.to(pred.dtype))[iu[0], iu[1]]
+    tgt = target.to(pred.dtype)
+    if weights is not None:  # pairs of weight 0 have no target (it may be NaN): neutralise it
+        tgt = torch.where(weights != 0, tgt, torch.zeros_like(tgt))
+    res = (pred - tgt)[iu[0], iu[1]]
     if weights is None:
         return (res * res).mean() if res.numel() else emb.sum() * 0.0
     w = weights.to(pred.dtype)[iu[0], iu[1]]
-    sq_res = torch.where(w != 0, w * res * res, torch.zeros_like(res))
-    return sq_res.sum() / w.sum().clamp_min(torch.finfo(pred.dtype).tiny)
+    return (w * res * res).sum() / w.sum().clamp_min(torch.finfo(pred.dtype).tiny)
 
 
 registry.register(OP, "math", pairwise_loss_math, lambda req: None, priority=0)

@@ -161,24 +161,28 @@ def _triton_bwd_impl(grad, emb, target, weights, coef, denom, use_tanh, scale):
     return tk.backward(grad, emb, coef, denom)
 
 
-def _denom_dtype(device: torch.device) -> torch.dtype:
-    return torch.float64 if device.type == "cpu" else torch.float32
+def _custom_dtypes(emb: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(coef, denom) dtypes of the compiled op: the input dtype and fp64 on CPU, fp32 on GPU."""
+    if emb.device.type == "cpu":
+        return emb.dtype, torch.float64
+    return torch.float32, torch.float32
 
 
-def _coef_dtype(emb: torch.Tensor) -> torch.dtype:
-    return emb.dtype if emb.device.type == "cpu" else torch.float32
+def _triton_dtypes(emb: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    return torch.float32, torch.float32
 
 
-def _define(name: str, fwd_impl, bwd_impl):
-    """Define aam::<name>_fwd / aam::<name>_bwd with fake kernels and autograd; returns the forward op."""
+def _define(name: str, fwd_impl, bwd_impl, aux_dtypes):
+    """Define aam::<name>_fwd / aam::<name>_bwd with fake kernels and autograd; returns both ops."""
     fwd = torch.library.custom_op(f"aam::{name}_fwd", fwd_impl, mutates_args=(), schema=_FWD_SCHEMA)
     bwd = torch.library.custom_op(f"aam::{name}_bwd", bwd_impl, mutates_args=(), schema=_BWD_SCHEMA)
 
     @fwd.register_fake
     def _(emb, target, weights, use_tanh, scale):
         b = emb.shape[0]
-        return (emb.new_empty(()), emb.new_empty((b, b), dtype=_coef_dtype(emb)),
-                emb.new_empty((), dtype=_denom_dtype(emb.device)))
+        coef_dtype, denom_dtype = aux_dtypes(emb)
+        return (emb.new_empty(()), emb.new_empty((b, b), dtype=coef_dtype),
+                emb.new_empty((), dtype=denom_dtype))
 
     @bwd.register_fake
     def _(grad, emb, target, weights, coef, denom, use_tanh, scale):
@@ -199,8 +203,10 @@ def _define(name: str, fwd_impl, bwd_impl):
     return fwd, bwd
 
 
-custom_fwd_op, custom_bwd_op = _define("pairwise_unifrac_loss", _custom_fwd_impl, _custom_bwd_impl)
-triton_fwd_op, triton_bwd_op = _define("pairwise_unifrac_loss_triton", _triton_fwd_impl, _triton_bwd_impl)
+custom_fwd_op, custom_bwd_op = _define("pairwise_unifrac_loss", _custom_fwd_impl, _custom_bwd_impl,
+                                       _custom_dtypes)
+triton_fwd_op, triton_bwd_op = _define("pairwise_unifrac_loss_triton", _triton_fwd_impl, _triton_bwd_impl,
+                                       _triton_dtypes)
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CPU_UPCAST = (torch.float16, torch.bfloat16)

@@ -20,6 +20,9 @@
 
 #include "common.h"
 
+// The vector helpers are always inlined: no 32-byte vector ever crosses a call boundary.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 // Compile the hot loops twice (x86-64-v3 = AVX2+FMA, and baseline); the loader picks one for this CPU.
 #define AAM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -48,7 +51,7 @@ AAM_INLINE static typename Vec<T>::type vload(const T* p) {
   return v;
 }
 template <typename T>
-AAM_INLINE static T hsum(typename Vec<T>::type v) {
+AAM_INLINE static T hsum(const typename Vec<T>::type& v) {
   T s = 0;
   for (int64_t k = 0; k < Vec<T>::n; ++k) s += v[k];
   return s;

@@ -5,8 +5,9 @@ Run:   PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_pairwise_loss.
 Sizes: B in 256, 1024, 4096 (plus 16384 on GPU with AAM_BENCH_FULL=1) x D in 128, 256; override with
        AAM_BENCH_SIZES="256x128,4096x256". AAM_BENCH_DTYPE=float32|float16|bfloat16 (default float32).
 Memory (extra_info["peak_bytes"]): on CUDA torch.cuda.max_memory_allocated over one fwd+bwd (inputs
-excluded); on CPU the growth of the peak RSS of a fresh child process over one fwd+bwd (inputs
-allocated before the baseline), skipped with AAM_BENCH_MEMORY=0.
+excluded); on CPU, in a fresh child process (Linux), the peak RSS (VmHWM, reset through
+/proc/self/clear_refs) over one fwd+bwd minus the RSS before it (inputs allocated before the
+baseline); skipped with AAM_BENCH_MEMORY=0 or when --benchmark-disable.
 extra_info also holds "speedup_vs_reference" (reference mean / backend mean, same B, D, device).
 """
 
@@ -73,16 +74,23 @@ def _sync() -> None:
 
 
 _CHILD = r"""
-import json, resource, sys, torch
+import json, sys, torch
 sys.path[:0] = {paths!r}
 import bench_pairwise_loss as bp
+
+def status_kib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
 emb, target = bp._inputs({b}, {d})
 fn = bp._loss_fn({backend!r})
-small = bp._inputs(8, 4)
-fn(*small).backward()  # load kernels, warm caches
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn(*bp._inputs(8, 4)).backward()  # load kernels, warm caches
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS (VmHWM) to the current RSS
+    f.write("5")
+before = status_kib("VmRSS")
 fn(emb, target).backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = status_kib("VmHWM")
 print("PEAK", json.dumps((after - before) * 1024))
 """
 

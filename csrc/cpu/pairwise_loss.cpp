@@ -224,6 +224,9 @@ static void fwd_block_any(const double* E, const double* n, const double* t, con
   fwd_block_f64(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
 }
 
+// Threads only pay off (and only survive a busy machine's scheduling) above a minimum amount of work.
+static inline bool parallel_worth(int64_t B, int64_t work) { return B >= 64 && work >= (int64_t(1) << 22); }
+
 // Centred copy of E (column means in fp64) and squared row norms.
 template <typename T>
 static void centre(const T* E, int64_t B, int64_t D, std::vector<T>& Ec, std::vector<T>& norms) {
@@ -233,7 +236,7 @@ static void centre(const T* E, int64_t B, int64_t D, std::vector<T>& Ec, std::ve
   for (int64_t d = 0; d < D; ++d) mean[d] /= static_cast<double>(B);
   Ec.resize(B * D);
   norms.resize(B);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(B, B * D))
   for (int64_t i = 0; i < B; ++i) {
     double s = 0.0;
     for (int64_t d = 0; d < D; ++d) {
@@ -254,7 +257,7 @@ static double forward(const T* E, const T* target, const T* weights, T* coef, in
   const int64_t nb = (B + kSuper - 1) / kSuper;
   const int64_t half = (nb + 1) / 2;
   // Stripe s covers row blocks s and nb-1-s: about the same number of pairs for every stripe.
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(B, B * B * D / 2))
   for (int64_t s = 0; s < half; ++s) {
     const int64_t blocks[2] = {s, nb - 1 - s};
     for (int64_t k = 0; k < (blocks[0] == blocks[1] ? 1 : 2); ++k) {
@@ -358,12 +361,12 @@ static void backward(const T* E, const T* coef, T* grad, int64_t B, int64_t D, d
   constexpr int64_t W2 = 2 * Vec<T>::n;
   const int64_t nch = D / W2;
   std::vector<T> Ep(nch * B * W2);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_worth(B, B * D))
   for (int64_t j = 0; j < B; ++j)
     for (int64_t c = 0; c < nch; ++c)
       std::memcpy(Ep.data() + (c * B + j) * W2, Ec.data() + j * D + c * W2, W2 * sizeof(T));
   const int64_t nblocks = (B + kRows - 1) / kRows;
-#pragma omp parallel
+#pragma omp parallel if (parallel_worth(B, B * B * D))
   {
     std::vector<double> acc(kRows * D);
 #pragma omp for schedule(static)

@@ -6,7 +6,7 @@ IEEE precision, never TF32), forms d2 = n_i + n_j - 2 g_ij, the residual and the
 c_ij = 2 w_ij r_ij f'(d_ij) / d_ij, writes c_ij to both halves of a [B, B] fp32 workspace and one
 (loss, weight) partial sum per program; torch sums the partials in float64 (deterministic, no atomics).
 Backward: one program per (row tile, D chunk): G = factor * (diag(C 1) E - C E) with tl.dot over column
-tiles. The embeddings are centred first (distances do not change, the Gram form cancels much less),
+tiles. fp32 embeddings are centred first (distances do not change, the Gram form cancels much less),
 and a d2 below the Gram form's rounding noise counts as a duplicate (distance 0, gradient 0).
 Launch settings suit AMD too: num_warps 4, 32 x 32 tiles.
 """
@@ -120,8 +120,12 @@ def _bwd_kernel(E, C, F, G, B, D, stride_e, stride_g, BLOCK: tl.constexpr, BD: t
 
 
 def _centred(emb: torch.Tensor) -> torch.Tensor:
-    e = emb.float()
-    return (e - e.mean(0, keepdim=True)).to(emb.dtype).contiguous()
+    """fp32: centred copy (exact distances, less Gram cancellation). fp16/bf16: unchanged, because
+    rounding a centred copy back to 16 bits would perturb the inputs (their products are exact in the
+    fp32 accumulation anyway)."""
+    if emb.dtype != torch.float32:
+        return emb.contiguous()
+    return (emb - emb.mean(0, keepdim=True)).contiguous()
 
 
 def forward(emb: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, use_tanh: bool,

@@ -109,7 +109,7 @@ def _cpu_bwd(grad, emb, coef, denom):
 def _gpu_fwd(emb, target, weights, use_tanh, scale):
     mod = _ext.gpu_module()
     b, d = emb.shape
-    coef = torch.empty((b, b), dtype=torch.float32, device=emb.device)
+    coef = (torch.empty if b >= 2 else torch.zeros)((b, b), dtype=torch.float32, device=emb.device)
     sums = torch.zeros(2, dtype=torch.float64, device=emb.device)
     if b >= 2:
         nparts = mod.pairwise_loss_num_partials(b)

@@ -1,0 +1,1 @@
+"""Training: losses, trainer, checkpoints, distributed helpers, batch sizing, profiling, metrics."""

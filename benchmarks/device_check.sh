@@ -54,7 +54,7 @@ $py -m aam.cli.main kernels --json "$out/kernels.json" 2>&1 | tail -40
 
 echo "== GPU parity tests =="
 timeout ${PARITY_TIMEOUT:-240} $py -m pytest -q -x -p no:cacheprovider \
-  tests/test_pairwise_loss*.py tests/test_attention*.py \
+  tests/test_pairwise_loss_gpu.py tests/test_attention_gpu.py \
   --junitxml="$out/parity.xml" 2>&1 | tail -25
 
 echo "== benchmarks =="

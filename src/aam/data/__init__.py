@@ -1,0 +1,1 @@
+"""Data layer: BIOM tables, trees, distance matrices, metadata, tokenizer, datasets."""

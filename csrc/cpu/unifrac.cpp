@@ -235,27 +235,56 @@ AAM_CLONES void l1_tile(const float* E, int64_t nb, int64_t N2, int64_t s, float
   l1_tile_impl(E, nb, N2, s, acc, kn);
 }
 
-template <typename T>
-void gen_tile(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, T am1, T* num, T* den,
-              int64_t kn) {
+// Generalized UniFrac: w = l (a + b)^(alpha - 1); num += w |a - b|, den += w (a + b) where both
+// samples are present; where only one is, l * p^alpha goes into both (q = p^alpha, 0 where p = 0).
+// Kind: 0 generic pow, 1 alpha = 0.5 (rsqrt), 2 alpha = 1, 3 alpha = 0; the special cases are branch-free.
+template <typename T, int Kind>
+void gen_tile_k(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, T am1, T* num, T* den,
+                int64_t kn) {
   for (int64_t r = 0; r < nb; ++r) {
-    const T* e = E + r * N2;
-    const T* q = Q + r * N2;
+    const T* __restrict e = E + r * N2;
+    const T* __restrict q = Q + r * N2;
     const T L = lens[r];
-    for (int64_t k = 0; k < kn; ++k) {
-      const T a = e[k], b = e[k + s];
-      if (a > 0 && b > 0) {
+    if constexpr (Kind == 0) {
+      for (int64_t k = 0; k < kn; ++k) {
+        const T a = e[k], b = e[k + s];
+        if (a > 0 && b > 0) {
+          const T sum = a + b;
+          const T w = L * std::pow(sum, am1);
+          num[k] += w * std::fabs(a - b);
+          den[k] += w * sum;
+        } else {
+          const T t = L * (q[k] + q[k + s]);
+          num[k] += t;
+          den[k] += t;
+        }
+      }
+    } else {
+#pragma omp simd
+      for (int64_t k = 0; k < kn; ++k) {
+        const T a = e[k], b = e[k + s];
         const T sum = a + b;
-        const T w = L * std::pow(sum, am1);
-        num[k] += w * std::fabs(a - b);
-        den[k] += w * sum;
-      } else {  // one side only: l * p^alpha in both sums (q = p^alpha, 0 where p = 0)
+        const bool both = (a > 0) & (b > 0);
+        T w;
+        if constexpr (Kind == 1) w = L / std::sqrt(sum > 0 ? sum : T(1));
+        else if constexpr (Kind == 2) w = L;
+        else w = L / (sum > 0 ? sum : T(1));
         const T t = L * (q[k] + q[k + s]);
-        num[k] += t;
-        den[k] += t;
+        num[k] += both ? w * std::fabs(a - b) : t;
+        den[k] += both ? w * sum : t;
       }
     }
   }
+}
+
+template <typename T>
+void gen_tile(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, double alpha, T* num, T* den,
+              int64_t kn) {
+  const T am1 = static_cast<T>(alpha - 1.0);
+  if (alpha == 0.5) gen_tile_k<T, 1>(E, Q, lens, nb, N2, s, am1, num, den, kn);
+  else if (alpha == 1.0) gen_tile_k<T, 2>(E, Q, lens, nb, N2, s, am1, num, den, kn);
+  else if (alpha == 0.0) gen_tile_k<T, 3>(E, Q, lens, nb, N2, s, am1, num, den, kn);
+  else gen_tile_k<T, 0>(E, Q, lens, nb, N2, s, am1, num, den, kn);
 }
 
 template <typename T>
@@ -316,23 +345,28 @@ struct DenseEngine {
       nb = 0;
       return;
     }
-    const T* Ep = E.data();
-    const T* Qp = Q.data();
-    const T* Lp = lens.data();
-    const int64_t nbl = nb, Nl = N, N2l = N2, Sl = S;
+    // Rows in chunks that stay in cache while every stripe (split among threads) reads them.
+    const int64_t rc = std::clamp<int64_t>((int64_t{256} << 10) / static_cast<int64_t>(N2 * sizeof(T)), 4, 64);
+    const int64_t Nl = N, N2l = N2, Sl = S;
     const int m = metric;
-    const T am1 = static_cast<T>(alpha - 1.0);
+    const double al = alpha;
     T* nump = num.data();
     T* denp = den.data();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t s = 1; s <= Sl; ++s) {
-      for (int64_t k0 = 0; k0 < Nl; k0 += kTile) {
-        const int64_t kn = std::min(kTile, Nl - k0);
-        T* a = nump + (s - 1) * Nl + k0;
-        if (m == kGeneralized)
-          gen_tile(Ep + k0, Qp + k0, Lp, nbl, N2l, s, am1, a, denp + (s - 1) * Nl + k0, kn);
-        else
-          l1_tile(Ep + k0, nbl, N2l, s, a, kn);
+    for (int64_t r0 = 0; r0 < nb; r0 += rc) {
+      const int64_t nr = std::min(rc, nb - r0);
+      const T* Ep = E.data() + r0 * N2;
+      const T* Qp = m == kGeneralized ? Q.data() + r0 * N2 : nullptr;
+      const T* Lp = m == kGeneralized ? lens.data() + r0 : nullptr;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
+      for (int64_t s = 1; s <= Sl; ++s) {
+        for (int64_t k0 = 0; k0 < Nl; k0 += kTile) {
+          const int64_t kn = std::min(kTile, Nl - k0);
+          T* a = nump + (s - 1) * Nl + k0;
+          if (m == kGeneralized)
+            gen_tile(Ep + k0, Qp + k0, Lp, nr, N2l, s, al, a, denp + (s - 1) * Nl + k0, kn);
+          else
+            l1_tile(Ep + k0, nr, N2l, s, a, kn);
+        }
       }
     }
     nb = 0;

@@ -345,27 +345,35 @@ struct DenseEngine {
       nb = 0;
       return;
     }
-    // Rows in chunks that stay in cache while every stripe (split among threads) reads them.
+    // One parallel region per block: each task owns a slab of consecutive stripes (about 128 KiB of
+    // accumulators) and walks the block's rows in chunks that stay in cache across its stripes.
     const int64_t rc = std::clamp<int64_t>((int64_t{256} << 10) / static_cast<int64_t>(N2 * sizeof(T)), 4, 64);
-    const int64_t Nl = N, N2l = N2, Sl = S;
+    int64_t sb = std::max<int64_t>(1, (int64_t{128} << 10) / static_cast<int64_t>(N * sizeof(T)));
+    sb = std::min<int64_t>(sb, std::max<int64_t>(1, (S + 4 * threads - 1) / (4 * threads)));
+    const int64_t n_slabs = (S + sb - 1) / sb;
+    const int64_t Nl = N, N2l = N2, Sl = S, nbl = nb;
     const int m = metric;
     const double al = alpha;
     T* nump = num.data();
     T* denp = den.data();
-    for (int64_t r0 = 0; r0 < nb; r0 += rc) {
-      const int64_t nr = std::min(rc, nb - r0);
-      const T* Ep = E.data() + r0 * N2;
-      const T* Qp = m == kGeneralized ? Q.data() + r0 * N2 : nullptr;
-      const T* Lp = m == kGeneralized ? lens.data() + r0 : nullptr;
-#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
-      for (int64_t s = 1; s <= Sl; ++s) {
-        for (int64_t k0 = 0; k0 < Nl; k0 += kTile) {
-          const int64_t kn = std::min(kTile, Nl - k0);
-          T* a = nump + (s - 1) * Nl + k0;
-          if (m == kGeneralized)
-            gen_tile(Ep + k0, Qp + k0, Lp, nr, N2l, s, al, a, denp + (s - 1) * Nl + k0, kn);
-          else
-            l1_tile(Ep + k0, nr, N2l, s, a, kn);
+    const T* E0 = E.data();
+    const T* Q0 = Q.data();
+    const T* L0 = lens.data();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t slab = 0; slab < n_slabs; ++slab) {
+      const int64_t s_lo = 1 + slab * sb, s_hi = std::min(Sl, s_lo + sb - 1);
+      for (int64_t r0 = 0; r0 < nbl; r0 += rc) {
+        const int64_t nr = std::min(rc, nbl - r0);
+        const T* Ep = E0 + r0 * N2l;
+        for (int64_t s = s_lo; s <= s_hi; ++s) {
+          for (int64_t k0 = 0; k0 < Nl; k0 += kTile) {
+            const int64_t kn = std::min(kTile, Nl - k0);
+            T* a = nump + (s - 1) * Nl + k0;
+            if (m == kGeneralized)
+              gen_tile(Ep + k0, Q0 + r0 * N2l + k0, L0 + r0, nr, N2l, s, al, a, denp + (s - 1) * Nl + k0, kn);
+            else
+              l1_tile(Ep + k0, nr, N2l, s, a, kn);
+          }
         }
       }
     }

@@ -205,8 +205,6 @@ void traverse(const Prepared& p, const TreeTable& tt, Emit&& emit, Tick&& tick) 
 
 // ---- the striped kernels ---------------------------------------------------------------------------
 
-constexpr int64_t kTile = 512;
-
 // acc[k] += sum_r |E_r[k] - E_r[k + s]| for k in [0, kn); rows are 2N long (each value twice).
 template <typename T>
 inline void l1_tile_impl(const T* __restrict E, int64_t nb, int64_t N2, int64_t s, T* __restrict acc, int64_t kn) {
@@ -345,12 +343,12 @@ struct DenseEngine {
       nb = 0;
       return;
     }
-    // One parallel region per block: each task owns a slab of consecutive stripes (about 128 KiB of
-    // accumulators) and walks the block's rows in chunks that stay in cache across its stripes.
-    const int64_t rc = std::clamp<int64_t>((int64_t{256} << 10) / static_cast<int64_t>(N2 * sizeof(T)), 4, 64);
-    int64_t sb = std::max<int64_t>(1, (int64_t{128} << 10) / static_cast<int64_t>(N * sizeof(T)));
-    sb = std::min<int64_t>(sb, std::max<int64_t>(1, (S + 4 * threads - 1) / (4 * threads)));
-    const int64_t n_slabs = (S + sb - 1) / sb;
+    // One parallel region per block of rows. A task owns kSlab consecutive stripes x kCols samples
+    // of accumulators (32 KiB in double: stays in L1) and streams every row of the block through it;
+    // a row contributes only the window [k0, k0 + kCols + s_hi) to the task, so E is read from
+    // memory about kSlab * kCols / (2 kCols + kSlab) times less often than once per stripe.
+    constexpr int64_t kSlab = 64, kCols = 64, kRows = 8;
+    const int64_t n_slabs = (S + kSlab - 1) / kSlab, n_cols = (N + kCols - 1) / kCols;
     const int64_t Nl = N, N2l = N2, Sl = S, nbl = nb;
     const int m = metric;
     const double al = alpha;
@@ -360,20 +358,18 @@ struct DenseEngine {
     const T* Q0 = Q.data();
     const T* L0 = lens.data();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t slab = 0; slab < n_slabs; ++slab) {
-      const int64_t s_lo = 1 + slab * sb, s_hi = std::min(Sl, s_lo + sb - 1);
-      for (int64_t r0 = 0; r0 < nbl; r0 += rc) {
-        const int64_t nr = std::min(rc, nbl - r0);
-        const T* Ep = E0 + r0 * N2l;
+    for (int64_t task = 0; task < n_slabs * n_cols; ++task) {
+      const int64_t s_lo = 1 + (task / n_cols) * kSlab, s_hi = std::min(Sl, s_lo + kSlab - 1);
+      const int64_t k0 = (task % n_cols) * kCols, kn = std::min(kCols, Nl - k0);
+      for (int64_t r0 = 0; r0 < nbl; r0 += kRows) {
+        const int64_t nr = std::min(kRows, nbl - r0);
+        const T* Ep = E0 + r0 * N2l + k0;
         for (int64_t s = s_lo; s <= s_hi; ++s) {
-          for (int64_t k0 = 0; k0 < Nl; k0 += kTile) {
-            const int64_t kn = std::min(kTile, Nl - k0);
-            T* a = nump + (s - 1) * Nl + k0;
-            if (m == kGeneralized)
-              gen_tile(Ep + k0, Q0 + r0 * N2l + k0, L0 + r0, nr, N2l, s, al, a, denp + (s - 1) * Nl + k0, kn);
-            else
-              l1_tile(Ep + k0, nr, N2l, s, a, kn);
-          }
+          T* a = nump + (s - 1) * Nl + k0;
+          if (m == kGeneralized)
+            gen_tile(Ep, Q0 + r0 * N2l + k0, L0 + r0, nr, N2l, s, al, a, denp + (s - 1) * Nl + k0, kn);
+          else
+            l1_tile(Ep, nr, N2l, s, a, kn);
         }
       }
     }

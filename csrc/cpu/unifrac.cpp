@@ -233,9 +233,13 @@ AAM_CLONES void l1_tile(const float* E, int64_t nb, int64_t N2, int64_t s, float
   l1_tile_impl(E, nb, N2, s, acc, kn);
 }
 
+// sqrt of a value known to be >= 0: the builtin without errno handling, so loops vectorise.
+inline double sqrt_nonneg(double x) { return __builtin_sqrt(x); }
+inline float sqrt_nonneg(float x) { return __builtin_sqrtf(x); }
+
 // Generalized UniFrac: w = l (a + b)^(alpha - 1); num += w |a - b|, den += w (a + b) where both
 // samples are present; where only one is, l * p^alpha goes into both (q = p^alpha, 0 where p = 0).
-// Kind: 0 generic pow, 1 alpha = 0.5 (rsqrt), 2 alpha = 1, 3 alpha = 0; the special cases are branch-free.
+// Kind: 0 generic pow, 1 alpha = 0.5 (sqrt), 2 alpha = 1, 3 alpha = 0.
 template <typename T, int Kind>
 void gen_tile_k(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, T am1, T* num, T* den,
                 int64_t kn) {
@@ -243,46 +247,44 @@ void gen_tile_k(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, i
     const T* __restrict e = E + r * N2;
     const T* __restrict q = Q + r * N2;
     const T L = lens[r];
-    if constexpr (Kind == 0) {
-      for (int64_t k = 0; k < kn; ++k) {
-        const T a = e[k], b = e[k + s];
-        if (a > 0 && b > 0) {
-          const T sum = a + b;
-          const T w = L * std::pow(sum, am1);
-          num[k] += w * std::fabs(a - b);
-          den[k] += w * sum;
-        } else {
-          const T t = L * (q[k] + q[k + s]);
-          num[k] += t;
-          den[k] += t;
-        }
-      }
-    } else {
-#pragma omp simd
-      for (int64_t k = 0; k < kn; ++k) {
-        const T a = e[k], b = e[k + s];
+    // Most pairs of a branch have at most one sample present: that path needs no pow/sqrt.
+    for (int64_t k = 0; k < kn; ++k) {
+      const T a = e[k], b = e[k + s];
+      if (a > 0 && b > 0) {
         const T sum = a + b;
-        const bool both = (a > 0) & (b > 0);
         T w;
-        if constexpr (Kind == 1) w = L / std::sqrt(sum > 0 ? sum : T(1));
+        if constexpr (Kind == 0) w = L * std::pow(sum, am1);
+        else if constexpr (Kind == 1) w = L / sqrt_nonneg(sum);
         else if constexpr (Kind == 2) w = L;
-        else w = L / (sum > 0 ? sum : T(1));
+        else w = L / sum;
+        num[k] += w * std::fabs(a - b);
+        den[k] += w * sum;
+      } else {
         const T t = L * (q[k] + q[k + s]);
-        num[k] += both ? w * std::fabs(a - b) : t;
-        den[k] += both ? w * sum : t;
+        num[k] += t;
+        den[k] += t;
       }
     }
   }
 }
 
 template <typename T>
-void gen_tile(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, double alpha, T* num, T* den,
-              int64_t kn) {
+inline void gen_tile_impl(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, double alpha,
+                          T* num, T* den, int64_t kn) {
   const T am1 = static_cast<T>(alpha - 1.0);
   if (alpha == 0.5) gen_tile_k<T, 1>(E, Q, lens, nb, N2, s, am1, num, den, kn);
   else if (alpha == 1.0) gen_tile_k<T, 2>(E, Q, lens, nb, N2, s, am1, num, den, kn);
   else if (alpha == 0.0) gen_tile_k<T, 3>(E, Q, lens, nb, N2, s, am1, num, den, kn);
   else gen_tile_k<T, 0>(E, Q, lens, nb, N2, s, am1, num, den, kn);
+}
+
+AAM_CLONES void gen_tile(const double* E, const double* Q, const double* lens, int64_t nb, int64_t N2, int64_t s,
+                         double alpha, double* num, double* den, int64_t kn) {
+  gen_tile_impl(E, Q, lens, nb, N2, s, alpha, num, den, kn);
+}
+AAM_CLONES void gen_tile(const float* E, const float* Q, const float* lens, int64_t nb, int64_t N2, int64_t s,
+                         double alpha, float* num, float* den, int64_t kn) {
+  gen_tile_impl(E, Q, lens, nb, N2, s, alpha, num, den, kn);
 }
 
 template <typename T>

@@ -287,3 +287,13 @@ def test_ibd_matches_skbio(ibd_dir):
         assert np.abs(td.pairs(got.ids[:32]) - ref[:32, :32]).max() <= 1e-9
     ref_pd = alpha_diversity("faith_pd", x, list(table.ids()), taxa=taxa, tree=sk).values
     assert np.abs(U.faith_pd(table, tree).values - ref_pd).max() <= 1e-9
+
+
+def test_skbio_treenode_and_text_inputs():
+    from aam.data.newick import from_skbio
+
+    newick, table = case(12, root_length=0.4)
+    ref = U.unifrac(table, parse_newick(newick), "unweighted").data
+    assert np.abs(U.unifrac(table, from_skbio(skbio_tree(newick)), "unweighted").data - ref).max() <= 1e-12
+    assert np.abs(U.unifrac(table, skbio_tree(newick), "unweighted").data - ref).max() <= 1e-12
+    assert np.abs(U.unifrac(table, newick, "unweighted").data - ref).max() == 0

@@ -241,7 +241,15 @@ def test_cli_writes_h5_and_tsv(tmp_path):
                               "--metric", "faith_pd", "--output", str(tmp_path / "pd.tsv")])
     assert res.exit_code == 0, res.output
     pdf = pd.read_csv(tmp_path / "pd.tsv", sep="\t", index_col=0)
-    assert np.abs(pdf["faith_pd"].values - U.faith_pd(table, newick).values).max() <= 1e-12
+    ref_pd = U.faith_pd(table, newick)
+    assert list(pdf.index) == list(ref_pd.index)
+    assert np.abs(pdf["faith_pd"].values - ref_pd.values).max() <= 1e-12
+    res = runner.invoke(cli, ["unifrac", "--table", str(tmp_path / "t.biom"), "--tree", str(tmp_path / "t.nwk"),
+                              "--metric", "faith_pd", "--output", str(tmp_path / "pd.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "pd.h5") as f:
+        assert [s.decode() for s in f["order"][:]] == list(ref_pd.index)
+        assert np.abs(f["faith_pd"][:] - ref_pd.values).max() <= 1e-12
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -34,12 +34,27 @@ def write_matrix(path: Path, ids: list[str], data: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def write_faith_pd(path: Path, ids: list[str], values: np.ndarray) -> None:
+    """`faith_pd` + `order` datasets for .h5/.hdf5, else a TSV with columns sample_id, faith_pd."""
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            f.create_dataset("faith_pd", data=np.asarray(values, dtype=np.float64))
+            f.create_dataset("order", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        return
+    with open(path, "w") as f:
+        f.write("sample_id\tfaith_pd\n")
+        for sid, v in zip(ids, values, strict=True):
+            f.write(f"{sid}\t{v:.17g}\n")
+
+
 @click.command("unifrac")
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="BIOM table.")
 @click.option("--tree", "tree_path", required=True, type=click.Path(dir_okay=False), help="Newick tree with branch lengths.")
 @click.option("--metric", type=click.Choice(METRIC_CHOICES), default="unweighted", show_default=True)
 @click.option("--output", required=True, type=click.Path(dir_okay=False),
-              help=".h5/.hdf5 (matrix + order) or .tsv; faith_pd writes a two-column TSV.")
+              help=".h5/.hdf5 (matrix + order) or .tsv; faith_pd: .h5 (faith_pd + order) or a two-column TSV.")
 @click.option("--alpha", type=float, default=None, help="Generalized UniFrac alpha in [0, 1] (default 0.5).")
 @click.option("--threads", type=int, default=None, help="OpenMP threads (default: all cores).")
 @click.option("--dtype", type=click.Choice(("float64", "float32")), default="float64", show_default=True)
@@ -63,10 +78,7 @@ def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: fl
     out = Path(output)
     if metric == "faith_pd":
         values = impl.fn(tree, table, metric, a, threads, np_dtype, None)
-        with open(out, "w") as f:
-            f.write("sample_id\tfaith_pd\n")
-            for sid, v in zip(table.sample_ids, values, strict=True):
-                f.write(f"{sid}\t{v:.17g}\n")
+        write_faith_pd(out, table.sample_ids, values)
     else:
         with tqdm(total=1, unit="node", desc=f"{metric} UniFrac", leave=False) as bar:
             def progress(done: int, total: int) -> None:

@@ -488,24 +488,34 @@ void state_pairs(const int64_t* offsets, const int32_t* rows, const double* valu
       const double L = row_len[rows[e]];
       pd[b] += L;
       ws[b] += L * values[e];
-      if (metric == kGeneralized) gs[b] += L * std::pow(values[e], alpha);
+      if (metric == kGeneralized) gs[b] += L * (alpha == 0.5 ? std::sqrt(values[e]) : std::pow(values[e], alpha));
     }
   }
   const int nt = resolve_threads(threads);
+  // alpha^-style powers with cheap special cases (alpha = 0.5 and 1 are the common choices).
+  auto pw = [alpha](double x) { return alpha == 0.5 ? std::sqrt(x) : alpha == 1.0 ? x : std::pow(x, alpha); };
+  auto pw_m1 = [alpha](double x) {
+    return alpha == 0.5 ? 1.0 / std::sqrt(x) : alpha == 1.0 ? 1.0 : std::pow(x, alpha - 1.0);
+  };
 #pragma omp parallel num_threads(nt)
   {
+    // Sample i scattered over the rows (0 where absent): l for unweighted, l * p for weighted, p for
+    // generalized; each pair (i, j) is then one pass over j's entries with a single gather.
     std::vector<double> buf(n_rows, 0.0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < B; ++i) {
       const int64_t i0 = offsets[idx[i]], i1 = offsets[idx[i] + 1];
-      for (int64_t e = i0; e < i1; ++e) buf[rows[e]] = values[e];
+      for (int64_t e = i0; e < i1; ++e) {
+        const double L = row_len[rows[e]];
+        buf[rows[e]] = metric == kUnweighted ? L : metric == kGeneralized ? values[e] : L * values[e];
+      }
       out[i * B + i] = 0.0;
       for (int64_t j = i + 1; j < B; ++j) {
         const int64_t j0 = offsets[idx[j]], j1 = offsets[idx[j] + 1];
         double d = 0.0;
         if (metric == kUnweighted) {
           double shared = 0.0;
-          for (int64_t e = j0; e < j1; ++e) shared += buf[rows[e]] > 0 ? row_len[rows[e]] : 0.0;
+          for (int64_t e = j0; e < j1; ++e) shared += buf[rows[e]];
           const double observed = pd[i] + pd[j] - shared;
           d = observed > 0 ? std::max(0.0, observed - shared) / observed : 0.0;
         } else if (metric == kGeneralized) {
@@ -514,17 +524,17 @@ void state_pairs(const int64_t* offsets, const int32_t* rows, const double* valu
             const double a = buf[rows[e]];
             if (a > 0) {
               const double b = values[e], L = row_len[rows[e]], sum = a + b;
-              const double w = L * std::pow(sum, alpha - 1.0);
-              const double single = L * (std::pow(a, alpha) + std::pow(b, alpha));
+              const double w = L * pw_m1(sum);
+              const double single = L * (pw(a) + pw(b));
               cn += w * std::fabs(a - b) - single;
               cd += w * sum - single;
             }
           }
           const double y = gs[i] + gs[j] + cd;
-          d = y > 0 ? (gs[i] + gs[j] + cn) / y : 0.0;
+          d = y > 0 ? std::max(0.0, gs[i] + gs[j] + cn) / y : 0.0;
         } else {
           double m = 0.0;  // sum l * min(p, q): |p - q| = p + q - 2 min(p, q)
-          for (int64_t e = j0; e < j1; ++e) m += row_len[rows[e]] * std::min(buf[rows[e]], values[e]);
+          for (int64_t e = j0; e < j1; ++e) m += std::min(buf[rows[e]], row_len[rows[e]] * values[e]);
           const double x = std::max(0.0, ws[i] + ws[j] - 2.0 * m);
           if (metric == kWeightedUnnormalized) {
             d = x;

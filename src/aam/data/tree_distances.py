@@ -19,7 +19,11 @@ METRICS = {"unweighted": 0, "weighted_normalized": 1, "weighted_unnormalized": 2
 
 
 class TreeDistances:
-    """Distance source with `.ids` and `.pairs(sample_ids) -> [B, B] float64` (UniFrac from a tree)."""
+    """Distance source with `.ids` and `.pairs(sample_ids) -> [B, B] float64` (UniFrac from a tree).
+
+    threads: OpenMP threads for batches of more than 64 samples (default: all cores; pass 1 inside
+    DataLoader workers); smaller batches run on one thread.
+    """
 
     def __init__(
         self,
@@ -77,7 +81,9 @@ class TreeDistances:
     def pairs_by_index(self, idx: np.ndarray) -> np.ndarray:
         from aam.ops import _ext
 
+        idx = np.asarray(idx, dtype=np.int64)
+        # Small batches take well under a millisecond: waking threads would cost more than it saves.
+        threads = 1 if len(idx) <= 64 else self.threads
         return _ext.cpu_module().unifrac_state_pairs(
-            self.offsets, self.rows, self.values, self.row_len, np.asarray(idx, dtype=np.int64),
-            METRICS[self.metric], self.alpha, self.threads,
+            self.offsets, self.rows, self.values, self.row_len, idx, METRICS[self.metric], self.alpha, threads,
         )

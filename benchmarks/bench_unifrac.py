@@ -9,6 +9,7 @@ Environment (defaults keep a CPU run to a few minutes):
   samples ~1 min; it is skipped above 1,000 samples
 - AAM_BENCH_UNIFRAC_BATCH_N: samples of the generated table for batch targets (default 100000)
 - AAM_BENCH_THREADS: OpenMP threads (default: all cores)
+- AAM_BENCH_NEWICK_TIPS: tips of the generated tree for the Newick parsing benchmark (default 100000)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SIZES = [int(x) for x in os.environ.get("AAM_BENCH_UNIFRAC_SIZES", "1000").split
 SKBIO = os.environ.get("AAM_BENCH_UNIFRAC_SKBIO", "1") == "1"
 BATCH_N = int(os.environ.get("AAM_BENCH_UNIFRAC_BATCH_N", "100000"))
 THREADS = int(os.environ.get("AAM_BENCH_THREADS", "0")) or None
+NEWICK_TIPS = int(os.environ.get("AAM_BENCH_NEWICK_TIPS", "100000"))
 SK_METRICS = {"unweighted": ("unweighted_unifrac", {}), "weighted_normalized": ("weighted_unifrac", {"normalized": True})}
 
 pytestmark = pytest.mark.skipif(_ext.cpu_module() is None, reason="aam._C not built")
@@ -112,6 +114,32 @@ def test_ibd_parse_tree(benchmark):
     benchmark.group = "newick-ibd"
     tree = benchmark(parse_newick, text)
     assert tree.n_tips == 9970
+
+
+def balanced_newick(n_tips: int, seed: int = 0) -> str:
+    """A random tree built level by level (no recursion), for parsing benchmarks."""
+    rng = np.random.default_rng(seed)
+    nodes = [f"t{i}:{x:.4f}" for i, x in enumerate(rng.random(n_tips))]
+    while len(nodes) > 1:
+        order = rng.permutation(len(nodes))
+        nodes = [f"({nodes[order[i]]},{nodes[order[i + 1]]}):{rng.random():.3f}" if i + 1 < len(nodes)
+                 else nodes[order[i]] for i in range(0, len(nodes), 2)]
+    return nodes[0] + ";"
+
+
+@pytest.mark.parametrize("reader", ["aam", "skbio"])
+def test_parse_generated_tree(benchmark, reader):
+    text = balanced_newick(NEWICK_TIPS)
+    benchmark.group = f"newick-{NEWICK_TIPS}-tips"
+    if reader == "aam":
+        tree = benchmark.pedantic(parse_newick, args=(text.encode(),), rounds=3, iterations=1)
+        assert tree.n_tips == NEWICK_TIPS
+    else:
+        if not SKBIO:
+            pytest.skip("AAM_BENCH_UNIFRAC_SKBIO=0")
+        import skbio
+
+        benchmark.pedantic(lambda: skbio.TreeNode.read(io.StringIO(text)), rounds=1, iterations=1)
 
 
 @pytest.mark.parametrize("n", SIZES)

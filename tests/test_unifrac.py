@@ -305,3 +305,13 @@ def test_skbio_treenode_and_text_inputs():
     assert np.abs(U.unifrac(table, from_skbio(skbio_tree(newick)), "unweighted").data - ref).max() <= 1e-12
     assert np.abs(U.unifrac(table, skbio_tree(newick), "unweighted").data - ref).max() <= 1e-12
     assert np.abs(U.unifrac(table, newick, "unweighted").data - ref).max() == 0
+
+
+def test_batch_targets_parallel_path_and_progress():
+    newick, table = case(13, n_tips=90, n_samples=80, n_features=80)
+    calls = []
+    full = U.unifrac(table, newick, "weighted_unnormalized", progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1][0] == calls[-1][1] > 0
+    td = TreeDistances(table, newick, "weighted_unnormalized", threads=2)
+    ids = list(reversed(full.ids))[:70]  # > 64 samples: the multi-threaded path
+    assert np.abs(td.pairs(ids) - full.pairs(ids)).max() <= 1e-9

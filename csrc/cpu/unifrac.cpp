@@ -237,8 +237,10 @@ AAM_CLONES void l1_tile(const float* E, int64_t nb, int64_t N2, int64_t s, float
 inline double sqrt_nonneg(double x) { return __builtin_sqrt(x); }
 inline float sqrt_nonneg(float x) { return __builtin_sqrtf(x); }
 
-// Generalized UniFrac: w = l (a + b)^(alpha - 1); num += w |a - b|, den += w (a + b) where both
-// samples are present; where only one is, l * p^alpha goes into both (q = p^alpha, 0 where p = 0).
+// Generalized UniFrac: w = l (a + b)^(alpha - 1); num += w |a - b|, den += w (a + b). Where only one
+// sample is present both terms are l p^alpha, which per-sample sums G = sum_b l p^alpha cover; so the
+// stripes hold G_k + G_l's corrections for the branches both samples share (q = p^alpha), and the
+// common case (at most one sample present) costs a compare.
 // Kind: 0 generic pow, 1 alpha = 0.5 (sqrt), 2 alpha = 1, 3 alpha = 0.
 template <typename T, int Kind>
 void gen_tile_k(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, int64_t s, T am1, T* num, T* den,
@@ -247,7 +249,6 @@ void gen_tile_k(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, i
     const T* __restrict e = E + r * N2;
     const T* __restrict q = Q + r * N2;
     const T L = lens[r];
-    // Most pairs of a branch have at most one sample present: that path needs no pow/sqrt.
     for (int64_t k = 0; k < kn; ++k) {
       const T a = e[k], b = e[k + s];
       if (a > 0 && b > 0) {
@@ -257,12 +258,9 @@ void gen_tile_k(const T* E, const T* Q, const T* lens, int64_t nb, int64_t N2, i
         else if constexpr (Kind == 1) w = L / sqrt_nonneg(sum);
         else if constexpr (Kind == 2) w = L;
         else w = L / sum;
-        num[k] += w * std::fabs(a - b);
-        den[k] += w * sum;
-      } else {
-        const T t = L * (q[k] + q[k + s]);
-        num[k] += t;
-        den[k] += t;
+        const T single = L * (q[k] + q[k + s]);
+        num[k] += w * std::fabs(a - b) - single;
+        den[k] += w * sum - single;
       }
     }
   }
@@ -296,7 +294,7 @@ struct DenseEngine {
   const std::vector<double>& totals;
   std::vector<T> E, Q, lens;
   std::vector<T> num, den;       // stripes: S x N
-  std::vector<double> pd, wsum;  // per-sample sum_b l_b a_b and sum_b l_b p_b
+  std::vector<double> pd, wsum, gsum;  // per-sample sum_b l_b a_b, sum_b l_b p_b, sum_b l_b p_b^alpha
 
   DenseEngine(int metric_, double alpha_, int threads_, int64_t N_, const std::vector<double>& totals_)
       : metric(metric_), alpha(alpha_), threads(threads_), N(N_), N2(2 * N_), S(N_ / 2), totals(totals_) {
@@ -310,6 +308,7 @@ struct DenseEngine {
     }
     pd.assign(N, 0.0);
     wsum.assign(N, 0.0);
+    gsum.assign(N, 0.0);
   }
 
   void add(double L, const double* c) {
@@ -330,7 +329,12 @@ struct DenseEngine {
     }
     if (metric == kGeneralized) {
       T* q = Q.data() + nb * N2;
-      for (int64_t k = 0; k < N; ++k) q[k] = q[k + N] = e[k] > 0 ? std::pow(e[k], static_cast<T>(alpha)) : T(0);
+      for (int64_t k = 0; k < N; ++k) {
+        const double prop = totals[k] > 0 ? c[k] / totals[k] : 0.0;
+        const double qk = prop > 0 ? std::pow(prop, alpha) : 0.0;
+        gsum[k] += L * qk;
+        q[k] = q[k + N] = static_cast<T>(qk);
+      }
       lens[nb] = static_cast<T>(L);
     } else {  // a row equal in every sample adds 0 to every |a - b|
       bool constant = true;
@@ -396,8 +400,9 @@ struct DenseEngine {
         } else if (metric == kWeightedUnnormalized) {
           d = x;
         } else {
-          const double y = static_cast<double>(den[(s - 1) * Nl + k]);
-          d = y > 0 ? x / y : 0.0;
+          const double g = gsum[k] + gsum[l];
+          const double y = g + static_cast<double>(den[(s - 1) * Nl + k]);
+          d = y > 0 ? std::max(0.0, g + x) / y : 0.0;
         }
         out[k * Nl + l] = static_cast<T>(d);
         out[l * Nl + k] = static_cast<T>(d);

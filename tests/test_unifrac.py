@@ -346,3 +346,17 @@ def test_batch_targets_parallel_path_and_progress():
     td = TreeDistances(table, newick, "weighted_unnormalized", threads=2)
     ids = list(reversed(full.ids))[:70]  # > 64 samples: the multi-threaded path
     assert np.abs(td.pairs(ids) - full.pairs(ids)).max() <= 1e-9
+
+
+def test_single_child_chain_root_length_and_zero_branch():
+    """Chains of single-child nodes are merged into one branch; the result must not change."""
+    import biom
+    from skbio.diversity import alpha_diversity
+
+    newick = "(((a:1,b:2)x:0.5,(c:1,d:0):0.25):0.7):0.3;"
+    table = biom.Table(np.array([[1, 0, 3], [0, 2, 0], [4, 4, 0], [1, 0, 0]], float), list("abcd"), ["s1", "s2", "s3"])
+    for metric in SKBIO:
+        assert np.abs(U.unifrac(table, newick, metric).data - skbio_beta(table, newick, metric)).max() <= 1e-12
+    ref = alpha_diversity("faith_pd", table.matrix_data.T.toarray(), list(table.ids()), taxa=list("abcd"),
+                          tree=skbio_tree(newick)).values
+    assert np.abs(U.faith_pd(table, newick).values - ref).max() <= 1e-12

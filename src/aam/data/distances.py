@@ -25,7 +25,9 @@ class DistanceMatrix:
 
     def __init__(self, ids: Sequence[str], data: np.ndarray, path: str | Path | None = None) -> None:
         self.ids: list[str] = [str(i) for i in ids]
-        self.data = np.ascontiguousarray(data, dtype=np.float64)
+        # float32 stays float32 (half the memory for large matrices); anything else becomes float64.
+        data = np.asarray(data)
+        self.data = np.ascontiguousarray(data, dtype=np.float32 if data.dtype == np.float32 else np.float64)
         self.path = str(path) if path is not None else "distance matrix"
         self._index = {s: k for k, s in enumerate(self.ids)}
         if len(self._index) != len(self.ids):
@@ -53,7 +55,7 @@ class DistanceMatrix:
     def pairs(self, sample_ids: Sequence[str]) -> np.ndarray:
         """Distances between the given samples, float64 [B, B], in the given order."""
         idx = self.indices(sample_ids)
-        return self.data[idx[:, None], idx[None, :]]
+        return self.data[idx[:, None], idx[None, :]].astype(np.float64, copy=False)
 
     def subset(self, sample_ids: Sequence[str]) -> DistanceMatrix:
         """A new DistanceMatrix over `sample_ids`, in that order."""

@@ -333,3 +333,37 @@ def pairwise_unifrac_loss(
     req = {"device": emb.device, "dtype": emb.dtype, "batch": emb.shape[0], "dim": emb.shape[1]}
     impl = registry.select(OP, registry.resolve_name(OP, backend), req)
     return impl.fn(emb, target, transform, scale, weights)
+
+
+def self_check_pairwise_unifrac_loss(backend: str, device: torch.device | str) -> dict:
+    """`aam kernels` check: a random batch with a duplicate pair and zero-weight pairs vs float64 math.
+
+    Checks loss and gradient of both transforms in float32; fails on NaN or on an error above the fp32
+    floors of DESIGN.md's parity rule scaled by the problem (1e-5 forward, 1e-4 backward, relative).
+    """
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(7)
+    b, d = 37, 24
+    emb = torch.randn(b, d, generator=g, dtype=torch.float64)
+    emb[5] = emb[3]  # a duplicate pair: distance 0, gradient defined as 0
+    target = torch.rand(b, b, generator=g, dtype=torch.float64)
+    target = (target + target.T) / 2
+    weights = (torch.rand(b, b, generator=g, dtype=torch.float64) > 0.1).to(torch.float64)
+    worst_f = worst_b = 0.0
+    nan = False
+    for transform, w in (("identity", None), ("tanh", weights)):
+        ref_in = emb.clone().requires_grad_(True)
+        ref = pairwise_loss_math(ref_in, target, transform, 4.0, w)
+        (ref_g,) = torch.autograd.grad(ref, ref_in)
+        x = emb.to(device, torch.float32).requires_grad_(True)
+        wt = None if w is None else w.to(device, torch.float32)
+        out = pairwise_unifrac_loss(x, target.to(device, torch.float32), transform, 4.0, wt, backend=backend)
+        (grad,) = torch.autograd.grad(out, x)
+        nan = nan or bool(torch.isnan(out).any()) or bool(torch.isnan(grad).any())
+        worst_f = max(worst_f, abs(out.double().item() - ref.item()) / max(1.0, abs(ref.item())))
+        scale_g = max(1.0, ref_g.abs().max().item())
+        worst_b = max(worst_b, (grad.double().cpu() - ref_g).abs().max().item() / scale_g)
+    ok = not nan and worst_f <= 1e-5 and worst_b <= 1e-4
+    return {"ok": ok, "max_err_fwd": worst_f, "max_err_bwd": worst_b, "nan": nan,
+            "detail": f"float32: rel err fwd {worst_f:.2e} (tol 1e-05), bwd {worst_b:.2e} (tol 1e-04)"
+            + (", NaN" if nan else "")}

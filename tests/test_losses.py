@@ -95,13 +95,14 @@ def test_unifrac_term_uses_ops_and_weights():
 def test_distributed_hook_replaces_local_pairwise():
     calls = []
 
-    def fake(emb, target, transform, scale, backend):
-        calls.append((transform, scale, backend))
+    def fake(emb, batch, transform, scale, backend):
+        calls.append((transform, scale, backend, batch["sample_ids"]))
         return emb.sum() * 0 + 7.0
 
     loss = MultiTaskLoss(LossConfig(unifrac_transform="tanh", unifrac_scale=3.0), pairwise_fn=fake)
-    assert loss({"embeddings": torch.randn(3, 2)}, {"unifrac_target": torch.rand(3, 3)})["total"].item() == 7.0
-    assert calls == [("tanh", 3.0, "auto")]
+    out = loss({"embeddings": torch.randn(3, 2)}, {"unifrac_target": torch.rand(3, 3), "sample_ids": ["a", "b", "c"]})
+    assert out["total"].item() == 7.0
+    assert calls == [("tanh", 3.0, "auto", ["a", "b", "c"])]
 
 
 def test_classification_with_class_weights():

@@ -138,11 +138,14 @@ class MultiTaskLoss:
         self.config = config
         self.pairwise_fn = pairwise_fn
 
-    def unifrac(self, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def unifrac(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Local pairwise loss, or under DDP the hook `pairwise_fn(emb, batch, transform=, scale=, backend=)`
+        (aam.training.distributed.global_pairwise_loss bound to the distance source) for cross-rank pairs."""
         c = self.config
         if self.pairwise_fn is not None:
-            return self.pairwise_fn(emb, target, transform=c.unifrac_transform, scale=c.unifrac_scale,
+            return self.pairwise_fn(emb, batch, transform=c.unifrac_transform, scale=c.unifrac_scale,
                                     backend=c.kernels)
+        target = batch["unifrac_target"]
         return pairwise_unifrac_loss(emb.float(), target.float(), transform=c.unifrac_transform,
                                      scale=c.unifrac_scale, backend=c.kernels)
 
@@ -158,7 +161,7 @@ class MultiTaskLoss:
                 total = value * weight if total is None else total + value * weight
 
         if batch.get("unifrac_target") is not None and c.unifrac_weight:
-            add("unifrac_loss", self.unifrac(outputs["embeddings"], batch["unifrac_target"]), c.unifrac_weight)
+            add("unifrac_loss", self.unifrac(outputs["embeddings"], batch), c.unifrac_weight)
         if outputs.get("nuc_logits") is not None and batch.get("nuc_mask") is not None and c.nuc_weight:
             loss, correct = nucleotide_loss(outputs["nuc_logits"], batch["tokens_original"], batch["nuc_mask"])
             add("nuc_loss", loss, c.nuc_weight)

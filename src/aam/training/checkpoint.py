@@ -27,8 +27,23 @@ REQUIRED = ("format", "format_version", "kind", "model_config", "model_state", "
 def versions() -> dict[str, str]:
     import aam
 
-    return {"aam": getattr(aam, "__version__", "unknown"), "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {"aam": str(getattr(aam, "__version__", "unknown")), "torch": str(torch.__version__),
+            "numpy": str(np.__version__), "python": platform.python_version()}
+
+
+def plain(obj: Any) -> Any:
+    """Numpy scalars/arrays and tuples -> Python types, so `torch.load(weights_only=True)` reads the file."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,7 +74,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write to `<path>.tmp` and rename, so a crash never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload}
+    data = plain({"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload})
     tmp = path.with_name(path.name + ".tmp")
     torch.save(data, tmp)
     os.replace(tmp, path)

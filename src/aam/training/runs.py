@@ -23,7 +23,7 @@ from aam.models import ModelConfig, build_model, count_parameters
 from aam.training import checkpoint as ckpt
 from aam.training.data_setup import Preprocessing, make_dataset, prepare_table, report_token_limit
 from aam.training.losses import LossConfig, MultiTaskLoss, point_prediction
-from aam.training.trainer import Trainer, TrainConfig
+from aam.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("aam")
 

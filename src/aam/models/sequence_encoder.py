@@ -29,3 +29,7 @@ class SequenceEncoder(nn.Module):
         out["sample_embeddings"] = x
         out["embeddings"] = self.pooling(x, valid)
         return out
+
+    def nucleotide_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Nucleotide logits [U, Lb, 7] of token rows (ASV encoder only)."""
+        return self.sample_encoder.asv_encoder(tokens)[1]

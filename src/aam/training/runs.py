@@ -44,9 +44,15 @@ def _setup(kw: dict[str, Any]) -> tuple[Path, torch.device, int]:
     return out, device, world
 
 
-def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
-    if kw["resume"] and not Path(kw["resume"]).is_file():
+def _load_resume(kw: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    if not kw["resume"]:
+        return None
+    if not Path(kw["resume"]).is_file():
         raise InputError(f"--resume {kw['resume']}: file not found; give the run's checkpoints/last.pt")
+    return ckpt.load_checkpoint(kw["resume"], kind)
+
+
+def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
     return TrainConfig(
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
         warmup_steps=kw["warmup_steps"], gradient_accumulation_steps=kw["gradient_accumulation_steps"],
@@ -122,7 +128,7 @@ def _report(trainer: Trainer, history: list[dict[str, float]], keys: list[str]) 
 def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
     out, device, world = _setup(kw)
     _check_batch_size(kw, pairwise=kw["penalty"] > 0)
-    resume = ckpt.load_checkpoint(kw["resume"], "pretrain") if kw["resume"] else None
+    resume = _load_resume(kw, "pretrain")
     pre = Preprocessing.from_dict(resume["preprocessing"]) if resume else _preprocessing(kw, "pretrain")
     prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
     pre.rarefy_depth = prepared.depth
@@ -173,7 +179,7 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
     out, device, world = _setup(kw)
     use_dm = kw["unifrac_matrix"] is not None and kw["penalty"] > 0
     _check_batch_size(kw, pairwise=use_dm)
-    resume = ckpt.load_checkpoint(kw["resume"], "train") if kw["resume"] else None
+    resume = _load_resume(kw, "train")
     pretrained = ckpt.load_checkpoint(kw["pretrained_encoder"], "pretrain") if kw["pretrained_encoder"] and not resume \
         else None
     if resume:

@@ -194,16 +194,22 @@ class Trainer:
         return bool(self.model.config.predict_nucleotides and self.loss_fn.config.nuc_weight
                     and self.config.nuc_mask_ratio > 0)
 
-    def _forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None):
+    def _forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None,
+                 evaluate: bool = False):
+        """Training: one pass on nucleotide-masked tokens. Evaluation: a clean pass (what predict sees) for
+        every term but the nucleotide one, plus an ASV-encoder-only pass on masked tokens for that one."""
         tokens = batch["tokens"]
+        masked = None
         if self._uses_nucleotides():
-            corrupted, mask = mask_nucleotides(tokens, self.config.nuc_mask_ratio, self.config.nuc_mask_strategy,
-                                               generator)
+            masked, mask = mask_nucleotides(tokens, self.config.nuc_mask_ratio, self.config.nuc_mask_strategy,
+                                            generator)
             batch["tokens_original"], batch["nuc_mask"] = tokens, mask
-            tokens = corrupted
         with self._autocast():
-            outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
+            inputs = tokens if evaluate or masked is None else masked
+            outputs = model(tokens=inputs, asv_index=batch["asv_index"], offsets=batch["offsets"],
                             counts=batch.get("counts"), categorical=batch.get("categorical"))
+            if evaluate:
+                outputs["nuc_logits"] = self.model.nucleotide_logits(masked) if masked is not None else None
             terms = self.loss_fn(outputs, batch)
         return outputs, terms
 
@@ -425,7 +431,7 @@ class Trainer:
         lc = self.loss_fn.config
         for batch in loader:
             batch = self._to_device(batch)
-            outputs, terms = self._forward(self.model, batch, gen)
+            outputs, terms = self._forward(self.model, batch, gen, evaluate=True)
             b = len(batch["sample_ids"])
             for k, v in terms.items():
                 v = v.detach().float() * (1 if k in ("nuc_correct", "nuc_total") else b)
@@ -528,4 +534,3 @@ class Trainer:
         log.info("epoch %d/%d %s%s", row["epoch"], self.config.epochs, shown, " *best*" if improved else "")
         if improved:
             self.write_validation_outputs()
-        plots.training_curves(self.history, self.plot_dir / "training_curves.png")

@@ -226,7 +226,7 @@ def test_predict_sample_without_known_asvs_is_reported(data, tmp_path, capsys):
     with biom.util.biom_open(str(path), "w") as fh:
         biom.Table(mat, new_ids, list(t.ids())).to_hdf5(fh, "new")
     pred = tmp_path / "p.tsv"
-    assert main(["predict", "--model", str(out / "checkpoints/best.pt"), "--table", str(path), "--output", str(pred),
+    assert main(["predict", "--model", str(out / "checkpoints/last.pt"), "--table", str(path), "--output", str(pred),
                  "--device", "cpu"]) == 0
     skipped = {r["sample_id"]: r["reason"] for r in read_tsv(tmp_path / "p.skipped.tsv")}
     assert "known sequence" in skipped["S0"]

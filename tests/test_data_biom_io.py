@@ -122,3 +122,14 @@ def test_corrupt_hdf5(tmp_path: Path) -> None:
         f.create_dataset("something", data=np.arange(3))
     with pytest.raises(InputError, match=r"c\.biom is not a readable BIOM table"):
         load_table(p)
+
+
+def test_table_sequences_with_hashed_ids(tmp_path: Path) -> None:
+    from aam.data.sequences import table_sequences
+
+    hashed = biom.Table(np.array([[1, 2], [3, 0]]), ["h1", "h2"], ["S1", "S2"])
+    with pytest.raises(InputError, match=r"table h\.biom are not nucleotide sequences .*'h1', 'h2'.*--sequences"):
+        table_sequences(hashed, table_path="h.biom")
+    fa = tmp_path / "s.fa"
+    fa.write_text(">h2\nGGG\n>h1\nACGT\n")
+    assert table_sequences(hashed, fa) == ["ACGT", "GGG"]

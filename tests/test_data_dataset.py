@@ -138,3 +138,12 @@ def test_dataloader_with_workers_free_collate() -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=ds.collate_fn(None))
     batches = list(loader)
     assert [b["sample_ids"] for b in batches] == [["S0", "S1"], ["S2", "S3"]]
+
+
+def test_random_selection_reproducible_across_instances() -> None:
+    a = _dataset(token_limit=2, asv_selection="random", seed=11)
+    b = _dataset(token_limit=2, asv_selection="random", seed=11)
+    for epoch in (0, 3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        assert [a[i]["features"].tolist() for i in range(4)] == [b[i]["features"].tolist() for i in range(4)]

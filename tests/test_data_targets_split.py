@@ -101,3 +101,9 @@ def test_split_empty_side() -> None:
         split_samples([f"S{i}" for i in range(5)], 0.2, seed=0, groups=["x"] * 5)
     with pytest.raises(AAMError, match="between 0 and 1"):
         split_samples(["a", "b"], 1.5, seed=0)
+
+
+def test_log_inverse_clamped() -> None:
+    t = TargetTransform("log-zscore").fit(np.array([1.0, 10.0, 100.0]))
+    assert np.isfinite(t.inverse_transform(np.array([1e6])))
+    assert torch.isfinite(t.inverse_transform(torch.tensor([1e6], dtype=torch.float32))).all()

@@ -75,8 +75,8 @@ class SampleDataset(torch.utils.data.Dataset):
         m.eliminate_zeros()
         m.sort_indices()
         self._indptr = m.indptr.astype(np.int64)
-        self._indices = m.indices.astype(np.int64)
-        self._counts = m.data.astype(np.float32)
+        indices = m.indices.astype(np.int64)
+        counts = m.data.astype(np.float32)
         nnz = np.diff(self._indptr)
         if (nnz == 0).any():
             empty = [self.sample_ids[i] for i in np.flatnonzero(nnz == 0)[:10]]
@@ -86,9 +86,9 @@ class SampleDataset(torch.utils.data.Dataset):
             )
         # Abundance order within each sample, computed once: decreasing count, ties by feature index.
         sample_of = np.repeat(np.arange(n_samples, dtype=np.int64), nnz)
-        order = np.lexsort((self._indices, -self._counts, sample_of))
-        self._rank_indices = self._indices[order]
-        self._rank_counts = self._counts[order]
+        order = np.lexsort((indices, -counts, sample_of))
+        self._rank_indices = indices[order]
+        self._rank_counts = counts[order]
         # For 'first' and 'random': position of each table-order entry in the abundance order.
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
@@ -109,7 +109,11 @@ class SampleDataset(torch.utils.data.Dataset):
         return len(self.sample_ids)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reseeds 'random' ASV selection (call once per epoch, like DistributedSampler.set_epoch)."""
+        """Reseeds 'random' ASV selection (call once per epoch, like DistributedSampler.set_epoch).
+
+        DataLoader workers hold a copy of the dataset: with persistent_workers=True the new epoch does
+        not reach them, so use non-persistent workers with 'random' selection.
+        """
         self.epoch = int(epoch)
 
     def n_asvs(self) -> np.ndarray:

@@ -104,3 +104,13 @@ def feature_sequences(
             "remove gaps and other symbols from the sequences"
         )
     return seqs
+
+
+def table_sequences(
+    table: object, sequences_path: str | Path | None = None, table_path: str | Path | None = None
+) -> list[str]:
+    """Sequences of a biom.Table's features, in table order: the IDs themselves, or mapped through
+    the FASTA/.qza at `sequences_path` (the --sequences option)."""
+    ids = [str(f) for f in table.ids(axis="observation")]  # type: ignore[attr-defined]
+    mapping = load_sequences(sequences_path) if sequences_path is not None else None
+    return feature_sequences(ids, mapping, table_path=table_path, mapping_path=sequences_path)

@@ -20,9 +20,10 @@ def _log1p(y: Any) -> Any:
 
 
 def _expm1(y: Any) -> Any:
+    """exp(y) - 1 with y clamped at 88 (exp overflows float32 above it)."""
     if isinstance(y, np.ndarray | float | int | np.floating):
-        return np.expm1(y)
-    return y.expm1()
+        return np.expm1(np.minimum(y, 88.0))
+    return y.clamp(max=88.0).expm1()
 
 
 class TargetTransform:

@@ -99,34 +99,34 @@ def tokenize(
     report = TokenReport(n_sequences=n, max_bp=max_bp)
     if n == 0:
         return tokens, np.zeros(0, dtype=np.int64), report
-    encoded = [s.encode("ascii", errors="replace") for s in seqs]
-    full_len = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
-    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    codes = LUT[buf]
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(full_len[:-1], out=starts[1:])
-    row = np.repeat(np.arange(n, dtype=np.int64), full_len)
-
-    bad = codes == _INVALID
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        r = int(row[pos])
-        ch = chr(buf[pos]) if buf[pos] < 128 else "?"
-        n_bad = int(np.unique(row[bad]).size)
-        raise InputError(
-            f"sequence {_short(str(names[r]))!r} has the character {ch!r} at position {pos - starts[r] + 1} "
-            f"({n_bad} sequence(s) have characters other than ACGTU/IUPAC); remove gaps and other symbols"
-        )
+    full_len = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
     if (full_len == 0).any():
         r = int(np.flatnonzero(full_len == 0)[0])
         raise InputError(f"sequence {r} ({names[r]!r}) is empty; every feature needs a nucleotide sequence")
-
-    pos_in_seq = np.arange(buf.size, dtype=np.int64) - starts[row]
-    keep = pos_in_seq < max_bp
-    tokens[row[keep], pos_in_seq[keep] + 1] = codes[keep]
+    if full_len.max() > max_bp:
+        seqs = [x[:max_bp] for x in seqs]
+    width = int(min(full_len.max(), max_bp))
+    try:  # fixed-width byte strings, NUL padded: one C-level copy, no per-base Python work
+        raw = np.array(seqs, dtype=f"S{width}").view(np.uint8).reshape(n, width)
+    except UnicodeEncodeError:
+        raw = np.array([x.encode("ascii", errors="replace") for x in seqs], dtype=f"S{width}")
+        raw = raw.view(np.uint8).reshape(n, width)
     lengths = np.minimum(full_len, max_bp)
+    codes = LUT[raw]
+    inside = np.arange(width)[None, :] < lengths[:, None]
+    bad = (codes == _INVALID) & inside
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        ch = chr(raw[r, c]) if raw[r, c] < 128 else "?"
+        n_bad = int(bad.any(axis=1).sum())
+        raise InputError(
+            f"sequence {_short(str(names[r]))!r} has the character {ch!r} at position {c + 1} "
+            f"({n_bad} sequence(s) have characters other than ACGTU/IUPAC); remove gaps and other symbols"
+        )
+    codes[~inside] = PAD
+    tokens[:, 1 : width + 1] = codes
 
-    amb = np.bincount(row[keep], weights=(codes[keep] == MASK), minlength=n).astype(np.int64)
+    amb = (codes == MASK).sum(axis=1)
     amb_rows = np.flatnonzero(amb)
     report.n_ambiguous_sequences = int(amb_rows.size)
     report.n_ambiguous_bases = int(amb.sum())

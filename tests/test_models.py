@@ -45,7 +45,11 @@ def test_encoder_shapes_and_padding_slots_zero():
     assert out["sample_embeddings"].shape == (3, 3, 16)
     assert out["valid"].tolist() == [[True, True, True], [True, True, False], [True, False, False]]
     assert out["sample_embeddings"][2, 1:].abs().sum() == 0
-    assert out["nuc_logits"].shape == (4, 10, 7)
+    assert out["nuc_logits"] is None  # only with nuc_tokens (a separate pass over masked copies)
+    b = batch()
+    out2 = model(**b, nuc_tokens=b["tokens"][:2])
+    assert out2["nuc_logits"].shape == (2, 10, 7)
+    torch.testing.assert_close(out2["embeddings"], out["embeddings"])  # the embeddings never see the masked rows
     assert torch.isfinite(out["embeddings"]).all()
 
 

@@ -94,6 +94,9 @@ def loss_options() -> list[Callable]:
         opt("Loss", "--nuc-mask-ratio", type=float, default=0.15, help="Fraction of bases masked."),
         opt("Loss", "--nuc-mask-strategy", type=click.Choice(["random", "span"]), default="random",
             help="Mask single bases or spans of 3-5."),
+        opt("Loss", "--nuc-asv-fraction", type=float, default=0.25,
+            help="Fraction of a batch's unique ASVs that get a masked copy for the nucleotide task (a separate "
+                 "ASV-encoder pass; the embeddings always see clean sequences)."),
         opt("Loss", "--unifrac-transform", type=click.Choice(["identity", "tanh"]), default="identity",
             help="Embedding distance compared to UniFrac: raw (UniFrac lies in [0, 1]; the model learns the "
                  "scale) or tanh(d / --unifrac-scale)."),

@@ -28,7 +28,7 @@ class ASVEncoder(nn.Module):
         self.pooling = AttentionPooling(d)
         self.nucleotide_head = nn.Linear(d, config.vocab_size) if config.predict_nucleotides else None
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, tokens: torch.Tensor, with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         length = tokens.shape[1]
         if length > self.position_embedding.num_embeddings:
             raise ValueError(f"token rows of length {length} exceed max_bp + 1 = {self.position_embedding.num_embeddings}")
@@ -36,7 +36,7 @@ class ASVEncoder(nn.Module):
         pos = torch.arange(length, device=tokens.device)
         x = self.token_embedding(tokens) + self.position_embedding(pos)[None]
         x = self.transformer(x, ~valid)
-        logits = self.nucleotide_head(x) if self.nucleotide_head is not None else None
+        logits = self.nucleotide_head(x) if self.nucleotide_head is not None and with_logits else None
         return self.pooling(x, valid), logits
 
 
@@ -72,8 +72,9 @@ class SampleEncoder(nn.Module):
         self.transformer = _stack(config, config.sample_heads, config.sample_layers)
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
-                counts: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-        asv_emb, nuc_logits = self.asv_encoder(tokens)
+                counts: torch.Tensor | None, nuc_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        asv_emb, _ = self.asv_encoder(tokens, with_logits=False)
+        nuc_logits = self.asv_encoder(nuc_tokens)[1] if nuc_tokens is not None else None
         x, valid = pad_entries(asv_emb[asv_index], offsets)
         if counts is None:
             counts = torch.ones(asv_index.shape[0], device=x.device)

@@ -12,7 +12,10 @@ from aam.models.transformer import AttentionPooling
 
 class SequenceEncoder(nn.Module):
     """Batch (tokens, asv_index, offsets, counts) -> dict with `embeddings` [B, D] (UniFrac space),
-    `sample_embeddings` [B, S, D], `valid` [B, S], `counts` [B, S], `nuc_logits` [U, Lb, 7] or None."""
+    `sample_embeddings` [B, S, D], `valid` [B, S], `counts` [B, S].
+
+    `nuc_tokens` [R, Lb] (nucleotide-masked token rows) adds `nuc_logits` [R, Lb, 7] from a separate
+    ASV-encoder pass: the embeddings always come from clean sequences, as in predict."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -22,14 +25,12 @@ class SequenceEncoder(nn.Module):
         self.pooling = AttentionPooling(config.embedding_dim)
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
-                counts: torch.Tensor | None = None, **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.sample_encoder(tokens, asv_index, offsets, counts)
+                counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,
+                **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens)
         valid = out["valid"]
         x = self.encoder(out["sample_embeddings"], ~valid) * valid.unsqueeze(-1).to(out["sample_embeddings"].dtype)
         out["sample_embeddings"] = x
         out["embeddings"] = self.pooling(x, valid)
         return out
 
-    def nucleotide_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """Nucleotide logits [U, Lb, 7] of token rows (ASV encoder only)."""
-        return self.sample_encoder.asv_encoder(tokens)[1]

@@ -65,13 +65,10 @@ class SequencePredictor(nn.Module):
         for p in self.base_model.parameters():
             p.requires_grad_(False)
 
-    def nucleotide_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        return self.base_model.nucleotide_logits(tokens)
-
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, categorical: torch.Tensor | None = None,
-                **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.base_model(tokens, asv_index, offsets, counts)
+                nuc_tokens: torch.Tensor | None = None, **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens)
         x, valid = out["sample_embeddings"], out["valid"]
         keep = valid.unsqueeze(-1).to(x.dtype)
         if self.config.count_prediction:

@@ -58,7 +58,7 @@ def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
         warmup_steps=kw["warmup_steps"], gradient_accumulation_steps=kw["gradient_accumulation_steps"],
         max_grad_norm=kw["max_grad_norm"] or None, mixed_precision=kw["mixed_precision"], patience=kw["patience"],
         best_metric=best_metric, nuc_mask_ratio=kw["nuc_mask_ratio"], nuc_mask_strategy=kw["nuc_mask_strategy"],
-        log_every=max(1, kw["log_every"]), checkpoint_every=kw["checkpoint_every"], max_steps=kw["max_steps"],
+        nuc_asv_fraction=kw["nuc_asv_fraction"], log_every=max(1, kw["log_every"]), checkpoint_every=kw["checkpoint_every"], max_steps=kw["max_steps"],
         seed=kw["seed"], num_workers=kw["num_workers"], progress=os.environ.get("AAM_NO_PROGRESS") is None,
     )
 

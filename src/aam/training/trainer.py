@@ -53,6 +53,7 @@ class TrainConfig:
     best_metric: str = "val_loss"
     nuc_mask_ratio: float = 0.15
     nuc_mask_strategy: str = "random"
+    nuc_asv_fraction: float = 0.25
     log_every: int = 10
     checkpoint_every: int = 0
     max_steps: int | None = None
@@ -196,20 +197,23 @@ class Trainer:
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None,
                  evaluate: bool = False):
-        """Training: one pass on nucleotide-masked tokens. Evaluation: a clean pass (what predict sees) for
-        every term but the nucleotide one, plus an ASV-encoder-only pass on masked tokens for that one."""
+        """One model call. The embeddings always come from clean sequences (what predict sees); the masked-
+        nucleotide task runs on a separate ASV-encoder pass over masked copies of a random subset of the
+        batch's unique ASVs (`nuc_asv_fraction`; all of them in evaluation, masked with a fixed seed)."""
         tokens = batch["tokens"]
-        masked = None
+        nuc_tokens = None
         if self._uses_nucleotides():
-            masked, mask = mask_nucleotides(tokens, self.config.nuc_mask_ratio, self.config.nuc_mask_strategy,
-                                            generator)
-            batch["tokens_original"], batch["nuc_mask"] = tokens, mask
+            rows = tokens
+            frac = self.config.nuc_asv_fraction
+            if not evaluate and frac < 1.0:
+                k = max(1, math.ceil(frac * tokens.shape[0]))
+                rows = tokens[torch.randperm(tokens.shape[0], device=tokens.device)[:k]]
+            nuc_tokens, mask = mask_nucleotides(rows, self.config.nuc_mask_ratio, self.config.nuc_mask_strategy,
+                                                generator)
+            batch["tokens_original"], batch["nuc_mask"] = rows, mask
         with self._autocast():
-            inputs = tokens if evaluate or masked is None else masked
-            outputs = model(tokens=inputs, asv_index=batch["asv_index"], offsets=batch["offsets"],
-                            counts=batch.get("counts"), categorical=batch.get("categorical"))
-            if evaluate:
-                outputs["nuc_logits"] = self.model.nucleotide_logits(masked) if masked is not None else None
+            outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
+                            counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens)
             terms = self.loss_fn(outputs, batch)
         return outputs, terms
 

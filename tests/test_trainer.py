@@ -18,7 +18,7 @@ from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training.losses import LossConfig, MultiTaskLoss
 from aam.training.optim import make_optimizer, make_scheduler, param_groups
-from aam.training.trainer import EpochSampler, Trainer, TrainConfig
+from aam.training.trainer import EpochSampler, TrainConfig, Trainer
 
 
 class Dist:

@@ -77,7 +77,9 @@ def model_options() -> list[Callable]:
             help="Layers of every transformer stack (ASV, sample, encoder, count, target)."),
         opt("Model", "--asv-layers", type=int, default=None, show_default="--attention-layers",
             help="Layers of the nucleotide-level (ASV) stack, the most expensive one."),
-        opt("Model", "--dropout", type=float, default=0.1, help="Dropout in every block."),
+        opt("Model", "--dropout", type=float, default=None, show_default="0 in pretrain, 0.1 in train",
+            help="Dropout in every block. Pretraining defaults to 0: dropout noise adds to every embedding "
+                 "distance, and the pairwise loss then fits the noise instead of the samples."),
         opt("Model", "--count-embedding/--no-count-embedding", default=False,
             help="Feed log1p(read counts) of each ASV into the sample encoder."),
         opt("Model", "--count-embedding-method", type=click.Choice(["add", "film"]), default="add",

@@ -63,11 +63,15 @@ def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
     )
 
 
-def _encoder_config(kw: dict[str, Any], pre: Preprocessing) -> ModelConfig:
+def _dropout(kw: dict[str, Any], default: float) -> float:
+    return default if kw["dropout"] is None else kw["dropout"]
+
+
+def _encoder_config(kw: dict[str, Any], pre: Preprocessing, dropout: float) -> ModelConfig:
     heads, layers = kw["attention_heads"], kw["attention_layers"]
     return ModelConfig(
         kind="encoder", max_bp=pre.max_bp, token_limit=pre.token_limit, embedding_dim=kw["embedding_dim"],
-        dropout=kw["dropout"], asv_heads=heads, asv_layers=kw["asv_layers"] if kw["asv_layers"] is not None else layers,
+        dropout=dropout, asv_heads=heads, asv_layers=kw["asv_layers"] if kw["asv_layers"] is not None else layers,
         sample_heads=heads, sample_layers=layers, encoder_heads=heads, encoder_layers=layers,
         count_embedding=kw["count_embedding_method"] if kw["count_embedding"] else "none",
         gradient_checkpointing=kw["gradient_checkpointing"], kernels=kw["kernels"],
@@ -138,7 +142,7 @@ def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
     _write_split(out, train_ids, val_ids)
     train_set, val_set = make_dataset(prepared, train_ids, pre), make_dataset(prepared, val_ids, pre)
     report_token_limit(train_set, pre.token_limit)
-    mcfg = ModelConfig.from_dict(resume["model_config"]) if resume else _encoder_config(kw, pre)
+    mcfg = ModelConfig.from_dict(resume["model_config"]) if resume else _encoder_config(kw, pre, _dropout(kw, 0.0))
     if resume:
         mcfg.kernels = kw["kernels"]
     model = build_model(mcfg)
@@ -249,10 +253,11 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
         mcfg = ModelConfig.from_dict(resume["model_config"])
         mcfg.kernels = kw["kernels"]
     else:
-        base = ModelConfig.from_dict(pretrained["model_config"]) if pretrained else _encoder_config(kw, pre)
+        base = ModelConfig.from_dict(pretrained["model_config"]) if pretrained else \
+            _encoder_config(kw, pre, _dropout(kw, 0.1))
         heads, layers = base.encoder_heads, kw["attention_layers"]
         mcfg = dataclasses.replace(
-            base, kind="predictor", kernels=kw["kernels"], gradient_checkpointing=kw["gradient_checkpointing"],
+            base, kind="predictor", kernels=kw["kernels"], dropout=_dropout(kw, 0.1), gradient_checkpointing=kw["gradient_checkpointing"],
             out_dim=1, n_classes=len(class_labels) if class_labels else 0,
             quantiles=LossConfig(loss_type=kw["loss_type"], quantiles=_floats(kw["quantiles"])).quantiles
             if kw["loss_type"] == "quantile" and not kw["classifier"] else [],

@@ -137,3 +137,13 @@ def test_gradient_checkpointing_matches_plain():
 def test_build_model_kind():
     assert isinstance(build_model(tiny()), SequenceEncoder)
     assert isinstance(build_model(tiny(kind="predictor")), SequencePredictor)
+
+
+def test_precomputed_layout_matches_pad_packed():
+    from aam.models.encoders import packed_layout
+
+    model = SequenceEncoder(tiny()).eval()
+    b = batch()
+    plain = model(**b)["embeddings"]
+    with_layout = model(**b, layout=packed_layout(b["offsets"]))["embeddings"]
+    torch.testing.assert_close(plain, with_layout)

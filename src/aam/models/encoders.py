@@ -40,11 +40,34 @@ class ASVEncoder(nn.Module):
         return self.pooling(x, valid), logits
 
 
-def pad_entries(values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed per-(sample, ASV) values [T, ...] -> padded [B, S, ...] and valid [B, S] (aam.data.batching)."""
-    from aam.data.batching import pad_packed
+Layout = tuple[torch.Tensor, torch.Tensor, int]
 
-    return pad_packed(values, offsets)
+
+def packed_layout(offsets: torch.Tensor) -> Layout:
+    """(sample index [T], slot [T], S) of the packed entries; computed on the host by the data loader so the
+    forward pass never reads a device value back (see Trainer's collate)."""
+    from aam.data.batching import packed_positions
+
+    offsets = offsets.cpu()
+    b, pos = packed_positions(offsets)
+    return b, pos, int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
+
+
+def pad_entries(values: torch.Tensor, offsets: torch.Tensor,
+                layout: Layout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed per-(sample, ASV) values [T, ...] -> padded [B, S, ...] and valid [B, S]. Without a precomputed
+    `layout` this is aam.data.batching.pad_packed."""
+    if layout is None:
+        from aam.data.batching import pad_packed
+
+        return pad_packed(values, offsets)
+    b, pos, s = layout
+    n = offsets.shape[0] - 1
+    padded = values.new_zeros((n, s, *values.shape[1:]))
+    padded[b, pos] = values
+    valid = torch.zeros((n, s), dtype=torch.bool, device=values.device)
+    valid[b, pos] = True
+    return padded, valid
 
 
 def abundance_rank(counts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -72,13 +95,14 @@ class SampleEncoder(nn.Module):
         self.transformer = _stack(config, config.sample_heads, config.sample_layers)
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
-                counts: torch.Tensor | None, nuc_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+                counts: torch.Tensor | None, nuc_tokens: torch.Tensor | None = None,
+                layout: Layout | None = None) -> dict[str, torch.Tensor | None]:
         asv_emb, _ = self.asv_encoder(tokens, with_logits=False)
         nuc_logits = self.asv_encoder(nuc_tokens)[1] if nuc_tokens is not None else None
-        x, valid = pad_entries(asv_emb[asv_index], offsets)
+        x, valid = pad_entries(asv_emb[asv_index], offsets, layout)
         if counts is None:
             counts = torch.ones(asv_index.shape[0], device=x.device)
-        c, _ = pad_entries(counts.to(x.dtype), offsets)
+        c, _ = pad_entries(counts.to(x.dtype), offsets, layout)
         if self.count_embedding != "none":
             proj = self.count_proj(torch.log1p(c.clamp_min(0.0)).unsqueeze(-1))
             if self.count_embedding == "add":

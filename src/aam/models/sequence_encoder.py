@@ -26,8 +26,8 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,
-                **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens)
+                layout: tuple | None = None, **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens, layout)
         valid = out["valid"]
         x = self.encoder(out["sample_embeddings"], ~valid) * valid.unsqueeze(-1).to(out["sample_embeddings"].dtype)
         out["sample_embeddings"] = x

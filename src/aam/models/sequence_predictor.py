@@ -67,8 +67,9 @@ class SequencePredictor(nn.Module):
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, categorical: torch.Tensor | None = None,
-                nuc_tokens: torch.Tensor | None = None, **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens)
+                nuc_tokens: torch.Tensor | None = None, layout: tuple | None = None,
+                **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens, layout)
         x, valid = out["sample_embeddings"], out["valid"]
         keep = valid.unsqueeze(-1).to(x.dtype)
         if self.config.count_prediction:

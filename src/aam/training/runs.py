@@ -257,7 +257,8 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
             _encoder_config(kw, pre, _dropout(kw, 0.1))
         heads, layers = base.encoder_heads, kw["attention_layers"]
         mcfg = dataclasses.replace(
-            base, kind="predictor", kernels=kw["kernels"], dropout=_dropout(kw, 0.1), gradient_checkpointing=kw["gradient_checkpointing"],
+            base, kind="predictor", kernels=kw["kernels"], dropout=_dropout(kw, 0.1),
+            gradient_checkpointing=kw["gradient_checkpointing"],
             out_dim=1, n_classes=len(class_labels) if class_labels else 0,
             quantiles=LossConfig(loss_type=kw["loss_type"], quantiles=_floats(kw["quantiles"])).quantiles
             if kw["loss_type"] == "quantile" and not kw["classifier"] else [],
@@ -327,6 +328,9 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
     model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
     model.to(device).eval()
     depth = 0 if not kw["rarefy"] else pre.rarefy_depth
+    if not kw["rarefy"] and pre.rarefy_depth and mcfg.count_embedding != "none":
+        log.warning("--no-rarefy with a model that embeds read counts: it was trained on counts rarefied to %d",
+                    pre.rarefy_depth)
     prepared = prepare_table(kw["table"], kw["sequences"], depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     cat = None

@@ -36,7 +36,23 @@ log = logging.getLogger("aam")
 TASKS = ("pretrain", "regression", "classification")
 BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
 PRECISIONS = ("none", "bf16", "fp16")
-TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical")
+TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",
+               "entry_pos")
+
+
+class LayoutCollate:
+    """Wraps a collate_fn: adds the padded layout of the packed entries (computed on the host, pinned and
+    copied with the batch) so the forward pass has no device-to-host sync."""
+
+    def __init__(self, collate_fn: Callable) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list) -> dict[str, Any]:
+        from aam.models.encoders import packed_layout
+
+        batch = self.collate_fn(items)
+        batch["entry_sample"], batch["entry_pos"], batch["max_slots"] = packed_layout(batch["offsets"])
+        return batch
 
 
 @dataclass
@@ -143,7 +159,7 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)
 
-        self.train_set, self.val_set, self.collate_fn = train_set, val_set, collate_fn
+        self.train_set, self.val_set, self.collate_fn = train_set, val_set, LayoutCollate(collate_fn)
         self.train_sampler = EpochSampler(len(train_set), True, config.seed, self.rank, self.world)
         self.train_loader = self._loader(train_set, self.train_sampler, drop_last=False)
         self.batches_per_epoch = len(self.train_loader)
@@ -212,8 +228,10 @@ class Trainer:
                                                 generator)
             batch["tokens_original"], batch["nuc_mask"] = rows, mask
         with self._autocast():
+            layout = (batch["entry_sample"], batch["entry_pos"], batch["max_slots"]) if "entry_sample" in batch else None
             outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
-                            counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens)
+                            counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens,
+                            layout=layout)
             terms = self.loss_fn(outputs, batch)
         return outputs, terms
 
@@ -325,6 +343,8 @@ class Trainer:
         cfg = self.config
         self.ddp_model.train()
         self.train_sampler.epoch = self.epoch
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)  # reseeds random ASV selection
         self.train_sampler.skip = self.batch_in_epoch * cfg.batch_size
         accum = cfg.gradient_accumulation_steps
         sums: dict[str, torch.Tensor] = {}

@@ -90,9 +90,13 @@ def _pairwise_hook(world: int, dm: Any):
     """Under DDP the UniFrac loss sees every rank's samples (cross-rank pairs)."""
     if world <= 1 or dm is None:
         return None
-    from aam.training.distributed import global_pairwise_loss  # written by the loss engineer
+    from aam.training.distributed import global_pairwise_loss  # gathers embeddings + IDs of every rank
 
-    return functools.partial(global_pairwise_loss, distances=dm)
+    def pairwise(emb, batch, transform, scale, backend):
+        return global_pairwise_loss(emb.float(), list(batch["sample_ids"]), dm, transform=transform, scale=scale,
+                                    backend=backend)
+
+    return pairwise
 
 
 def _load_distances(kw: dict[str, Any], sample_ids: list[str]):

@@ -33,8 +33,8 @@ def demo_distances(table_path: Path, tree_path: Path, out_path: Path) -> Path:
 @click.option("--output-dir", default="demo-run", show_default=True, type=click.Path(file_okay=False),
               help="Where data/, pretrain/, train/ and predictions.tsv go.")
 @click.option("--samples", default=300, show_default=True, help="Samples to generate.")
-@click.option("--pretrain-epochs", default=10, show_default=True)
-@click.option("--train-epochs", default=10, show_default=True)
+@click.option("--pretrain-epochs", default=6, show_default=True)
+@click.option("--train-epochs", default=8, show_default=True)
 @click.option("--seed", default=42, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--kernels", default="auto", show_default=True)

@@ -23,6 +23,9 @@ class SequenceEncoder(nn.Module):
         self.sample_encoder = SampleEncoder(config)
         self.encoder = _stack(config, config.encoder_heads, config.encoder_layers)
         self.pooling = AttentionPooling(config.embedding_dim)
+        # Embedding distances are compared with UniFrac distances in [0, 1]: start the pooled embedding at
+        # norm ~1 (LayerNorm gain 1/sqrt(D)) instead of ~sqrt(D), so the loss need not first shrink the scale.
+        nn.init.constant_(self.pooling.norm.weight, config.embedding_dim**-0.5)
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,

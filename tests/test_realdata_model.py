@@ -25,8 +25,8 @@ def test_ibd_pretrain_train_predict(ibd_dir, tmp_path, monkeypatch):
     table = biom.load_table(str(ibd_dir / "rarefied-table.biom"))
     tree = skbio.TreeNode.read(str(ibd_dir / "tree.nwk"))
     tips = {t.name for t in tree.tips()}
-    # 64 samples spread over subjects (every k-th sample of the table)
-    ids = [str(s) for s in table.ids()][:: max(1, table.shape[1] // 64)][:64]
+    # 48 samples spread over subjects (every k-th sample of the table)
+    ids = [str(s) for s in table.ids()][:: max(1, table.shape[1] // 48)][:48]
     sub = table.filter(ids, axis="sample", inplace=False)
     sub = sub.filter([f for f in sub.ids(axis="observation") if f in tips], axis="observation", inplace=False)
     sub = sub.remove_empty(axis="observation", inplace=False)
@@ -40,7 +40,7 @@ def test_ibd_pretrain_train_predict(ibd_dir, tmp_path, monkeypatch):
 
     pre = tmp_path / "pre"
     assert main(["pretrain", "--table", str(path), "--unifrac-matrix", str(tmp_path / "dm.tsv"), "--output-dir",
-                 str(pre), "--epochs", "1", "--max-steps", "4", "--checkpoint-every", "2", *TINY]) == 0
+                 str(pre), "--epochs", "1", "--max-steps", "3", "--checkpoint-every", "2", *TINY]) == 0
     assert (pre / "checkpoints/last.pt").is_file()
     ft = tmp_path / "ft"
     assert main(["train", "--table", str(path), "--metadata", str(ibd_dir / "metadata.tsv"), "--metadata-column",

@@ -15,6 +15,8 @@ log = logging.getLogger("aam")
 @O.apply(O.table_options())
 @O.opt("Data", "--unifrac-matrix", type=click.Path(dir_okay=False), default=None,
        help="Pairwise distances (ssu .h5, scikit-bio .tsv, .csv, .npy + .ids.txt) covering the table's samples.")
+# `--tree` (distances computed on the fly by aam.ops.unifrac) plugs in here: a second distance source with
+# the same `ids` / `pairs(ids)` interface, passed to run_pretrain instead of the matrix.
 @O.opt("Data", "--unifrac-ids", type=click.Path(dir_okay=False), default=None,
        help="Sample IDs file for a .npy --unifrac-matrix (default <stem>.ids.txt).")
 @O.apply(O.preprocessing_options())

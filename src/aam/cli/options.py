@@ -1,0 +1,148 @@
+"""Shared click options, shown in `--help` under headings (Data, Model, Loss, Training, Hardware, Output)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from aam.ops import BACKEND_CHOICES
+
+SECTIONS = ("Data", "Model", "Loss", "Training", "Hardware", "Output", "Other")
+
+
+class GroupedOption(click.Option):
+    def __init__(self, *args, section: str = "Other", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists options per section."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            rec = param.get_help_record(ctx)
+            if rec is not None:
+                groups.setdefault(getattr(param, "section", "Other"), []).append(rec)
+        for name in SECTIONS:
+            if groups.get(name):
+                with formatter.section(f"{name} options"):
+                    formatter.write_dl(groups[name])
+
+
+def opt(section: str, *decls: str, **kwargs) -> Callable:
+    kwargs.setdefault("show_default", True)
+    return click.option(*decls, cls=GroupedOption, section=section, **kwargs)
+
+
+def apply(options: list[Callable]) -> Callable:
+    def deco(f: Callable) -> Callable:
+        for o in reversed(options):
+            f = o(f)
+        return f
+
+    return deco
+
+
+def table_options() -> list[Callable]:
+    return [
+        opt("Data", "--table", required=True, type=click.Path(dir_okay=False),
+            help="BIOM table (or QIIME 2 .qza) whose feature IDs are ASV sequences (or see --sequences)."),
+        opt("Data", "--sequences", type=click.Path(dir_okay=False), default=None,
+            help="FASTA or QIIME 2 .qza mapping feature IDs to sequences (for hashed IDs)."),
+    ]
+
+
+def preprocessing_options() -> list[Callable]:
+    return [
+        opt("Data", "--rarefy-depth", type=int, default=None, show_default="auto",
+            help="Reads per sample after rarefaction; default min(5000, 10th percentile of sample depths); "
+                 "0 = no rarefaction (table already rarefied)."),
+        opt("Data", "--max-bp", type=int, default=150, help="Bases kept per ASV (longer reads are truncated, reported)."),
+        opt("Data", "--token-limit", type=int, default=1024, help="Most ASVs per sample (the most abundant are kept)."),
+        opt("Data", "--asv-sampling", type=click.Choice(["abundance", "random", "first"]), default="abundance",
+            help="Which ASVs a sample over --token-limit keeps: most abundant, a seeded random subset per epoch, "
+                 "or table order."),
+        opt("Data", "--test-size", type=float, default=0.2, help="Fraction of samples held out for validation."),
+    ]
+
+
+def model_options() -> list[Callable]:
+    return [
+        opt("Model", "--embedding-dim", type=int, default=128, help="Width D of every transformer stack."),
+        opt("Model", "--attention-heads", type=int, default=4, help="Heads per attention layer."),
+        opt("Model", "--attention-layers", type=int, default=4,
+            help="Layers of every transformer stack (ASV, sample, encoder, count, target)."),
+        opt("Model", "--asv-layers", type=int, default=None, show_default="--attention-layers",
+            help="Layers of the nucleotide-level (ASV) stack, the most expensive one."),
+        opt("Model", "--dropout", type=float, default=None, show_default="0 in pretrain, 0.1 in train",
+            help="Dropout in every block. Pretraining defaults to 0: dropout noise adds to every embedding "
+                 "distance, and the pairwise loss then fits the noise instead of the samples."),
+        opt("Model", "--count-embedding/--no-count-embedding", default=False,
+            help="Feed log1p(read counts) of each ASV into the sample encoder."),
+        opt("Model", "--count-embedding-method", type=click.Choice(["add", "film"]), default="add",
+            help="How counts enter: added projection or FiLM (scale and shift)."),
+        opt("Model", "--gradient-checkpointing/--no-gradient-checkpointing", default=False,
+            help="Recompute activations in backward (less memory, ~25% slower)."),
+    ]
+
+
+def loss_options() -> list[Callable]:
+    return [
+        opt("Loss", "--penalty", type=float, default=1.0, help="Weight of the pairwise UniFrac loss."),
+        opt("Loss", "--nuc-penalty", type=float, default=1.0, help="Weight of the masked-nucleotide loss."),
+        opt("Loss", "--nuc-mask-ratio", type=float, default=0.15, help="Fraction of bases masked."),
+        opt("Loss", "--nuc-mask-strategy", type=click.Choice(["random", "span"]), default="random",
+            help="Mask single bases or spans of 3-5."),
+        opt("Loss", "--nuc-asv-fraction", type=float, default=0.25,
+            help="Fraction of a batch's unique ASVs that get a masked copy for the nucleotide task (a separate "
+                 "ASV-encoder pass; the embeddings always see clean sequences)."),
+        opt("Loss", "--unifrac-transform", type=click.Choice(["identity", "tanh"]), default="identity",
+            help="Embedding distance compared to UniFrac: raw (UniFrac lies in [0, 1]; the model learns the "
+                 "scale) or tanh(d / --unifrac-scale)."),
+        opt("Loss", "--unifrac-scale", type=float, default=10.0, help="Scale s of tanh(d / s)."),
+    ]
+
+
+def training_options() -> list[Callable]:
+    return [
+        opt("Training", "--epochs", type=int, default=100, help="Passes over the training split."),
+        opt("Training", "--batch-size", type=int, default=8,
+            help="Samples per batch (>= 2 for the pairwise UniFrac loss; odd sizes are fine)."),
+        opt("Training", "--lr", type=float, default=1e-4, help="Peak learning rate (AdamW)."),
+        opt("Training", "--weight-decay", type=float, default=0.01,
+            help="AdamW weight decay (not applied to biases, norms, embeddings)."),
+        opt("Training", "--warmup-steps", type=int, default=None, show_default="5% of the optimizer steps",
+            help="Linear warmup steps before the cosine decay."),
+        opt("Training", "--patience", type=int, default=10, help="Epochs without improvement before stopping (0 = off)."),
+        opt("Training", "--gradient-accumulation-steps", type=int, default=1, help="Micro-batches per optimizer step."),
+        opt("Training", "--max-grad-norm", type=float, default=1.0, help="Gradient clipping norm (0 = off)."),
+        opt("Training", "--seed", type=int, default=42, help="Seed of rarefaction, split, initialisation and masking."),
+        opt("Training", "--resume", type=click.Path(dir_okay=False), default=None,
+            help="Continue a run from its checkpoints/last.pt (or best.pt)."),
+        opt("Training", "--checkpoint-every", type=int, default=0,
+            help="Also write last.pt every N optimizer steps (mid-epoch resume); 0 = once per epoch."),
+        opt("Training", "--max-steps", type=int, default=None,
+            help="Stop after N optimizer steps in total (the LR schedule still spans --epochs)."),
+        opt("Training", "--log-every", type=int, default=10, help="Optimizer steps between progress/TensorBoard updates."),
+    ]
+
+
+def hardware_options(training: bool = True) -> list[Callable]:
+    out = [
+        opt("Hardware", "--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N."),
+        opt("Hardware", "--kernels", type=click.Choice(list(BACKEND_CHOICES)), default="auto",
+            help="Kernel backend of attention and the UniFrac loss."),
+        opt("Hardware", "--num-workers", type=int, default=0, help="DataLoader worker processes."),
+    ]
+    if training:
+        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]), default="none",
+                       help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU)."))
+    return out
+
+
+def output_option() -> Callable:
+    return opt("Output", "--output-dir", required=True, type=click.Path(file_okay=False),
+               help="Run folder: checkpoints/, plots/, tensorboard/, training.log.")

@@ -1,0 +1,32 @@
+"""`aam predict`: predictions for a table from a checkpoint written by `aam train`."""
+
+from __future__ import annotations
+
+import click
+
+from aam.cli import options as O
+
+
+@click.command(cls=O.GroupedCommand)
+@O.opt("Data", "--model", required=True, type=click.Path(dir_okay=False),
+       help="checkpoints/best.pt (or last.pt) of `aam train`.")
+@O.apply(O.table_options())
+@O.opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None,
+       help="Metadata TSV with the categorical columns the model was trained with.")
+@O.opt("Data", "--rarefy/--no-rarefy", default=True,
+       help="Rarefy to the training depth with the training seed (samples under it are skipped and reported).")
+@O.opt("Training", "--batch-size", type=int, default=8, help="Samples per batch.")
+@O.apply(O.hardware_options(training=False))
+@O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
+       help="Predictions TSV: sample_id, prediction (original units or class label)[, prob_<class>...]. "
+            "Skipped samples go to <output>.skipped.tsv.")
+def predict(**kw) -> int:
+    """Predict every sample of --table with a trained model, preprocessing it as in training."""
+    from aam.training.runs import run_predict
+
+    if kw["batch_size"] < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+    res = run_predict(kw)
+    click.echo(f"wrote {res['n_predicted']} predictions to {res['output']}"
+               + (f"; {len(res['skipped'])} sample(s) skipped (see the log)" if res["skipped"] else ""))
+    return 0

@@ -1,0 +1,58 @@
+"""`aam train`: fine-tune (or train from scratch) a SequencePredictor on a metadata column."""
+
+from __future__ import annotations
+
+import click
+
+from aam.cli import options as O
+
+
+@click.command(cls=O.GroupedCommand)
+@O.apply(O.table_options())
+@O.opt("Data", "--metadata", required=True, type=click.Path(dir_okay=False),
+       help="Sample metadata TSV (first column: sample IDs).")
+@O.opt("Data", "--metadata-column", required=True, help="Column to predict.")
+@O.opt("Data", "--categorical-columns", default=None,
+       help="Comma-separated metadata columns that condition the prediction (e.g. 'country,sex').")
+@O.opt("Data", "--group-column", default=None,
+       help="Keep all samples of a group (e.g. host_subject_id) on one side of the split.")
+@O.opt("Data", "--unifrac-matrix", type=click.Path(dir_okay=False), default=None,
+       help="Optional pairwise distances: keeps the UniFrac loss (weight --penalty) during fine-tuning.")
+@O.opt("Data", "--unifrac-ids", type=click.Path(dir_okay=False), default=None,
+       help="Sample IDs file for a .npy --unifrac-matrix.")
+@O.apply(O.preprocessing_options())
+@O.opt("Model", "--pretrained-encoder", type=click.Path(dir_okay=False), default=None,
+       help="checkpoints/best.pt of `aam pretrain`; its architecture and max_bp/token_limit are used.")
+@O.opt("Model", "--freeze-base/--no-freeze-base", default=False, help="Train only the heads on a pretrained encoder.")
+@O.opt("Model", "--classifier", is_flag=True, default=False,
+       help="Classify the column's values (read as class labels) instead of regressing.")
+@O.apply(O.model_options())
+@O.opt("Model", "--categorical-fusion", type=click.Choice(["concat", "add"]), default="concat",
+       help="How categorical embeddings join the ASV slots.")
+@O.opt("Model", "--categorical-embed-dim", type=int, default=16, help="Embedding width per categorical column.")
+@O.opt("Model", "--count-prediction/--no-count-prediction", default=True, help="Predict per-ASV abundances too.")
+@O.opt("Model", "--count-target", type=click.Choice(["log", "relative"]), default="log",
+       help="Count head target: log1p(reads) (MSE) or relative abundance (cross-entropy).")
+@O.opt("Loss", "--loss-type", type=click.Choice(["huber", "mse", "mae", "quantile", "asymmetric"]),
+       default="huber", help="Regression loss (on the transformed target).")
+@O.opt("Loss", "--quantiles", default=None, show_default="0.1,0.5,0.9", help="Quantiles of --loss-type quantile.")
+@O.opt("Loss", "--over-penalty", type=float, default=1.0, help="Asymmetric loss: weight of over-predictions.")
+@O.opt("Loss", "--under-penalty", type=float, default=1.0, help="Asymmetric loss: weight of under-predictions.")
+@O.opt("Loss", "--class-weights", default=None, help="Comma-separated weight per class (sorted label order).")
+@O.opt("Loss", "--target-transform", type=click.Choice(["none", "minmax", "zscore", "log-minmax", "log-zscore"]),
+       default="zscore", help="Regression target scaling, fitted on the training split; predictions are "
+                              "reported in the original units.")
+@O.opt("Loss", "--target-penalty", type=float, default=1.0, help="Weight of the target loss.")
+@O.opt("Loss", "--count-penalty", type=float, default=1.0, help="Weight of the count loss.")
+@O.apply(O.loss_options())
+@O.apply(O.training_options())
+@O.opt("Training", "--best-metric", type=click.Choice(["val_loss", "r2", "mae", "rmse", "accuracy", "f1"]),
+       default="val_loss", help="Validation metric that selects best.pt and drives early stopping.")
+@O.apply(O.hardware_options())
+@O.output_option()
+def train(**kw) -> int:
+    """Fine-tune for regression (default) or classification (--classifier) on --metadata-column."""
+    from aam.training.runs import run_train
+
+    run_train(kw)
+    return 0

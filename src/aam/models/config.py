@@ -1,0 +1,95 @@
+"""`ModelConfig`: every hyperparameter of a model, stored in checkpoints so `predict` rebuilds it exactly."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from aam.errors import AAMError
+
+MODEL_KINDS = ("encoder", "predictor")
+COUNT_EMBEDDINGS = ("none", "add", "film")
+COUNT_TARGETS = ("log", "relative")
+FUSIONS = ("concat", "add")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a SequenceEncoder ("encoder", pretraining) or SequencePredictor ("predictor").
+
+    One embedding width D for every stack; heads and layers per stack. Vocabulary: PAD 0, A1 C2 G3 T4,
+    START 5, MASK 6.
+    """
+
+    kind: str = "encoder"
+    vocab_size: int = 7
+    max_bp: int = 150
+    token_limit: int = 1024
+    embedding_dim: int = 128
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    ffn_ratio: int = 4
+    asv_heads: int = 4
+    asv_layers: int = 2
+    sample_heads: int = 4
+    sample_layers: int = 2
+    encoder_heads: int = 4
+    encoder_layers: int = 2
+    count_embedding: str = "none"
+    predict_nucleotides: bool = True
+    gradient_checkpointing: bool = False
+    kernels: str = "auto"
+    # predictor only
+    out_dim: int = 1
+    n_classes: int = 0
+    quantiles: list[float] = field(default_factory=list)
+    count_prediction: bool = True
+    count_target: str = "log"
+    count_heads: int = 4
+    count_layers: int = 1
+    target_heads: int = 4
+    target_layers: int = 2
+    target_layer_norm: bool = True
+    categorical_cardinalities: list[int] = field(default_factory=list)
+    categorical_embed_dim: int = 16
+    categorical_fusion: str = "concat"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise AAMError (one line) for an inconsistent configuration."""
+        d = self.embedding_dim
+        checks = [
+            (self.kind in MODEL_KINDS, f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}"),
+            (self.count_embedding in COUNT_EMBEDDINGS,
+             f"--count-embedding must be one of {COUNT_EMBEDDINGS}, got {self.count_embedding!r}"),
+            (self.count_target in COUNT_TARGETS, f"count target must be one of {COUNT_TARGETS}"),
+            (self.categorical_fusion in FUSIONS, f"--categorical-fusion must be one of {FUSIONS}"),
+            (d > 0 and self.max_bp > 0 and self.token_limit > 0,
+             "--embedding-dim, --max-bp and --token-limit must be positive"),
+            (self.n_classes != 1, "a classifier needs at least 2 classes"),
+            (self.out_dim >= 1, "out_dim must be >= 1"),
+        ]
+        for heads in (self.asv_heads, self.sample_heads, self.encoder_heads, self.count_heads, self.target_heads):
+            checks.append((heads > 0 and d % heads == 0,
+                           f"--embedding-dim {d} must be divisible by --attention-heads {heads}"))
+        for ok, msg in checks:
+            if not ok:
+                raise AAMError(msg)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.n_classes > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild from `to_dict` output; unknown keys are an error (a checkpoint from another version)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise AAMError(f"model config has unknown keys {unknown}; the checkpoint comes from another aam version")
+        return cls(**data)

@@ -1,0 +1,116 @@
+"""ASV encoder (nucleotides -> one vector per unique ASV) and sample encoder (ASVs -> contextual slots)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aam.models.config import ModelConfig
+from aam.models.transformer import AttentionPooling, Transformer
+
+PAD, START, MASK = 0, 5, 6
+
+
+def _stack(config: ModelConfig, heads: int, layers: int) -> Transformer:
+    return Transformer(config.embedding_dim, heads, layers, config.ffn_ratio, config.dropout,
+                       config.attention_dropout, config.kernels, config.gradient_checkpointing)
+
+
+class ASVEncoder(nn.Module):
+    """tokens [U, Lb] (START + bases, PAD 0) -> embeddings [U, D] and nucleotide logits [U, Lb, 7]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.embedding_dim
+        self.token_embedding = nn.Embedding(config.vocab_size, d, padding_idx=PAD)
+        self.position_embedding = nn.Embedding(config.max_bp + 1, d)
+        self.transformer = _stack(config, config.asv_heads, config.asv_layers)
+        self.pooling = AttentionPooling(d)
+        self.nucleotide_head = nn.Linear(d, config.vocab_size) if config.predict_nucleotides else None
+
+    def forward(self, tokens: torch.Tensor, with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        length = tokens.shape[1]
+        if length > self.position_embedding.num_embeddings:
+            raise ValueError(f"token rows of length {length} exceed max_bp + 1 = {self.position_embedding.num_embeddings}")
+        valid = tokens != PAD
+        pos = torch.arange(length, device=tokens.device)
+        x = self.token_embedding(tokens) + self.position_embedding(pos)[None]
+        x = self.transformer(x, ~valid)
+        logits = self.nucleotide_head(x) if self.nucleotide_head is not None and with_logits else None
+        return self.pooling(x, valid), logits
+
+
+Layout = tuple[torch.Tensor, torch.Tensor, int]
+
+
+def packed_layout(offsets: torch.Tensor) -> Layout:
+    """(sample index [T], slot [T], S) of the packed entries; computed on the host by the data loader so the
+    forward pass never reads a device value back (see Trainer's collate)."""
+    from aam.data.batching import packed_positions
+
+    offsets = offsets.cpu()
+    b, pos = packed_positions(offsets)
+    return b, pos, int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
+
+
+def pad_entries(values: torch.Tensor, offsets: torch.Tensor,
+                layout: Layout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed per-(sample, ASV) values [T, ...] -> padded [B, S, ...] and valid [B, S]. Without a precomputed
+    `layout` this is aam.data.batching.pad_packed."""
+    if layout is None:
+        from aam.data.batching import pad_packed
+
+        return pad_packed(values, offsets)
+    b, pos, s = layout
+    n = offsets.shape[0] - 1
+    padded = values.new_zeros((n, s, *values.shape[1:]))
+    padded[b, pos] = values
+    valid = torch.zeros((n, s), dtype=torch.bool, device=values.device)
+    valid[b, pos] = True
+    return padded, valid
+
+
+def abundance_rank(counts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Rank of each slot by count within its sample (0 = most abundant; ties keep slot order)."""
+    key = counts.masked_fill(~valid, -1.0)
+    order = torch.argsort(key, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank
+
+
+class SampleEncoder(nn.Module):
+    """Per-sample ASV embeddings (+ count embedding, + abundance-rank position) -> transformer -> [B, S, D]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.embedding_dim
+        self.asv_encoder = ASVEncoder(config)
+        self.count_embedding = config.count_embedding
+        if config.count_embedding == "add":
+            self.count_proj = nn.Linear(1, d)
+        elif config.count_embedding == "film":
+            self.count_proj = nn.Linear(1, 2 * d)
+        self.rank_embedding = nn.Embedding(config.token_limit, d)
+        self.transformer = _stack(config, config.sample_heads, config.sample_layers)
+
+    def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
+                counts: torch.Tensor | None, nuc_tokens: torch.Tensor | None = None,
+                layout: Layout | None = None) -> dict[str, torch.Tensor | None]:
+        asv_emb, _ = self.asv_encoder(tokens, with_logits=False)
+        nuc_logits = self.asv_encoder(nuc_tokens)[1] if nuc_tokens is not None else None
+        x, valid = pad_entries(asv_emb[asv_index], offsets, layout)
+        if counts is None:
+            counts = torch.ones(asv_index.shape[0], device=x.device)
+        c, _ = pad_entries(counts.to(x.dtype), offsets, layout)
+        if self.count_embedding != "none":
+            proj = self.count_proj(torch.log1p(c.clamp_min(0.0)).unsqueeze(-1))
+            if self.count_embedding == "add":
+                x = x + proj
+            else:
+                scale, shift = proj.chunk(2, dim=-1)
+                x = x * (1.0 + scale) + shift
+        rank = abundance_rank(c, valid).clamp_max(self.rank_embedding.num_embeddings - 1)
+        x = (x + self.rank_embedding(rank)) * valid.unsqueeze(-1).to(x.dtype)
+        x = self.transformer(x, ~valid) * valid.unsqueeze(-1).to(x.dtype)
+        return {"sample_embeddings": x, "valid": valid, "counts": c, "nuc_logits": nuc_logits}

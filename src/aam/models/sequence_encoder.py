@@ -1,0 +1,39 @@
+"""SequenceEncoder: the pretraining model (sample encoder -> encoder transformer -> pooled [B, D])."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aam.models.config import ModelConfig
+from aam.models.encoders import SampleEncoder, _stack
+from aam.models.transformer import AttentionPooling
+
+
+class SequenceEncoder(nn.Module):
+    """Batch (tokens, asv_index, offsets, counts) -> dict with `embeddings` [B, D] (UniFrac space),
+    `sample_embeddings` [B, S, D], `valid` [B, S], `counts` [B, S].
+
+    `nuc_tokens` [R, Lb] (nucleotide-masked token rows) adds `nuc_logits` [R, Lb, 7] from a separate
+    ASV-encoder pass: the embeddings always come from clean sequences, as in predict."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.sample_encoder = SampleEncoder(config)
+        self.encoder = _stack(config, config.encoder_heads, config.encoder_layers)
+        self.pooling = AttentionPooling(config.embedding_dim)
+        # Embedding distances are compared with UniFrac distances in [0, 1]: start the pooled embedding at
+        # norm ~1 (LayerNorm gain 1/sqrt(D)) instead of ~sqrt(D), so the loss need not first shrink the scale.
+        nn.init.constant_(self.pooling.norm.weight, config.embedding_dim**-0.5)
+
+    def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
+                counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,
+                layout: tuple | None = None, **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens, layout)
+        valid = out["valid"]
+        x = self.encoder(out["sample_embeddings"], ~valid) * valid.unsqueeze(-1).to(out["sample_embeddings"].dtype)
+        out["sample_embeddings"] = x
+        out["embeddings"] = self.pooling(x, valid)
+        return out
+

@@ -1,0 +1,89 @@
+"""SequencePredictor: a SequenceEncoder (`base_model`) plus count and target heads and categorical fusion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aam.models.config import ModelConfig
+from aam.models.encoders import _stack
+from aam.models.sequence_encoder import SequenceEncoder
+from aam.models.transformer import AttentionPooling
+
+
+class CategoricalEmbedder(nn.Module):
+    """Codes [B, C] (0 = unknown/missing -> zero vector) -> [B, C * E] concatenated embeddings."""
+
+    def __init__(self, cardinalities: list[int], dim: int, dropout: float) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(max(c, 1), dim, padding_idx=0) for c in cardinalities)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for i, emb in enumerate(self.embeddings):
+            col = codes[:, i].clamp(0, emb.num_embeddings - 1)  # codes unseen at training time -> clamp
+            parts.append(emb(col))
+        return self.drop(torch.cat(parts, dim=-1))
+
+
+class SequencePredictor(nn.Module):
+    """Fine-tuning model. Outputs `target` [B, out] (regression values, quantiles or class logits),
+    `count_prediction` [B, S] (log1p counts or relative-abundance logits) and the base outputs."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.embedding_dim
+        self.base_model = SequenceEncoder(config)
+        if config.count_prediction:
+            self.count_encoder = _stack(config, config.count_heads, config.count_layers)
+            self.count_head = nn.Linear(d, 1)
+        n_cat = len(config.categorical_cardinalities)
+        if n_cat:
+            self.categorical = CategoricalEmbedder(config.categorical_cardinalities, config.categorical_embed_dim,
+                                                   config.dropout)
+            cat_dim = n_cat * config.categorical_embed_dim
+            in_dim = d + cat_dim if config.categorical_fusion == "concat" else cat_dim
+            self.categorical_projection = nn.Linear(in_dim, d)
+        self.target_encoder = _stack(config, config.target_heads, config.target_layers)
+        self.target_pooling = AttentionPooling(d)
+        self.target_norm = nn.LayerNorm(d) if config.target_layer_norm else nn.Identity()
+        self.target_head = nn.Linear(d, self.output_width)
+        nn.init.xavier_uniform_(self.target_head.weight)
+        nn.init.zeros_(self.target_head.bias)
+
+    @property
+    def output_width(self) -> int:
+        c = self.config
+        if c.is_classifier:
+            return c.n_classes
+        return c.out_dim * max(len(c.quantiles), 1)
+
+    def freeze_base(self) -> None:
+        """Stop gradients into the pretrained encoder (its dropout stays active only if train() is called)."""
+        for p in self.base_model.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
+                counts: torch.Tensor | None = None, categorical: torch.Tensor | None = None,
+                nuc_tokens: torch.Tensor | None = None, layout: tuple | None = None,
+                **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens, layout)
+        x, valid = out["sample_embeddings"], out["valid"]
+        keep = valid.unsqueeze(-1).to(x.dtype)
+        if self.config.count_prediction:
+            out["count_prediction"] = self.count_head(self.count_encoder(x, ~valid)).squeeze(-1)
+        if self.config.categorical_cardinalities:
+            if categorical is None:
+                categorical = torch.zeros(x.shape[0], len(self.config.categorical_cardinalities),
+                                          dtype=torch.long, device=x.device)
+            cat = self.categorical(categorical).unsqueeze(1).expand(-1, x.shape[1], -1)
+            if self.config.categorical_fusion == "concat":
+                x = self.categorical_projection(torch.cat([x, cat.to(x.dtype)], dim=-1))
+            else:
+                x = x + self.categorical_projection(cat.to(x.dtype))
+            x = x * keep  # padded slots stay zero after fusion
+        h = self.target_encoder(x, ~valid) * keep
+        out["target"] = self.target_head(self.target_norm(self.target_pooling(h, valid)))
+        return out

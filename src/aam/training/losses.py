@@ -1,0 +1,184 @@
+"""Loss terms: pairwise UniFrac, masked nucleotides, per-ASV counts, regression/classification targets.
+
+`MultiTaskLoss(outputs, batch)` returns a dict of 0-d tensors (no host sync): each weighted term and
+`total`. Missing terms are simply absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from aam.errors import AAMError
+from aam.ops import pairwise_unifrac_loss
+
+REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
+UNIFRAC_TRANSFORMS = ("identity", "tanh")
+MASK_STRATEGIES = ("random", "span")
+MASK_TOKEN = 6
+EVAL_MASK_SEED = 20240613
+
+
+def mask_nucleotides(tokens: torch.Tensor, ratio: float, strategy: str = "random",
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt real bases (tokens 1-4) with MASK (6); returns (corrupted tokens, mask [U, L] bool).
+
+    random: each base independently with probability `ratio`. span: spans of 3-5 positions start with
+    probability ratio / 4 (mean span length 4), so about `ratio` of the bases are masked. Vectorised.
+    """
+    eligible = (tokens >= 1) & (tokens <= 4)
+    if ratio <= 0:
+        return tokens, torch.zeros_like(eligible)
+    u = torch.rand(tokens.shape, device=tokens.device, generator=generator)
+    if strategy == "random":
+        mask = u < ratio
+    elif strategy == "span":
+        lengths = 3 + (torch.rand(tokens.shape, device=tokens.device, generator=generator) * 3).long()
+        pos = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        ends = torch.where(u < ratio / 4.0, pos + lengths, torch.zeros_like(pos))
+        mask = pos < torch.cummax(ends, dim=1).values
+    else:
+        raise AAMError(f"--nuc-mask-strategy must be one of {MASK_STRATEGIES}, got {strategy!r}")
+    mask = mask & eligible
+    return tokens.masked_fill(mask, MASK_TOKEN), mask
+
+
+def nucleotide_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and #correct over masked positions (sums divided by the count; 0 when none)."""
+    n = mask.sum().clamp_min(1)
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    m = mask.reshape(-1).float()
+    correct = ((logits.argmax(-1) == targets) & mask).sum()
+    return (ce * m).sum() / n, correct
+
+
+def count_loss(pred: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor, target: str = "log") -> torch.Tensor:
+    """Per-ASV count loss over valid slots. log: MSE on log1p(count). relative: cross-entropy between the
+    softmax over a sample's slots and its relative abundances (= KL up to a constant)."""
+    pred = pred.float()
+    v = valid.float()
+    if target == "log":
+        err = (pred - torch.log1p(counts.float().clamp_min(0))) ** 2
+        return (err * v).sum() / v.sum().clamp_min(1)
+    logp = torch.log_softmax(pred.masked_fill(~valid, float("-inf")), dim=1).masked_fill(~valid, 0.0)
+    c = counts.float().clamp_min(0) * v
+    p = c / c.sum(1, keepdim=True).clamp_min(1e-12)
+    rows = (v.sum(1) > 0).float()
+    return -((p * logp).sum(1) * rows).sum() / rows.sum().clamp_min(1)
+
+
+def regression_loss(pred: torch.Tensor, y: torch.Tensor, kind: str, quantiles: list[float] | None = None,
+                    over_penalty: float = 1.0, under_penalty: float = 1.0) -> torch.Tensor:
+    """pred [B, out] (quantile: [B, Q]); y [B]. huber uses beta 1 on the transformed target scale."""
+    pred = pred.float()
+    y = y.float().reshape(-1, 1)
+    if kind == "huber":
+        return F.smooth_l1_loss(pred, y.expand_as(pred), beta=1.0)
+    if kind == "mse":
+        return F.mse_loss(pred, y.expand_as(pred))
+    if kind == "mae":
+        return F.l1_loss(pred, y.expand_as(pred))
+    if kind == "quantile":
+        tau = torch.tensor(quantiles or [0.5], device=pred.device, dtype=pred.dtype)
+        e = y - pred
+        return torch.maximum(tau * e, (tau - 1) * e).mean()
+    if kind == "asymmetric":
+        d = pred - y
+        return (over_penalty * d.clamp_min(0) + under_penalty * (-d).clamp_min(0)).mean()
+    raise AAMError(f"--loss-type must be one of {REGRESSION_LOSSES}, got {kind!r}")
+
+
+def point_prediction(pred: torch.Tensor, quantiles: list[float] | None) -> torch.Tensor:
+    """[B, out] -> [B]: the median quantile's column for quantile heads, else column 0."""
+    if quantiles:
+        return pred[:, len(quantiles) // 2]
+    return pred[:, 0]
+
+
+@dataclass
+class LossConfig:
+    """Which terms and how they are weighted."""
+
+    unifrac_weight: float = 1.0
+    unifrac_transform: str = "identity"
+    unifrac_scale: float = 10.0
+    nuc_weight: float = 1.0
+    count_weight: float = 1.0
+    count_target: str = "log"
+    target_weight: float = 1.0
+    loss_type: str = "huber"
+    quantiles: list[float] = field(default_factory=list)
+    over_penalty: float = 1.0
+    under_penalty: float = 1.0
+    class_weights: list[float] | None = None
+    classifier: bool = False
+    kernels: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.unifrac_transform not in UNIFRAC_TRANSFORMS:
+            raise AAMError(f"--unifrac-transform must be one of {UNIFRAC_TRANSFORMS}, got {self.unifrac_transform!r}")
+        if self.loss_type not in REGRESSION_LOSSES:
+            raise AAMError(f"--loss-type must be one of {REGRESSION_LOSSES}, got {self.loss_type!r}")
+        if self.loss_type == "quantile":
+            q = sorted(set(self.quantiles or [0.1, 0.5, 0.9]))
+            if any(not 0 < t < 1 for t in q):
+                raise AAMError(f"--quantiles must lie strictly between 0 and 1, got {q}")
+            self.quantiles = q
+        if self.over_penalty <= 0 or self.under_penalty <= 0:
+            raise AAMError("--over-penalty and --under-penalty must be > 0")
+
+
+class MultiTaskLoss:
+    """Weighted sum of the terms the batch and the outputs allow. Also returns raw counters used by metrics
+    (`nuc_correct`, `nuc_total`). `pairwise_fn` replaces the local pairwise loss (distributed training)."""
+
+    def __init__(self, config: LossConfig, pairwise_fn=None) -> None:
+        self.config = config
+        self.pairwise_fn = pairwise_fn
+
+    def unifrac(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Local pairwise loss, or under DDP the hook `pairwise_fn(emb, batch, transform=, scale=, backend=)`
+        (aam.training.distributed.global_pairwise_loss bound to the distance source) for cross-rank pairs."""
+        c = self.config
+        if self.pairwise_fn is not None:
+            return self.pairwise_fn(emb, batch, transform=c.unifrac_transform, scale=c.unifrac_scale,
+                                    backend=c.kernels)
+        target = batch["unifrac_target"]
+        return pairwise_unifrac_loss(emb.float(), target.float(), transform=c.unifrac_transform,
+                                     scale=c.unifrac_scale, backend=c.kernels)
+
+    def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        c = self.config
+        terms: dict[str, torch.Tensor] = {}
+        total = None
+
+        def add(name: str, value: torch.Tensor, weight: float) -> None:
+            nonlocal total
+            terms[name] = value.detach()
+            if weight:
+                total = value * weight if total is None else total + value * weight
+
+        if batch.get("unifrac_target") is not None and c.unifrac_weight:
+            add("unifrac_loss", self.unifrac(outputs["embeddings"], batch), c.unifrac_weight)
+        if outputs.get("nuc_logits") is not None and batch.get("nuc_mask") is not None and c.nuc_weight:
+            loss, correct = nucleotide_loss(outputs["nuc_logits"], batch["tokens_original"], batch["nuc_mask"])
+            add("nuc_loss", loss, c.nuc_weight)
+            terms["nuc_correct"] = correct
+            terms["nuc_total"] = batch["nuc_mask"].sum()
+        if outputs.get("count_prediction") is not None and c.count_weight:
+            add("count_loss", count_loss(outputs["count_prediction"], outputs["counts"], outputs["valid"],
+                                         c.count_target), c.count_weight)
+        if outputs.get("target") is not None and batch.get("y") is not None and c.target_weight:
+            pred = outputs["target"]
+            if c.classifier:
+                w = None if c.class_weights is None else torch.tensor(c.class_weights, device=pred.device)
+                loss = F.cross_entropy(pred.float(), batch["y"].long(), weight=w)
+            else:
+                loss = regression_loss(pred, batch["y"], c.loss_type, c.quantiles, c.over_penalty, c.under_penalty)
+            add("target_loss", loss, c.target_weight)
+        if total is None:
+            raise AAMError("no loss term applies to this batch (no distances, nucleotides, counts or targets)")
+        terms["total"] = total
+        return terms

@@ -1,0 +1,80 @@
+"""PNG plots (matplotlib, Agg backend): training curves, predicted vs true, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """One panel per loss/metric key seen in the per-epoch history (train_* and val_* overlaid)."""
+    plt = _plt()
+    keys = sorted({k.split("_", 1)[1] for row in history for k in row if k.startswith(("train_", "val_"))})
+    n = max(1, len(keys))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for split in ("train", "val"):
+            ys = [row.get(f"{split}_{key}", np.nan) for row in history]
+            if not all(np.isnan(ys)):
+                ax.plot(epochs, ys, marker="o", ms=3, label=split)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str, xlabel: str = "true",
+                      ylabel: str = "predicted") -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(y_true, y_pred, s=8, alpha=0.6)
+    if len(y_true):
+        lo = float(min(np.min(y_true), np.min(y_pred)))
+        hi = float(max(np.max(y_true), np.max(y_pred)))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1 + 0.6 * len(labels)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

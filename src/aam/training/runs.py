@@ -1,0 +1,396 @@
+"""The work behind `aam pretrain`, `aam train` and `aam predict` (click-free; options arrive as a dict)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aam.data import distances as dist
+from aam.data import metadata as meta
+from aam.data import targets as tgt
+from aam.data.dataset import collate
+from aam.data.split import split_samples
+from aam.errors import AAMError, InputError
+from aam.models import ModelConfig, build_model, count_parameters
+from aam.training import checkpoint as ckpt
+from aam.training.data_setup import Preprocessing, make_dataset, prepare_table, report_token_limit
+from aam.training.losses import LossConfig, MultiTaskLoss, point_prediction
+from aam.training.trainer import TrainConfig, Trainer
+
+log = logging.getLogger("aam")
+
+
+# ---------------------------------------------------------------------------------------------- shared
+def _setup(kw: dict[str, Any]) -> tuple[Path, torch.device, int]:
+    from aam.cli.common import init_distributed, seed_everything, setup_logging, write_json
+
+    out = Path(kw["output_dir"])
+    rank, world, device = init_distributed(kw["device"])
+    setup_logging(out if rank == 0 else None)
+    seed_everything(kw["seed"])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run_options.json", kw)
+    log.info("device %s, kernels %s, seed %d%s", device, kw["kernels"], kw["seed"],
+             f", rank {rank}/{world}" if world > 1 else "")
+    return out, device, world
+
+
+def _load_resume(kw: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    if not kw["resume"]:
+        return None
+    if not Path(kw["resume"]).is_file():
+        raise InputError(f"--resume {kw['resume']}: file not found; give the run's checkpoints/last.pt")
+    return ckpt.load_checkpoint(kw["resume"], kind)
+
+
+def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
+    return TrainConfig(
+        epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
+        warmup_steps=kw["warmup_steps"], gradient_accumulation_steps=kw["gradient_accumulation_steps"],
+        max_grad_norm=kw["max_grad_norm"] or None, mixed_precision=kw["mixed_precision"], patience=kw["patience"],
+        best_metric=best_metric, nuc_mask_ratio=kw["nuc_mask_ratio"], nuc_mask_strategy=kw["nuc_mask_strategy"],
+        nuc_asv_fraction=kw["nuc_asv_fraction"], log_every=max(1, kw["log_every"]), checkpoint_every=kw["checkpoint_every"], max_steps=kw["max_steps"],
+        seed=kw["seed"], num_workers=kw["num_workers"], progress=os.environ.get("AAM_NO_PROGRESS") is None,
+    )
+
+
+def _dropout(kw: dict[str, Any], default: float) -> float:
+    return default if kw["dropout"] is None else kw["dropout"]
+
+
+def _encoder_config(kw: dict[str, Any], pre: Preprocessing, dropout: float) -> ModelConfig:
+    heads, layers = kw["attention_heads"], kw["attention_layers"]
+    return ModelConfig(
+        kind="encoder", max_bp=pre.max_bp, token_limit=pre.token_limit, embedding_dim=kw["embedding_dim"],
+        dropout=dropout, asv_heads=heads, asv_layers=kw["asv_layers"] if kw["asv_layers"] is not None else layers,
+        sample_heads=heads, sample_layers=layers, encoder_heads=heads, encoder_layers=layers,
+        count_embedding=kw["count_embedding_method"] if kw["count_embedding"] else "none",
+        gradient_checkpointing=kw["gradient_checkpointing"], kernels=kw["kernels"],
+    )
+
+
+def _preprocessing(kw: dict[str, Any], task: str) -> Preprocessing:
+    if kw["token_limit"] < 1 or kw["max_bp"] < 1:
+        raise AAMError("--token-limit and --max-bp must be positive")
+    return Preprocessing(rarefy_depth=kw["rarefy_depth"], rarefy_seed=kw["seed"], max_bp=kw["max_bp"],
+                         token_limit=kw["token_limit"], asv_sampling=kw["asv_sampling"], seed=kw["seed"],
+                         kernels=kw["kernels"], task=task)
+
+
+def _pairwise_hook(world: int, dm: Any):
+    """Under DDP the UniFrac loss sees every rank's samples (cross-rank pairs)."""
+    if world <= 1 or dm is None:
+        return None
+    from aam.training.distributed import global_pairwise_loss  # gathers embeddings + IDs of every rank
+
+    def pairwise(emb, batch, transform, scale, backend):
+        return global_pairwise_loss(emb.float(), list(batch["sample_ids"]), dm, transform=transform, scale=scale,
+                                    backend=backend)
+
+    return pairwise
+
+
+def _load_distances(kw: dict[str, Any], sample_ids: list[str]):
+    dm = dist.load_distance_matrix(kw["unifrac_matrix"], kw.get("unifrac_ids"))
+    dist.check_covers(dm, sample_ids, kw["unifrac_matrix"])
+    return dm
+
+
+def _write_split(out: Path, train_ids: list[str], val_ids: list[str]) -> None:
+    from aam.cli.common import write_lines
+
+    write_lines(out / "train_samples.txt", train_ids)
+    write_lines(out / "val_samples.txt", val_ids)
+
+
+def _check_batch_size(kw: dict[str, Any], pairwise: bool) -> None:
+    if kw["batch_size"] < 1:
+        raise AAMError(f"--batch-size must be >= 1, got {kw['batch_size']}")
+    if pairwise and kw["batch_size"] < 2:
+        raise AAMError("--batch-size must be >= 2 with the pairwise UniFrac loss (a batch of 1 has no pairs)")
+
+
+def _report(trainer: Trainer, history: list[dict[str, float]], keys: list[str]) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    best = next((row for row in history if row["epoch"] == trainer.best_epoch), last)
+    summary = {"epochs": len(history), "best_epoch": trainer.best_epoch,
+               "metrics": {k: best[k] for k in keys if k in best},
+               "best": str(trainer.checkpoint_dir / "best.pt"), "last": str(trainer.checkpoint_dir / "last.pt"),
+               "plots": str(trainer.plot_dir)}
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items())
+    log.info("done: best epoch %s: %s; checkpoints in %s, plots in %s", trainer.best_epoch, shown,
+             trainer.checkpoint_dir, trainer.plot_dir)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- pretrain
+def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
+    out, device, world = _setup(kw)
+    _check_batch_size(kw, pairwise=kw["penalty"] > 0)
+    resume = _load_resume(kw, "pretrain")
+    pre = Preprocessing.from_dict(resume["preprocessing"]) if resume else _preprocessing(kw, "pretrain")
+    prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
+    pre.rarefy_depth = prepared.depth
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    dm = _load_distances(kw, ids)
+    train_ids, val_ids = split_samples(ids, kw["test_size"], pre.seed)
+    _write_split(out, train_ids, val_ids)
+    train_set, val_set = make_dataset(prepared, train_ids, pre), make_dataset(prepared, val_ids, pre)
+    report_token_limit(train_set, pre.token_limit)
+    mcfg = ModelConfig.from_dict(resume["model_config"]) if resume else _encoder_config(kw, pre, _dropout(kw, 0.0))
+    if resume:
+        mcfg.kernels = kw["kernels"]
+    model = build_model(mcfg)
+    log.info("SequenceEncoder: %d parameters; %d train / %d val samples", count_parameters(model), len(train_ids),
+             len(val_ids))
+    loss = MultiTaskLoss(LossConfig(unifrac_weight=kw["penalty"], unifrac_transform=kw["unifrac_transform"],
+                                    unifrac_scale=kw["unifrac_scale"], nuc_weight=kw["nuc_penalty"],
+                                    kernels=kw["kernels"]), pairwise_fn=_pairwise_hook(world, dm))
+    info = {"kind": "pretrain", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
+    trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
+                      _train_config(kw, kw["best_metric"]), device, out, info, task="pretrain")
+    if kw["resume"]:
+        trainer.resume(kw["resume"])
+    history = trainer.fit()
+    return _report(trainer, history, ["val_loss", "val_unifrac_loss", "val_unifrac_r2", "val_unifrac_mae",
+                                      "val_nuc_accuracy"])
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _targets(kw: dict[str, Any], md, ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """Samples with a target value, and the raw values (float or label strings)."""
+    col = kw["metadata_column"].strip()
+    if kw["classifier"]:
+        values, mask = meta.categorical_values(md, col, ids)
+    else:
+        values, mask = meta.numeric_target(md, col, ids, kw["metadata"])
+    if not mask.all():
+        missing = [s for s, m in zip(ids, mask, strict=True) if not m]
+        log.warning("%d sample(s) have no value in column %r and are left out (e.g. %s)", len(missing), col,
+                    ", ".join(missing[:10]))
+    keep = [s for s, m in zip(ids, mask, strict=True) if m]
+    if not keep:
+        raise InputError(f"column {col!r} of {kw['metadata']} has no value for any table sample")
+    return keep, values[mask]
+
+
+def run_train(kw: dict[str, Any]) -> dict[str, Any]:
+    out, device, world = _setup(kw)
+    use_dm = kw["unifrac_matrix"] is not None and kw["penalty"] > 0
+    _check_batch_size(kw, pairwise=use_dm)
+    resume = _load_resume(kw, "train")
+    pretrained = ckpt.load_checkpoint(kw["pretrained_encoder"], "pretrain") if kw["pretrained_encoder"] and not resume \
+        else None
+    if resume:
+        pre = Preprocessing.from_dict(resume["preprocessing"])
+    else:
+        pre = _preprocessing(kw, "classification" if kw["classifier"] else "regression")
+        if pretrained:  # the encoder's position tables fix these
+            enc_pre = pretrained["preprocessing"]
+            for key in ("max_bp", "token_limit"):
+                if getattr(pre, key) != enc_pre[key]:
+                    log.info("using %s=%s of the pretrained encoder (not %s)", key, enc_pre[key], getattr(pre, key))
+                    setattr(pre, key, enc_pre[key])
+    md = meta.load_metadata(kw["metadata"])
+    col = kw["metadata_column"].strip()
+    meta.require_columns(md, [col], kw["metadata"])
+    cat_cols = [c.strip() for c in (kw["categorical_columns"] or "").split(",") if c.strip()]
+    prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
+    pre.rarefy_depth = prepared.depth
+    table_ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    meta.require_samples(md, table_ids, kw["metadata"])  # before any split
+    ids, raw = _targets(kw, md, table_ids)
+    groups = None
+    if kw["group_column"]:
+        meta.require_columns(md, [kw["group_column"]], kw["metadata"])
+        groups = md[kw["group_column"]].reindex(ids).tolist()
+    stratify = list(raw) if kw["classifier"] else None
+    train_ids, val_ids = split_samples(ids, kw["test_size"], pre.seed, groups=groups, stratify=stratify)
+    pos = {s: i for i, s in enumerate(ids)}
+    raw_train = raw[[pos[s] for s in train_ids]]
+
+    class_labels = None
+    denorm = None
+    if kw["classifier"]:
+        enc = tgt.LabelEncoder.from_dict(pre.label_encoder) if pre.label_encoder else \
+            tgt.LabelEncoder(column=col).fit(raw_train)
+        pre.label_encoder, class_labels = enc.to_dict(), enc.classes
+        known = set(enc.classes)
+        unseen = [s for s in val_ids if str(raw[pos[s]]) not in known]
+        if unseen:
+            log.warning("%d validation sample(s) have classes absent from training and are left out (e.g. %s)",
+                        len(unseen), ", ".join(unseen[:10]))
+            val_ids = [s for s in val_ids if s not in set(unseen)]
+        y_of = dict(zip(train_ids + val_ids, enc.transform([raw[pos[s]] for s in train_ids + val_ids]), strict=True))
+    else:
+        transform = tgt.TargetTransform.from_dict(pre.target_transform) if pre.target_transform else \
+            tgt.TargetTransform(kw["target_transform"]).fit(raw_train.astype(np.float64), col)
+        pre.target_transform = transform.to_dict()
+        y_of = dict(zip(ids, transform.transform(raw.astype(np.float64)), strict=True))
+        denorm = transform.inverse_transform
+    pre.target_column = col
+    cat_codes = None
+    if cat_cols or pre.category_encoder:
+        cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder) if pre.category_encoder else \
+            tgt.CategoryEncoder().fit(md.loc[train_ids], cat_cols)
+        pre.category_encoder = cenc.to_dict()
+        cat_codes = dict(zip(ids, cenc.transform(md, ids), strict=True))
+    _write_split(out, train_ids, val_ids)
+
+    def dataset(sample_ids: list[str]):
+        y = np.asarray([y_of[s] for s in sample_ids])
+        c = np.stack([cat_codes[s] for s in sample_ids]) if cat_codes is not None else None
+        return make_dataset(prepared, sample_ids, pre, y, c)
+
+    train_set, val_set = dataset(train_ids), dataset(val_ids)
+    report_token_limit(train_set, pre.token_limit)
+    if resume:
+        mcfg = ModelConfig.from_dict(resume["model_config"])
+        mcfg.kernels = kw["kernels"]
+    else:
+        base = ModelConfig.from_dict(pretrained["model_config"]) if pretrained else \
+            _encoder_config(kw, pre, _dropout(kw, 0.1))
+        heads, layers = base.encoder_heads, kw["attention_layers"]
+        mcfg = dataclasses.replace(
+            base, kind="predictor", kernels=kw["kernels"], dropout=_dropout(kw, 0.1),
+            gradient_checkpointing=kw["gradient_checkpointing"],
+            out_dim=1, n_classes=len(class_labels) if class_labels else 0,
+            quantiles=LossConfig(loss_type=kw["loss_type"], quantiles=_floats(kw["quantiles"])).quantiles
+            if kw["loss_type"] == "quantile" and not kw["classifier"] else [],
+            count_prediction=kw["count_prediction"], count_target=kw["count_target"], count_heads=heads,
+            count_layers=1, target_heads=heads, target_layers=layers,
+            categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
+            if pre.category_encoder else [],
+            categorical_embed_dim=kw["categorical_embed_dim"], categorical_fusion=kw["categorical_fusion"])
+    model = build_model(mcfg)
+    if pretrained:
+        model.base_model.load_state_dict(ckpt.strip_prefixes(pretrained["model_state"]))
+        log.info("loaded pretrained encoder %s", kw["pretrained_encoder"])
+    frozen = kw["freeze_base"] and (pretrained is not None or resume is not None)
+    if kw["freeze_base"] and not frozen:
+        raise AAMError("--freeze-base needs --pretrained-encoder (there is nothing pretrained to freeze)")
+    if frozen:
+        model.freeze_base()
+    log.info("SequencePredictor: %d parameters (%d trainable); %d train / %d val samples", count_parameters(model),
+             count_parameters(model, trainable_only=True), len(train_ids), len(val_ids))
+    dm = _load_distances(kw, ids) if use_dm else None
+    class_weights = _floats(kw["class_weights"]) or None
+    if class_weights and (not class_labels or len(class_weights) != len(class_labels)):
+        raise AAMError(f"--class-weights needs one weight per class ({len(class_labels or [])} classes)")
+    loss = MultiTaskLoss(LossConfig(
+        unifrac_weight=kw["penalty"] if dm is not None and not frozen else 0.0,
+        unifrac_transform=kw["unifrac_transform"], unifrac_scale=kw["unifrac_scale"],
+        nuc_weight=0.0 if frozen else kw["nuc_penalty"], count_weight=kw["count_penalty"],
+        count_target=kw["count_target"], target_weight=kw["target_penalty"], loss_type=kw["loss_type"],
+        quantiles=mcfg.quantiles, over_penalty=kw["over_penalty"], under_penalty=kw["under_penalty"],
+        class_weights=class_weights, classifier=bool(class_labels), kernels=kw["kernels"]),
+        pairwise_fn=_pairwise_hook(world, dm))
+    best = kw["best_metric"]
+    if best in ("accuracy", "f1") and not kw["classifier"] or best in ("r2", "mae") and kw["classifier"]:
+        raise AAMError(f"--best-metric {best} does not apply to {'classification' if kw['classifier'] else 'regression'}")
+    info = {"kind": "train", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
+    trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
+                      _train_config(kw, best), device, out, info,
+                      task="classification" if class_labels else "regression", denormalize=denorm,
+                      class_labels=class_labels)
+    if kw["resume"]:
+        trainer.resume(kw["resume"])
+    history = trainer.fit()
+    keys = ["val_loss", "val_accuracy", "val_f1"] if class_labels else ["val_loss", "val_mae", "val_rmse", "val_r2"]
+    return _report(trainer, history, keys)
+
+
+def _floats(text: str | None) -> list[float]:
+    if not text:
+        return []
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise AAMError(f"expected a comma-separated list of numbers, got {text!r}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
+    from aam.cli.common import resolve_device, setup_logging
+
+    setup_logging(None)
+    data = ckpt.load_checkpoint(kw["model"], "train")
+    mcfg = ModelConfig.from_dict(data["model_config"])
+    mcfg.kernels = kw["kernels"]
+    pre = Preprocessing.from_dict(data["preprocessing"])
+    device = resolve_device(kw["device"])
+    model = build_model(mcfg)
+    model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
+    model.to(device).eval()
+    depth = 0 if not kw["rarefy"] else pre.rarefy_depth
+    if not kw["rarefy"] and pre.rarefy_depth and mcfg.count_embedding != "none":
+        log.warning("--no-rarefy with a model that embeds read counts: it was trained on counts rarefied to %d",
+                    pre.rarefy_depth)
+    prepared = prepare_table(kw["table"], kw["sequences"], depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    cat = None
+    if pre.category_encoder:
+        cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
+        if not kw["metadata"]:
+            raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
+        md = meta.load_metadata(kw["metadata"])
+        meta.require_columns(md, cenc.columns, kw["metadata"])
+        absent = [s for s in ids if s not in md.index]
+        if absent:
+            log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
+                        len(absent), kw["metadata"], ", ".join(absent[:10]))
+        cat = cenc.transform(md, ids)
+    output = Path(kw["output"])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[list[str]] = []
+    header = ["sample_id", "prediction"]
+    labels = None
+    if ids:
+        dataset = make_dataset(prepared, ids, pre, None, cat)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=kw["batch_size"], shuffle=False, collate_fn=collate,
+                                             num_workers=kw["num_workers"])
+        preds, out_ids = [], []
+        with torch.no_grad():
+            for batch in loader:
+                c = batch.get("categorical")
+                res = model(tokens=batch["tokens"].to(device), asv_index=batch["asv_index"].to(device),
+                            offsets=batch["offsets"].to(device), counts=batch["counts"].to(device),
+                            categorical=c.to(device) if c is not None else None)
+                preds.append(res["target"].float().cpu())
+                out_ids.extend(batch["sample_ids"])
+        pred = torch.cat(preds)
+        if mcfg.is_classifier:
+            labels = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
+            probs = torch.softmax(pred, dim=1).numpy()
+            header += [f"prob_{lab}" for lab in labels]
+            for sid, p in zip(out_ids, probs, strict=True):
+                rows.append([sid, labels[int(p.argmax())], *[f"{x:.6g}" for x in p]])
+        else:
+            transform = tgt.TargetTransform.from_dict(pre.target_transform)
+            values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
+            rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
+    tmp = output.with_name(output.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, output)
+    skipped = output.with_name(output.stem + ".skipped.tsv")
+    if prepared.dropped:
+        with open(skipped, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(["sample_id", "reason"])
+            w.writerows(sorted(prepared.dropped.items()))
+        log.warning("%d sample(s) were not predicted (listed with reasons in %s): %s", len(prepared.dropped), skipped,
+                    ", ".join(sorted(prepared.dropped)[:20]))
+    log.info("wrote %d predictions to %s", len(rows), output)
+    return {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}

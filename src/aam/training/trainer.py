@@ -1,0 +1,560 @@
+"""The training loop shared by `aam pretrain` and `aam train`.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches; the LR schedule is stepped once per
+optimizer step. Loss terms are accumulated on the device and read back once per log interval (no host
+sync inside a step). Checkpoints (`best.pt`, `last.pt`) hold everything `--resume` needs to continue
+exactly, including mid-epoch (`checkpoint_every`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from aam.errors import AAMError
+from aam.training import checkpoint as ckpt
+from aam.training import metrics as M
+from aam.training import plots
+from aam.training.losses import EVAL_MASK_SEED, MultiTaskLoss, mask_nucleotides, point_prediction
+from aam.training.optim import default_warmup, make_optimizer, make_scheduler
+
+log = logging.getLogger("aam")
+
+TASKS = ("pretrain", "regression", "classification")
+BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
+PRECISIONS = ("none", "bf16", "fp16")
+TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",
+               "entry_pos")
+
+
+class LayoutCollate:
+    """Wraps a collate_fn: adds the padded layout of the packed entries (computed on the host, pinned and
+    copied with the batch) so the forward pass has no device-to-host sync."""
+
+    def __init__(self, collate_fn: Callable) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list) -> dict[str, Any]:
+        from aam.models.encoders import packed_layout
+
+        batch = self.collate_fn(items)
+        batch["entry_sample"], batch["entry_pos"], batch["max_slots"] = packed_layout(batch["offsets"])
+        return batch
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "none"
+    patience: int = 10
+    best_metric: str = "val_loss"
+    nuc_mask_ratio: float = 0.15
+    nuc_mask_strategy: str = "random"
+    nuc_asv_fraction: float = 0.25
+    log_every: int = 10
+    checkpoint_every: int = 0
+    max_steps: int | None = None
+    seed: int = 42
+    num_workers: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise AAMError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise AAMError("--gradient-accumulation-steps must be >= 1")
+        if self.mixed_precision not in PRECISIONS:
+            raise AAMError(f"--mixed-precision must be one of {PRECISIONS}")
+        if self.best_metric not in BEST_METRICS:
+            raise AAMError(f"--best-metric must be one of {BEST_METRICS}")
+        if self.epochs < 1:
+            raise AAMError("--epochs must be >= 1")
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled (or ordered) indices, reproducible from (seed, epoch), sharded across ranks like
+    DistributedSampler, and able to start mid-epoch (`skip` indices already consumed on this rank)."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.epoch = 0
+        self.skip = 0
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = math.ceil(self.n / self.world)
+        order += order[: per_rank * self.world - self.n]  # pad like DistributedSampler
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(self.n / self.world) - self.skip)
+
+
+def distributed_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Fit a model on a train dataset, validate, checkpoint, plot.
+
+    `checkpoint_info` holds `kind`, `model_config` and `preprocessing` copied into every checkpoint.
+    `denormalize` maps model-scale regression values to the original units; `class_labels` names classes.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: MultiTaskLoss, train_set: Dataset, val_set: Dataset | None,
+                 collate_fn: Callable, config: TrainConfig, device: torch.device, output_dir: Path,
+                 checkpoint_info: dict[str, Any], task: str = "pretrain",
+                 denormalize: Callable[[np.ndarray], np.ndarray] | None = None,
+                 class_labels: list[str] | None = None) -> None:
+        if task not in TASKS:
+            raise ValueError(task)
+        self.config = config
+        self.device = device
+        self.task = task
+        self.loss_fn = loss_fn
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.plot_dir = self.output_dir / "plots"
+        self.info = checkpoint_info
+        self.denormalize = denormalize or (lambda a: a)
+        self.class_labels = class_labels
+        self.quantiles = loss_fn.config.quantiles if loss_fn.config.loss_type == "quantile" else []
+        self.rank, self.world = distributed_info()
+        self.is_main = self.rank == 0
+
+        self.model = model.to(device)
+        self.ddp_model: nn.Module = self.model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True)
+
+        self.train_set, self.val_set, self.collate_fn = train_set, val_set, LayoutCollate(collate_fn)
+        self.train_sampler = EpochSampler(len(train_set), True, config.seed, self.rank, self.world)
+        self.train_loader = self._loader(train_set, self.train_sampler, drop_last=False)
+        self.batches_per_epoch = len(self.train_loader)
+        if self.batches_per_epoch == 0:
+            raise AAMError("the training split is empty; lower --test-size or add samples")
+        accum = config.gradient_accumulation_steps
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = config.warmup_steps if config.warmup_steps is not None else default_warmup(self.total_steps)
+
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
+        amp = config.mixed_precision
+        if amp != "none" and device.type == "cpu" and amp == "fp16":
+            raise AAMError("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.global_step = 0
+        self.best_value: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+        self.writer = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _loader(self, dataset: Dataset, sampler: Sampler, drop_last: bool) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=self.collate_fn,
+                          num_workers=workers, drop_last=drop_last, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, generator=torch.Generator().manual_seed(self.config.seed),
+                          prefetch_factor=2 if workers > 0 else None)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = dict(batch)
+        for key in TENSOR_KEYS:
+            if isinstance(out.get(key), torch.Tensor):
+                out[key] = out[key].to(self.device, non_blocking=True)
+        return out
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _uses_nucleotides(self) -> bool:
+        return bool(self.model.config.predict_nucleotides and self.loss_fn.config.nuc_weight
+                    and self.config.nuc_mask_ratio > 0)
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None,
+                 evaluate: bool = False):
+        """One model call. The embeddings always come from clean sequences (what predict sees); the masked-
+        nucleotide task runs on a separate ASV-encoder pass over masked copies of a random subset of the
+        batch's unique ASVs (`nuc_asv_fraction`; all of them in evaluation, masked with a fixed seed)."""
+        tokens = batch["tokens"]
+        nuc_tokens = None
+        if self._uses_nucleotides():
+            rows = tokens
+            frac = self.config.nuc_asv_fraction
+            if not evaluate and frac < 1.0:
+                k = max(1, math.ceil(frac * tokens.shape[0]))
+                rows = tokens[torch.randperm(tokens.shape[0], device=tokens.device)[:k]]
+            nuc_tokens, mask = mask_nucleotides(rows, self.config.nuc_mask_ratio, self.config.nuc_mask_strategy,
+                                                generator)
+            batch["tokens_original"], batch["nuc_mask"] = rows, mask
+        with self._autocast():
+            layout = (batch["entry_sample"], batch["entry_pos"], batch["max_slots"]) if "entry_sample" in batch else None
+            outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
+                            counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens,
+                            layout=layout)
+            terms = self.loss_fn(outputs, batch)
+        return outputs, terms
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_payload(self) -> dict[str, Any]:
+        return {
+            **self.info,
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
+            "trainer_state": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                              "global_step": self.global_step, "best_value": self.best_value,
+                              "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                              "best_metric": self.config.best_metric, "history": self.history,
+                              "train_config": {k: v for k, v in asdict(self.config).items() if k != "extra"}},
+            "rng_state": ckpt.rng_state(),
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.checkpoint_dir / name
+        if self.is_main:
+            ckpt.save_checkpoint(path, self.state_payload())
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore model, optimizer, scheduler, scaler, counters and RNG states from a checkpoint."""
+        data = ckpt.load_checkpoint(path, kind=self.info["kind"])
+        if "optimizer_state" not in data or "trainer_state" not in data:
+            raise AAMError(f"{path} has no optimizer/trainer state; resume from a last.pt or best.pt of this run")
+        self.model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
+        self.optimizer.load_state_dict(data["optimizer_state"])
+        self.scheduler.load_state_dict(data["scheduler_state"])
+        if self.scaler is not None and data.get("scaler_state"):
+            self.scaler.load_state_dict(data["scaler_state"])
+        st = data["trainer_state"]
+        self.epoch, self.batch_in_epoch, self.global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
+        self.best_value, self.best_epoch, self.bad_epochs = st["best_value"], st["best_epoch"], st["bad_epochs"]
+        self.history = list(st["history"])
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        ckpt.set_rng_state(data["rng_state"])
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch + 1, self.batch_in_epoch,
+                 self.global_step)
+
+    # ------------------------------------------------------------------ training
+    def _optimizer_step(self) -> torch.Tensor | None:
+        grad_norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.max_grad_norm:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.global_step += 1
+        return grad_norm
+
+    def _log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train until the epochs are done, early stopping triggers or `max_steps` is reached."""
+        cfg = self.config
+        if self.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        log.info("training: %d samples, %d batches/epoch, %d optimizer steps (%d warmup), lr %g",
+                 len(self.train_set), self.batches_per_epoch, self.total_steps, self.warmup_steps, cfg.lr)
+        stopped = False
+        try:
+            while self.epoch < cfg.epochs and not stopped:
+                train_row, stopped = self._train_epoch()
+                if stopped and self.batch_in_epoch < self.batches_per_epoch:
+                    self.save("last.pt")  # mid-epoch stop: resume continues from this batch
+                    break
+                val_row = self.validate()
+                row = {"epoch": self.epoch + 1, **train_row, **val_row}
+                self.history.append(row)
+                improved = self._track_best(row)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if improved:
+                    self.save("best.pt")
+                self.save("last.pt")
+                self._log_epoch(row, improved)
+                if cfg.patience > 0 and self.bad_epochs >= cfg.patience:
+                    log.info("early stopping: %s did not improve for %d epochs", self._metric_name(), cfg.patience)
+                    break
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if self.is_main and self.history:
+            plots.training_curves(self.history, self.plot_dir / "training_curves.png")
+        return self.history
+
+    def _train_epoch(self) -> tuple[dict[str, float], bool]:
+        cfg = self.config
+        self.ddp_model.train()
+        self.train_sampler.epoch = self.epoch
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)  # reseeds random ASV selection
+        self.train_sampler.skip = self.batch_in_epoch * cfg.batch_size
+        accum = cfg.gradient_accumulation_steps
+        sums: dict[str, torch.Tensor] = {}
+        window: dict[str, torch.Tensor] = {}
+        n_batches = 0
+        window_batches = 0
+        samples = 0
+        t0 = time.perf_counter()
+        bar = None
+        if cfg.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}",
+                       leave=False, dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        stopped = False
+        for batch in self.train_loader:
+            batch = self._to_device(batch)
+            self.batch_in_epoch += 1
+            last_of_epoch = self.batch_in_epoch == self.batches_per_epoch
+            step_now = self.batch_in_epoch % accum == 0 or last_of_epoch
+            sync = contextlib.nullcontext() if (step_now or self.world == 1) else self.ddp_model.no_sync()
+            with sync:
+                _, terms = self._forward(self.ddp_model, batch)
+                # a trailing partial accumulation group is divided by its own size
+                group = accum if self.batch_in_epoch <= (self.batches_per_epoch // accum) * accum else \
+                    self.batches_per_epoch % accum
+                loss = terms["total"] / group
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            for k, v in terms.items():
+                v = v.detach().float()
+                sums[k] = sums[k] + v if k in sums else v
+                window[k] = window[k] + v if k in window else v
+            n_batches += 1
+            window_batches += 1
+            samples += len(batch["sample_ids"])
+            if bar is not None:
+                bar.update(1)
+            if step_now:
+                self._optimizer_step()
+                if self.global_step % cfg.log_every == 0:
+                    values = self._reduce(window, window_batches)
+                    values["lr"] = self.scheduler.get_last_lr()[0]
+                    values["samples_per_s"] = samples * self.world / max(time.perf_counter() - t0, 1e-9)
+                    self._log_scalars("train", values, self.global_step)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k not in ("nuc_correct",
+                                                                                               "nuc_total")})
+                    window, window_batches = {}, 0
+                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 and not last_of_epoch:
+                    self.save("last.pt")
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    stopped = True
+                    break
+        if bar is not None:
+            bar.close()
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        row = {f"train_{k}": v for k, v in self._reduce(sums, n_batches).items()}
+        row["train_samples_per_s"] = samples * self.world / elapsed
+        return row, stopped
+
+    def _reduce(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        """Device sums -> host means (one sync); nucleotide accuracy from its counters."""
+        if not sums:
+            return {}
+        keys = list(sums)
+        vals = torch.stack([sums[k] for k in keys])
+        if self.world > 1:
+            torch.distributed.all_reduce(vals)
+            n *= self.world
+        host = dict(zip(keys, vals.tolist(), strict=True))
+        out = {("loss" if k == "total" else k): v / max(n, 1) for k, v in host.items()
+               if k not in ("nuc_correct", "nuc_total")}
+        if host.get("nuc_total"):
+            out["nuc_accuracy"] = host["nuc_correct"] / host["nuc_total"]
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def _metric_name(self) -> str:
+        return self.config.best_metric
+
+    def _track_best(self, row: dict[str, float]) -> bool:
+        name = self._metric_name()
+        key = name if name == "val_loss" else f"val_{name}"
+        value = row.get(key)
+        if value is None:
+            value = row.get("val_loss", row.get("train_loss"))
+            if value is not None and name != "val_loss":
+                log.warning("metric %s is not available; early stopping uses the loss", name)
+                name = "val_loss"
+        if value is None:
+            return False
+        if M.is_improvement(name, value, self.best_value):
+            self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch + 1, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @torch.no_grad()
+    def predict_loader(self, loader: DataLoader) -> dict[str, Any]:
+        """Run the model in eval mode with the fixed evaluation masking; collect losses and outputs."""
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(EVAL_MASK_SEED)
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        ids: list[str] = []
+        preds, ys, pair_pred, pair_true = [], [], [], []
+        lc = self.loss_fn.config
+        for batch in loader:
+            batch = self._to_device(batch)
+            outputs, terms = self._forward(self.model, batch, gen, evaluate=True)
+            b = len(batch["sample_ids"])
+            for k, v in terms.items():
+                v = v.detach().float() * (1 if k in ("nuc_correct", "nuc_total") else b)
+                sums[k] = sums[k] + v if k in sums else v
+            n += b
+            ids.extend(batch["sample_ids"])
+            if outputs.get("target") is not None:
+                preds.append(outputs["target"].float())
+                if batch.get("y") is not None:
+                    ys.append(batch["y"])
+            if batch.get("unifrac_target") is not None and b > 1:
+                e = outputs["embeddings"].float()
+                d = torch.cdist(e, e)
+                if lc.unifrac_transform == "tanh":
+                    d = torch.tanh(d / lc.unifrac_scale)
+                iu = torch.triu_indices(b, b, offset=1, device=d.device)
+                pair_pred.append(d[iu[0], iu[1]])
+                pair_true.append(batch["unifrac_target"][iu[0], iu[1]].float())
+        out: dict[str, Any] = {"sample_ids": ids, "n": n, "sums": sums}
+        out["pred"] = torch.cat(preds).cpu() if preds else None
+        out["y"] = torch.cat(ys).cpu() if ys else None
+        if pair_pred:
+            out["pair_pred"] = torch.cat(pair_pred).cpu().numpy()
+            out["pair_true"] = torch.cat(pair_true).cpu().numpy()
+        return out
+
+    def validate(self) -> dict[str, float]:
+        if self.val_set is None or len(self.val_set) == 0:
+            return {}
+        loader = self._loader(self.val_set, EpochSampler(len(self.val_set), False, 0), drop_last=False)
+        res = self.predict_loader(loader)
+        row = {f"val_{k}": v for k, v in self._reduce_val(res["sums"], res["n"]).items()}
+        if "pair_pred" in res:
+            r = M.regression_metrics(res["pair_true"], res["pair_pred"])
+            row.update({"val_unifrac_r2": r["r2"], "val_unifrac_mae": r["mae"]})
+        self._last_val = res
+        if res["pred"] is not None and res["y"] is not None:
+            row.update({f"val_{k}": v for k, v in self._target_metrics(res).items()})
+        return row
+
+    def _reduce_val(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        keys = list(sums)
+        host = dict(zip(keys, torch.stack([sums[k] for k in keys]).tolist(), strict=True)) if keys else {}
+        out = {("loss" if k == "total" else k): v / max(n, 1) for k, v in host.items()
+               if k not in ("nuc_correct", "nuc_total")}
+        if host.get("nuc_total"):
+            out["nuc_accuracy"] = host["nuc_correct"] / host["nuc_total"]
+        return out
+
+    def _target_metrics(self, res: dict[str, Any]) -> dict[str, float]:
+        pred, y = res["pred"], res["y"]
+        if self.task == "classification":
+            n_classes = pred.shape[1]
+            return M.classification_metrics(y.long().numpy(), pred.argmax(1).numpy(), n_classes)
+        p = self.denormalize(point_prediction(pred, self.quantiles).double().numpy())
+        t = self.denormalize(y.double().numpy())
+        return M.regression_metrics(t, p)
+
+    def write_validation_outputs(self) -> None:
+        """val_predictions.tsv and the predicted-vs-true / confusion-matrix / UniFrac plots of the last pass."""
+        res = getattr(self, "_last_val", None)
+        if not self.is_main or res is None:
+            return
+        title = f"validation (epoch {self.best_epoch})"
+        if "pair_pred" in res:
+            plots.predicted_vs_true(res["pair_true"], res["pair_pred"], self.plot_dir / "unifrac_pred_vs_true.png",
+                                    title, "UniFrac distance", "embedding distance")
+        if res["pred"] is None or res["y"] is None:
+            return
+        path = self.output_dir / "val_predictions.tsv"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            if self.task == "classification":
+                labels = self.class_labels or [str(i) for i in range(res["pred"].shape[1])]
+                probs = torch.softmax(res["pred"], dim=1).numpy()
+                true = res["y"].long().numpy()
+                pred = probs.argmax(1)
+                w.writerow(["sample_id", "prediction", "actual", *[f"prob_{lab}" for lab in labels]])
+                for sid, p, t, pr in zip(res["sample_ids"], pred, true, probs, strict=True):
+                    w.writerow([sid, labels[p], labels[t], *[f"{x:.6g}" for x in pr]])
+                cm = M.confusion_matrix(true, pred, len(labels))
+                plots.confusion_matrix_plot(cm, labels, self.plot_dir / "confusion_matrix.png", title)
+            else:
+                p = self.denormalize(point_prediction(res["pred"], self.quantiles).double().numpy())
+                t = self.denormalize(res["y"].double().numpy())
+                w.writerow(["sample_id", "prediction", "actual"])
+                for sid, a, b in zip(res["sample_ids"], p, t, strict=True):
+                    w.writerow([sid, f"{a:.6g}", f"{b:.6g}"])
+                plots.predicted_vs_true(t, p, self.plot_dir / "pred_vs_true.png", title)
+        os.replace(tmp, path)
+
+    def _log_epoch(self, row: dict[str, float], improved: bool) -> None:
+        if not self.is_main:
+            return
+        for prefix in ("train", "val"):
+            vals = {k[len(prefix) + 1:]: v for k, v in row.items() if k.startswith(prefix + "_")}
+            self._log_scalars(f"epoch_{prefix}", vals, row["epoch"])
+        shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+        log.info("epoch %d/%d %s%s", row["epoch"], self.config.epochs, shown, " *best*" if improved else "")
+        if improved:
+            self.write_validation_outputs()

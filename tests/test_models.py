@@ -1,0 +1,149 @@
+"""Models: shapes, masking/padding behaviour, unique-ASV gathering, config round trip, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aam.errors import AAMError
+from aam.models import ModelConfig, SequenceEncoder, SequencePredictor, build_model
+from aam.models.encoders import abundance_rank
+from aam.models.transformer import AttentionPooling, Transformer
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(embedding_dim=16, asv_heads=2, sample_heads=2, encoder_heads=2, count_heads=2, target_heads=2,
+                asv_layers=1, sample_layers=1, encoder_layers=1, count_layers=1, target_layers=1, token_limit=8,
+                max_bp=12, kernels="math")
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def batch():
+    """3 samples; ASV 1 is shared by samples 0 and 1; sample 2 has one ASV."""
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(1, 5, (4, 10), generator=g)
+    tokens[:, 0] = 5
+    tokens[3, 6:] = 0
+    return dict(tokens=tokens, asv_index=torch.tensor([0, 1, 2, 1, 3, 2]), offsets=torch.tensor([0, 3, 5, 6]),
+                counts=torch.tensor([5.0, 1, 2, 3, 4, 9]), categorical=torch.tensor([[1, 0], [2, 1], [0, 0]]))
+
+
+def test_config_round_trip_and_validation():
+    c = tiny(kind="predictor", n_classes=3, categorical_cardinalities=[3, 2], quantiles=[])
+    assert ModelConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(AAMError, match="divisible"):
+        tiny(asv_heads=3)
+    with pytest.raises(AAMError, match="unknown keys"):
+        ModelConfig.from_dict({**c.to_dict(), "bogus": 1})
+
+
+def test_encoder_shapes_and_padding_slots_zero():
+    model = SequenceEncoder(tiny()).eval()
+    out = model(**batch())
+    assert out["embeddings"].shape == (3, 16)
+    assert out["sample_embeddings"].shape == (3, 3, 16)
+    assert out["valid"].tolist() == [[True, True, True], [True, True, False], [True, False, False]]
+    assert out["sample_embeddings"][2, 1:].abs().sum() == 0
+    assert out["nuc_logits"] is None  # only with nuc_tokens (a separate pass over masked copies)
+    b = batch()
+    out2 = model(**b, nuc_tokens=b["tokens"][:2])
+    assert out2["nuc_logits"].shape == (2, 10, 7)
+    torch.testing.assert_close(out2["embeddings"], out["embeddings"])  # the embeddings never see the masked rows
+    assert torch.isfinite(out["embeddings"]).all()
+
+
+def test_padding_does_not_change_results():
+    """A sample's embedding does not depend on the other samples of the batch (key padding works)."""
+    model = SequenceEncoder(tiny()).eval()
+    b = batch()
+    full = model(**b)["embeddings"]
+    alone = model(tokens=b["tokens"], asv_index=b["asv_index"][5:6], offsets=torch.tensor([0, 1]),
+                  counts=b["counts"][5:6])["embeddings"]
+    torch.testing.assert_close(full[2:3], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_asv_order_within_sample_does_not_matter():
+    """Positions are abundance ranks (no ties here), so permuting a sample's entries changes nothing."""
+    model = SequenceEncoder(tiny(count_embedding="add")).eval()
+    b = batch()
+    out1 = model(**b)["embeddings"]
+    perm = torch.tensor([2, 0, 1, 4, 3, 5])
+    out2 = model(tokens=b["tokens"], asv_index=b["asv_index"][perm], offsets=b["offsets"],
+                 counts=b["counts"][perm])["embeddings"]
+    torch.testing.assert_close(out1, out2, atol=1e-5, rtol=1e-5)
+
+
+def test_abundance_rank():
+    counts = torch.tensor([[1.0, 5.0, 3.0], [2.0, 2.0, 0.0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    assert abundance_rank(counts, valid).tolist() == [[2, 0, 1], [0, 1, 2]]
+
+
+def test_attention_pooling_empty_row_is_zero_not_nan():
+    pool = AttentionPooling(8)
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    valid = torch.tensor([[True, False, True, False], [False] * 4])
+    out = pool(x, valid)
+    assert torch.isfinite(out).all() and out[1].abs().sum() == 0
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[0, 1].abs().sum() == 0  # masked position gets no gradient
+
+
+@pytest.mark.parametrize("fusion", ["concat", "add"])
+@pytest.mark.parametrize("count_embedding", ["none", "film"])
+def test_predictor_outputs_and_backward(fusion, count_embedding):
+    cfg = tiny(kind="predictor", categorical_cardinalities=[3, 2], categorical_fusion=fusion,
+               count_embedding=count_embedding)
+    model = SequencePredictor(cfg)
+    out = model(**batch())
+    assert out["target"].shape == (3, 1)
+    assert out["count_prediction"].shape == (3, 3)
+    (out["target"].sum() + out["count_prediction"].sum() + out["embeddings"].sum()).backward()
+    assert model.categorical.embeddings[0].weight.grad[0].abs().sum() == 0  # code 0 (unknown) = padding
+
+
+def test_predictor_classifier_and_quantile_width():
+    assert SequencePredictor(tiny(kind="predictor", n_classes=4))(**batch())["target"].shape == (3, 4)
+    assert SequencePredictor(tiny(kind="predictor", quantiles=[0.1, 0.5, 0.9]))(**batch())["target"].shape == (3, 3)
+
+
+def test_pretrained_encoder_loads_into_base_model_and_freezes():
+    enc = SequenceEncoder(tiny())
+    pred = SequencePredictor(tiny(kind="predictor"))
+    missing, unexpected = pred.base_model.load_state_dict(enc.state_dict(), strict=True), []
+    assert not unexpected and not missing.missing_keys
+    pred.freeze_base()
+    assert not any(p.requires_grad for p in pred.base_model.parameters())
+    assert all(p.requires_grad for n, p in pred.named_parameters() if not n.startswith("base_model."))
+
+
+def test_gradient_checkpointing_matches_plain():
+    torch.manual_seed(0)
+    t1 = Transformer(16, 2, 2, dropout=0.0, kernels="math")
+    t2 = Transformer(16, 2, 2, dropout=0.0, kernels="math", gradient_checkpointing=True)
+    t2.load_state_dict(t1.state_dict())
+    x = torch.randn(3, 5, 16)
+    pad = torch.tensor([[False] * 5, [False, False, True, True, True], [True] * 5])
+    g = []
+    for t in (t1, t2):
+        xi = x.clone().requires_grad_(True)
+        t.train()(xi, pad).sum().backward()
+        g.append(xi.grad)
+    torch.testing.assert_close(g[0], g[1])
+
+
+def test_build_model_kind():
+    assert isinstance(build_model(tiny()), SequenceEncoder)
+    assert isinstance(build_model(tiny(kind="predictor")), SequencePredictor)
+
+
+def test_precomputed_layout_matches_pad_packed():
+    from aam.models.encoders import packed_layout
+
+    model = SequenceEncoder(tiny()).eval()
+    b = batch()
+    plain = model(**b)["embeddings"]
+    with_layout = model(**b, layout=packed_layout(b["offsets"]))["embeddings"]
+    torch.testing.assert_close(plain, with_layout)

@@ -45,7 +45,8 @@ def test_skbio_tsv_and_ssu_bytes_ids(tmp_path: Path) -> None:
         f.create_dataset("matrix", data=dm.data.astype(np.float32))
         f.create_dataset("order", data=np.array([s.encode() for s in IDS], dtype="S8"))
     back = load_distance_matrix(tmp_path / "ssu.h5")
-    assert back.ids == IDS and back.data.dtype == np.float64
+    assert back.ids == IDS and back.data.dtype == np.float32  # float32 files stay float32 in memory
+    assert back.pairs(IDS[:2]).dtype == np.float64
 
 
 def test_pairs_and_subset() -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from subprocess_env import child_env
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = [pytest.mark.triton]
@@ -30,9 +30,7 @@ if not INTERPRET:
     @pytest.mark.slow
     @pytest.mark.skipif(not _has_triton(), reason="triton is not installed")
     def test_triton_kernels_in_interpreter_subprocess():
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        src = str(Path(__file__).resolve().parents[1] / "src")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+        env = child_env(TRITON_INTERPRET="1")
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
                               env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]

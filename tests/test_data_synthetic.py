@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import skbio
+from subprocess_env import child_env
 
 from aam.data.biom_io import load_table
 from aam.data.metadata import load_metadata, numeric_target
@@ -81,10 +82,9 @@ def test_targets_follow_community() -> None:
 
 
 def test_module_cli(tmp_path: Path) -> None:
-    src = Path(__file__).resolve().parents[1] / "src"
     out = subprocess.run(
         [sys.executable, "-m", "aam.data.synthetic", "--n-samples", "20", "--n-features", "50", "--out", str(tmp_path)],
-        capture_output=True, text=True, env={"PYTHONPATH": str(src)}, check=True,
+        capture_output=True, text=True, env=child_env(), check=True,
     )  # fmt: skip
     assert "wrote 20 samples" in out.stdout
     assert (tmp_path / "table.biom").is_file() and (tmp_path / "tree.nwk").is_file()

@@ -8,12 +8,11 @@ the variable. Each pytest case reads its result from that run. Parity: DESIGN.md
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from subprocess_env import child_env
 
 CASES = [
     {"dtype": dtype, "b": b, "d": d, "transform": tr, "weighted": wt}
@@ -108,9 +107,7 @@ def _child() -> None:
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict[str, str]:
     pytest.importorskip("triton", reason="triton not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONHASHSEED="0")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env = child_env(TRITON_INTERPRET="1", PYTHONHASHSEED="0")
     proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
     if proc.returncode != 0 or not lines:

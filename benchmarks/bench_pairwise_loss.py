@@ -97,8 +97,8 @@ print("PEAK", json.dumps((after - before) * 1024))
 
 def _cpu_peak_bytes(backend: str, b: int, d: int) -> int | None:
     here = str(Path(__file__).resolve().parent)
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    code = _CHILD.format(paths=[here, src], b=b, d=d, backend=backend)
+    pkg_root = str(Path(aam.__file__).resolve().parents[1])  # the same aam as this process
+    code = _CHILD.format(paths=[here, pkg_root], b=b, d=d, backend=backend)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     for line in proc.stdout.splitlines():
         if line.startswith("PEAK "):

@@ -66,3 +66,21 @@ def has_triton() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"triton not installed ({exc})"
     return True, ""
+
+
+def module_with(device: torch.device, symbol: str) -> tuple[ModuleType | None, str | None]:
+    """The compiled module serving `device` if it exports `symbol`, else (None, the reason why not).
+
+    Backend availability checks start here: CPU -> aam._C; CUDA/ROCm -> aam._C_cuda / aam._C_hip.
+    """
+    if device.type == "cpu":
+        name, mod = "_C", cpu_module()
+    elif device.type == "cuda":
+        name, mod = ("_C_hip" if torch.version.hip else "_C_cuda"), gpu_module()
+    else:
+        return None, f"no compiled kernels for device type {device.type!r}"
+    if mod is None:
+        return None, load_error(name) or f"aam.{name} not built for this torch"
+    if not hasattr(mod, symbol):
+        return None, f"aam.{name} was built without {symbol} (rebuild: pip install . or make dev)"
+    return mod, None

@@ -271,31 +271,20 @@ def _custom(q, k, v, mask, lengths, scale, dropout_p):
 def _check_custom(req: registry.Request) -> str | None:
     if req.get("dropout_p", 0.0) > 0.0:
         return "no dropout in the custom kernels (use sdpa or math for attention dropout)"
-    dev = req["device"]
-    if dev.type == "cpu":
-        mod = _ext.cpu_module()
-        if mod is None:
-            return _ext.load_error("_C") or "aam._C not built"
-        if not hasattr(mod, "attention_forward"):
-            return "aam._C was built without the attention kernels (rebuild)"
-        if req["dtype"] not in (torch.float32, torch.float64, *_HALF):
-            return f"dtype {req['dtype']} not supported"
-        return None
+    dev, dtype = req["device"], req["dtype"]
+    _, reason = _ext.module_with(dev, "attention_forward")
+    if reason:
+        return reason
+    if dev.type == "cpu" and dtype not in (torch.float32, torch.float64, *_HALF):
+        return f"dtype {dtype} not supported"
     if dev.type == "cuda":
-        mod = _ext.gpu_module()
-        if mod is None:
-            name = "_C_hip" if torch.version.hip else "_C_cuda"
-            return _ext.load_error(name) or f"aam.{name} not built"
-        if not hasattr(mod, "attention_forward"):
-            return "the GPU module was built without the attention kernels (rebuild)"
-        if req["dtype"] not in (torch.float32, *_HALF):
-            return f"dtype {req['dtype']} not supported on GPU (fp32/fp16/bf16)"
+        if dtype not in (torch.float32, *_HALF):
+            return f"dtype {dtype} not supported on GPU (fp32/fp16/bf16)"
         if req.get("head_dim") not in GPU_HEAD_DIMS:
             return f"head_dim {req.get('head_dim')} not in {GPU_HEAD_DIMS}"
         if not req.get("same_len", req.get("q_len", req.get("seq_len")) == req.get("seq_len")):
             return "GPU kernel needs as many queries as keys"
-        return None
-    return f"no custom kernel for device type {dev.type}"
+    return None
 
 
 # ---- custom varlen (CPU) ------------------------------------------------------------------------

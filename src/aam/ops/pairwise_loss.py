@@ -235,26 +235,14 @@ def pairwise_loss_triton(emb, target, transform, scale, weights):
 
 def _check_custom(req: registry.Request) -> str | None:
     device, dtype = req["device"], req["dtype"]
-    if device.type == "cpu":
-        mod = _ext.cpu_module()
-        if mod is None:
-            return _ext.load_error("_C") or "aam._C not built"
-        if not hasattr(mod, "pairwise_loss_forward"):
-            return "aam._C was built without the pairwise loss kernels (rebuild with `make dev`)"
-        if dtype not in CPU_DTYPES + CPU_UPCAST:
-            return f"dtype {dtype} not supported on CPU (float32/float64; float16/bfloat16 are upcast)"
-        return None
-    if device.type == "cuda":
-        mod = _ext.gpu_module()
-        if mod is None:
-            name = "_C_hip" if torch.version.hip else "_C_cuda"
-            return _ext.load_error(name) or f"aam.{name} not built for this torch"
-        if not hasattr(mod, "pairwise_loss_forward"):
-            return "the GPU module was built without the pairwise loss kernels"
-        if dtype not in GPU_DTYPES:
-            return f"dtype {dtype} not supported on GPU (float32/float16/bfloat16)"
-        return None
-    return f"no compiled kernels for device type {device.type!r}"
+    _, reason = _ext.module_with(device, "pairwise_loss_forward")
+    if reason:
+        return reason
+    if device.type == "cpu" and dtype not in CPU_DTYPES + CPU_UPCAST:
+        return f"dtype {dtype} not supported on CPU (float32/float64; float16/bfloat16 are upcast)"
+    if device.type == "cuda" and dtype not in GPU_DTYPES:
+        return f"dtype {dtype} not supported on GPU (float32/float16/bfloat16)"
+    return None
 
 
 def _check_triton(req: registry.Request) -> str | None:

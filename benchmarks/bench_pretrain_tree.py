@@ -15,6 +15,10 @@ Environment (the defaults keep a CPU run to about a minute):
 - AAM_BENCH_TREE_RSS_SIZES: sample counts of the pretraining peak-RSS runs (default "1000,10000";
   e.g. "10000,100000")
 - AAM_BENCH_TREE_METRIC: UniFrac metric (default unweighted)
+
+Measured (2 shared CPU cores, AAM_BENCH_TREE_N=100000 AAM_BENCH_TREE_RSS_SIZES=10000,100000): state 451 MiB
+(4.7 kB/sample, built in 4.5 s) vs 76,294 MiB dense; 0.44-0.49 ms per batch of 32, 25-31 ms per batch of 256;
+peak RSS of 5 steps 1,958 MiB at 10^4 samples vs 2,058 MiB at 10^5 (the model's activations dominate).
 """
 
 from __future__ import annotations

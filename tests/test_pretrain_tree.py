@@ -157,6 +157,12 @@ def test_alpha_needs_generalized(data, tmp_path, capsys):
     assert rc != 0 and "--unifrac-alpha" in _one_error_line(capsys, only=True)
 
 
+def test_tree_options_need_tree(data, tmp_path, capsys):
+    rc = main(["pretrain", "--table", str(data["table"]), "--unifrac-matrix", str(tmp_path / "dm.h5"),
+               "--drop-missing-features", "--output-dir", str(tmp_path / "o"), *MODEL])
+    assert rc != 0 and "only with --tree" in _one_error_line(capsys, only=True)
+
+
 def test_tree_missing_features(data, prepared, tmp_path, capsys):
     tree = skbio.TreeNode.read(str(data["tree"]))
     tips = sorted(t.name for t in tree.tips())
@@ -183,3 +189,26 @@ def test_metric_aliases(given, meant):
                                              "--unifrac-metric", given])
     assert ctx.params["unifrac_metric"] == meant
     assert O.METRIC_ALIASES == {"unifrac": "unweighted", "weighted": "weighted_normalized"}
+
+
+@pytest.mark.realdata
+def test_ibd_tree_targets(ibd_dir):
+    """IBD: 129 ASVs are not in tree.nwk (an error naming them, or dropped); targets match the full matrix."""
+    import biom
+
+    from aam.errors import InputError
+
+    subset = [str(s) for s in biom.load_table(str(ibd_dir / "table.biom")).ids()[:120]]
+    prepared = prepare_table(ibd_dir / "table.biom", None, 1000, SEED, 100, sample_ids=subset)
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    kw = {"table": str(ibd_dir / "table.biom"), "tree": str(ibd_dir / "tree.nwk"), "unifrac_metric": "unweighted",
+          "num_workers": 0}
+    with pytest.raises(InputError, match=r"table\.biom: \d+ of \d+ features are not tips .*--drop-missing-features"):
+        _load_distances({**kw, "drop_missing_features": False}, ids, prepared)
+    pre = Preprocessing(rarefy_depth=1000, max_bp=100, token_limit=64)
+    source = _load_distances({**kw, "drop_missing_features": True}, ids, prepared, pre)
+    full = unifrac(prepared.table, ibd_dir / "tree.nwk", "unweighted", drop_missing_features=True)
+    dataset = make_dataset(prepared, ids, pre)
+    batch = collate([dataset[i] for i in range(0, len(ids), 3)], distances=source)
+    np.testing.assert_allclose(batch["unifrac_target"].double().numpy(), full.pairs(batch["sample_ids"]),
+                               rtol=TOL, atol=TOL)

@@ -108,6 +108,8 @@ def _check_distance_source(kw: dict[str, Any], required: bool) -> bool:
     if required and not matrix and not tree:
         raise AAMError("pass --unifrac-matrix (precomputed distances; `aam unifrac` makes one) or --tree "
                        "(UniFrac computed per batch from a Newick tree)")
+    if not tree and (kw.get("unifrac_alpha") is not None or kw.get("drop_missing_features")):
+        raise AAMError("--unifrac-alpha and --drop-missing-features apply only with --tree")
     if tree and not Path(tree).is_file():
         raise InputError(f"--tree {tree}: file not found; pass a Newick tree whose tips are the table's features")
     if tree and kw.get("unifrac_alpha") is not None and kw.get("unifrac_metric") != "generalized":

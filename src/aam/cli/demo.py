@@ -14,21 +14,6 @@ SMALL_MODEL = ["--embedding-dim", "64", "--attention-heads", "4", "--attention-l
                "--max-bp", "64", "--token-limit", "24", "--batch-size", "16", "--lr", "1e-3"]
 
 
-def demo_distances(table_path: Path, tree_path: Path, out_path: Path) -> Path:
-    """Unweighted UniFrac of the demo table with scikit-bio (swap for aam.ops.unifrac when it lands)."""
-    import biom
-    import skbio
-    from skbio.diversity import beta_diversity
-
-    table = biom.load_table(str(table_path))
-    tree = skbio.TreeNode.read(str(tree_path))
-    counts = table.matrix_data.toarray().T.astype(int)
-    dm = beta_diversity("unweighted_unifrac", counts, ids=[str(s) for s in table.ids()], tree=tree,
-                        taxa=[str(f) for f in table.ids(axis="observation")], validate=False)
-    dm.write(str(out_path))
-    return out_path
-
-
 @click.command()
 @click.option("--output-dir", default="demo-run", show_default=True, type=click.Path(file_okay=False),
               help="Where data/, pretrain/, train/ and predictions.tsv go.")
@@ -50,10 +35,10 @@ def demo(output_dir: str, samples: int, pretrain_epochs: int, train_epochs: int,
     ds = synthetic.make_dataset(samples, n_features=250, seed=seed, min_len=60, max_len=64, richness=30,
                                 mean_depth=3000.0)
     paths = synthetic.write_dataset(ds, out / "data")
-    dm_path = demo_distances(paths["table"], paths["tree"], out / "data" / "unifrac.tsv")
     common = ["--seed", str(seed), "--device", device, "--kernels", kernels, *SMALL_MODEL]
-    click.echo("[2/4] pretraining the encoder on UniFrac distances + masked nucleotides")
-    rc = main(["pretrain", "--table", str(paths["table"]), "--unifrac-matrix", str(dm_path), "--output-dir",
+    click.echo("[2/4] pretraining the encoder on UniFrac distances (computed per batch from the tree) + masked "
+               "nucleotides")
+    rc = main(["pretrain", "--table", str(paths["table"]), "--tree", str(paths["tree"]), "--output-dir",
                str(out / "pretrain"), "--epochs", str(pretrain_epochs), "--patience", "0", *common])
     if rc:
         return rc

@@ -69,6 +69,32 @@ def preprocessing_options() -> list[Callable]:
     ]
 
 
+# `--unifrac-metric` values; the reference AAM's names are aliases: unifrac -> unweighted, weighted -> weighted_normalized.
+UNIFRAC_METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
+METRIC_ALIASES = {"unifrac": "unweighted", "weighted": "weighted_normalized"}
+
+
+def _metric(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return METRIC_ALIASES.get(value, value)
+
+
+def tree_options() -> list[Callable]:
+    """--tree and its UniFrac settings: batch targets computed on the fly (an alternative to --unifrac-matrix)."""
+    return [
+        opt("Data", "--tree", type=click.Path(dir_okay=False), default=None,
+            help="Newick tree whose tips are the table's features: UniFrac targets are computed per batch on the "
+                 "rarefied table (no N x N matrix). Use instead of --unifrac-matrix."),
+        opt("Data", "--unifrac-metric", type=click.Choice([*UNIFRAC_METRICS, *METRIC_ALIASES]),
+            default="unweighted", callback=_metric,
+            help="UniFrac of --tree targets; 'unifrac' and 'weighted' (the reference AAM's names) mean "
+                 "unweighted and weighted_normalized."),
+        opt("Data", "--unifrac-alpha", type=float, default=None, show_default="0.5",
+            help="Generalized UniFrac alpha in [0, 1] (--unifrac-metric generalized only)."),
+        opt("Data", "--drop-missing-features", is_flag=True, default=False,
+            help="Ignore table features that are not tips of --tree (default: error naming them)."),
+    ]
+
+
 def model_options() -> list[Callable]:
     return [
         opt("Model", "--embedding-dim", type=int, default=128, help="Width D of every transformer stack."),

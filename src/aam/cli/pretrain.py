@@ -14,11 +14,10 @@ log = logging.getLogger("aam")
 @click.command(cls=O.GroupedCommand)
 @O.apply(O.table_options())
 @O.opt("Data", "--unifrac-matrix", type=click.Path(dir_okay=False), default=None,
-       help="Pairwise distances (ssu .h5, scikit-bio .tsv, .csv, .npy + .ids.txt) covering the table's samples.")
-# `--tree` (distances computed on the fly by aam.ops.unifrac) plugs in here: a second distance source with
-# the same `ids` / `pairs(ids)` interface, passed to run_pretrain instead of the matrix.
+       help="Precomputed pairwise distances (ssu .h5, scikit-bio .tsv, .csv, .npy + .ids.txt) covering the table's samples.")
 @O.opt("Data", "--unifrac-ids", type=click.Path(dir_okay=False), default=None,
        help="Sample IDs file for a .npy --unifrac-matrix (default <stem>.ids.txt).")
+@O.apply(O.tree_options())
 @O.apply(O.preprocessing_options())
 @O.apply(O.model_options())
 @O.apply(O.loss_options())
@@ -28,11 +27,12 @@ log = logging.getLogger("aam")
 @O.apply(O.hardware_options())
 @O.output_option()
 def pretrain(**kw) -> int:
-    """Pretrain an encoder: pairwise UniFrac distances between samples + masked-nucleotide prediction."""
+    """Pretrain an encoder: pairwise UniFrac distances between samples + masked-nucleotide prediction.
+
+    The distances come from exactly one of --unifrac-matrix (precomputed) or --tree (computed per batch).
+    """
     from aam.training.runs import run_pretrain
 
-    if kw["unifrac_matrix"] is None:
-        raise click.UsageError("--unifrac-matrix is required (pass a distance matrix; `aam unifrac` makes one)")
     run_pretrain(kw)
     return 0
 

@@ -17,9 +17,11 @@ from aam.cli import options as O
 @O.opt("Data", "--group-column", default=None,
        help="Keep all samples of a group (e.g. host_subject_id) on one side of the split.")
 @O.opt("Data", "--unifrac-matrix", type=click.Path(dir_okay=False), default=None,
-       help="Optional pairwise distances: keeps the UniFrac loss (weight --penalty) during fine-tuning.")
+       help="Optional pairwise distances: keeps the UniFrac loss (weight --penalty) during fine-tuning "
+            "(or --tree instead).")
 @O.opt("Data", "--unifrac-ids", type=click.Path(dir_okay=False), default=None,
        help="Sample IDs file for a .npy --unifrac-matrix.")
+@O.apply(O.tree_options())
 @O.apply(O.preprocessing_options())
 @O.opt("Model", "--pretrained-encoder", type=click.Path(dir_okay=False), default=None,
        help="checkpoints/best.pt of `aam pretrain`; its architecture and max_bp/token_limit are used.")

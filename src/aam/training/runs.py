@@ -99,9 +99,52 @@ def _pairwise_hook(world: int, dm: Any):
     return pairwise
 
 
-def _load_distances(kw: dict[str, Any], sample_ids: list[str]):
-    dm = dist.load_distance_matrix(kw["unifrac_matrix"], kw.get("unifrac_ids"))
-    dist.check_covers(dm, sample_ids, kw["unifrac_matrix"])
+def _check_distance_source(kw: dict[str, Any], required: bool) -> bool:
+    """Exactly one of --unifrac-matrix / --tree (or neither when not `required`); True when one is given."""
+    matrix, tree = kw.get("unifrac_matrix"), kw.get("tree")
+    if matrix and tree:
+        raise AAMError(f"--unifrac-matrix {matrix} and --tree {tree} are both given; pass one distance source "
+                       "(a precomputed matrix, or a tree for UniFrac computed per batch)")
+    if required and not matrix and not tree:
+        raise AAMError("pass --unifrac-matrix (precomputed distances; `aam unifrac` makes one) or --tree "
+                       "(UniFrac computed per batch from a Newick tree)")
+    if not tree and (kw.get("unifrac_alpha") is not None or kw.get("drop_missing_features")):
+        raise AAMError("--unifrac-alpha and --drop-missing-features apply only with --tree")
+    if tree and not Path(tree).is_file():
+        raise InputError(f"--tree {tree}: file not found; pass a Newick tree whose tips are the table's features")
+    if tree and kw.get("unifrac_alpha") is not None and kw.get("unifrac_metric") != "generalized":
+        raise AAMError(f"--unifrac-alpha applies only to --unifrac-metric generalized, not {kw.get('unifrac_metric')}")
+    return bool(matrix or tree)
+
+
+def _load_distances(kw: dict[str, Any], sample_ids: list[str], prepared: Any = None, pre: Preprocessing | None = None):
+    """The batch-target source: a precomputed matrix, or TreeDistances over the rarefied table (--tree).
+
+    With --tree the per-sample state is built once here and the collate function (DataLoader workers)
+    computes each batch's [B, B] block; workers get threads=1. The source is recorded in `pre.extra`.
+    """
+    if kw.get("tree"):
+        from aam.data.tree_distances import TreeDistances
+
+        try:
+            dm = TreeDistances(prepared.table, kw["tree"], kw["unifrac_metric"], kw.get("unifrac_alpha"),
+                               threads=1 if kw.get("num_workers", 0) > 0 else None,
+                               drop_missing_features=kw.get("drop_missing_features", False))
+        except InputError as exc:  # name the table file rather than "table"
+            msg = str(exc)
+            raise InputError(f"{kw['table']}{msg[len('table'):]}" if msg.startswith("table:") else msg) from None
+        log.info("UniFrac targets (%s%s) computed per batch from %s: %d samples, %.1f MiB of per-sample state%s",
+                 dm.metric, f", alpha {dm.alpha}" if dm.metric == "generalized" else "", kw["tree"], len(dm),
+                 dm.nbytes / 2**20, f", {dm.n_dropped} features not in the tree ignored" if dm.n_dropped else "")
+        source = {"source": "tree", "tree": str(Path(kw["tree"]).resolve()), "metric": dm.metric,
+                  "alpha": dm.alpha if dm.metric == "generalized" else None,
+                  "drop_missing_features": bool(kw.get("drop_missing_features", False))}
+    else:
+        dm = dist.load_distance_matrix(kw["unifrac_matrix"], kw.get("unifrac_ids"))
+        dist.check_covers(dm, sample_ids, kw["unifrac_matrix"])
+        source = {"source": "matrix", "matrix": str(Path(kw["unifrac_matrix"]).resolve())}
+    if pre is not None:
+        pre.extra["unifrac"] = source
     return dm
 
 
@@ -134,6 +177,7 @@ def _report(trainer: Trainer, history: list[dict[str, float]], keys: list[str]) 
 
 # ---------------------------------------------------------------------------------------------- pretrain
 def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
+    _check_distance_source(kw, required=True)  # before the run folder and log exist
     out, device, world = _setup(kw)
     _check_batch_size(kw, pairwise=kw["penalty"] > 0)
     resume = _load_resume(kw, "pretrain")
@@ -141,7 +185,7 @@ def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
     prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
     pre.rarefy_depth = prepared.depth
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    dm = _load_distances(kw, ids)
+    dm = _load_distances(kw, ids, prepared, pre)
     train_ids, val_ids = split_samples(ids, kw["test_size"], pre.seed)
     _write_split(out, train_ids, val_ids)
     train_set, val_set = make_dataset(prepared, train_ids, pre), make_dataset(prepared, val_ids, pre)
@@ -184,8 +228,8 @@ def _targets(kw: dict[str, Any], md, ids: list[str]) -> tuple[list[str], np.ndar
 
 
 def run_train(kw: dict[str, Any]) -> dict[str, Any]:
+    use_dm = _check_distance_source(kw, required=False) and kw["penalty"] > 0
     out, device, world = _setup(kw)
-    use_dm = kw["unifrac_matrix"] is not None and kw["penalty"] > 0
     _check_batch_size(kw, pairwise=use_dm)
     resume = _load_resume(kw, "train")
     pretrained = ckpt.load_checkpoint(kw["pretrained_encoder"], "pretrain") if kw["pretrained_encoder"] and not resume \
@@ -282,7 +326,7 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
         model.freeze_base()
     log.info("SequencePredictor: %d parameters (%d trainable); %d train / %d val samples", count_parameters(model),
              count_parameters(model, trainable_only=True), len(train_ids), len(val_ids))
-    dm = _load_distances(kw, ids) if use_dm else None
+    dm = _load_distances(kw, ids, prepared, pre) if use_dm else None
     class_weights = _floats(kw["class_weights"]) or None
     if class_weights and (not class_labels or len(class_weights) != len(class_labels)):
         raise AAMError(f"--class-weights needs one weight per class ({len(class_labels or [])} classes)")

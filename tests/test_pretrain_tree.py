@@ -1,0 +1,214 @@
+"""`aam pretrain --tree`: UniFrac batch targets computed on the fly (TreeDistances) instead of a matrix.
+
+Every per-batch target block must equal the matching entries of the full matrix that `aam.ops.unifrac`
+computes on the same rarefied table. Tiny generated data (aam.data.synthetic) and a tiny model.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skbio
+import torch
+
+from aam.cli import options as O
+from aam.cli.main import main
+from aam.cli.pretrain import pretrain
+from aam.data import synthetic
+from aam.data.dataset import collate
+from aam.data.tree_distances import TreeDistances
+from aam.ops.unifrac import unifrac
+from aam.training.data_setup import Preprocessing, make_dataset, prepare_table
+from aam.training.runs import _load_distances
+
+DEPTH, SEED, MAX_BP = 150, 42, 32
+MODEL = ["--embedding-dim", "16", "--attention-heads", "2", "--attention-layers", "1", "--device", "cpu",
+         "--batch-size", "6", "--max-bp", str(MAX_BP), "--token-limit", "16", "--log-every", "1",
+         "--rarefy-depth", str(DEPTH), "--seed", str(SEED), "--epochs", "1", "--patience", "0"]
+METRICS = [("unweighted", None), ("weighted_normalized", None), ("weighted_unnormalized", None),
+           ("generalized", 0.3)]
+TOL = 1e-6  # targets travel as float32
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    ds = synthetic.make_dataset(30, n_features=40, seed=3, min_len=20, max_len=30, richness=12, mean_depth=600.0)
+    return synthetic.write_dataset(ds, tmp_path_factory.mktemp("tree_data"))
+
+
+@pytest.fixture(scope="module")
+def prepared(data):
+    return prepare_table(data["table"], None, DEPTH, SEED, MAX_BP)
+
+
+def _kw(data, **extra) -> dict:
+    kw = {"table": str(data["table"]), "tree": str(data["tree"]), "unifrac_matrix": None, "unifrac_ids": None,
+          "unifrac_metric": "unweighted", "unifrac_alpha": None, "drop_missing_features": False, "num_workers": 0}
+    kw.update(extra)
+    return kw
+
+
+def _one_error_line(capsys, only: bool = False) -> str:
+    """The one `error:` line (no traceback); `only`: stderr holds nothing else (failed before any log)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    if only:
+        assert err == errors, err
+    return errors[0]
+
+
+@pytest.mark.parametrize(("metric", "alpha"), METRICS)
+def test_collate_targets_equal_full_matrix(data, prepared, metric, alpha):
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    pre = Preprocessing(rarefy_depth=DEPTH, max_bp=MAX_BP, token_limit=16)
+    source = _load_distances(_kw(data, unifrac_metric=metric, unifrac_alpha=alpha), ids, prepared, pre)
+    assert isinstance(source, TreeDistances) and source.ids == ids
+    assert pre.extra["unifrac"]["source"] == "tree" and pre.extra["unifrac"]["metric"] == metric
+    assert pre.extra["unifrac"]["alpha"] == alpha
+    full = unifrac(prepared.table, data["tree"], metric, alpha)
+    assert full.ids == ids
+    dataset = make_dataset(prepared, ids, pre)
+    rng = np.random.default_rng(0)
+    for size in (2, 7, len(ids)):
+        pick = [int(i) for i in rng.choice(len(ids), size=size, replace=False)]
+        batch = collate([dataset[i] for i in pick], distances=source)
+        want = full.pairs(batch["sample_ids"])
+        assert batch["sample_ids"] == [ids[i] for i in pick]
+        np.testing.assert_allclose(batch["unifrac_target"].double().numpy(), want, rtol=TOL, atol=TOL)
+        assert want[~np.eye(size, dtype=bool)].max() > 0  # a real comparison, not all zeros
+
+
+def test_targets_in_dataloader_workers(data, prepared):
+    """The collate function runs in a worker process (threads=1 there) and still gives the exact blocks."""
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    pre = Preprocessing(rarefy_depth=DEPTH, max_bp=MAX_BP, token_limit=16)
+    source = _load_distances(_kw(data, unifrac_metric="weighted_normalized", num_workers=1), ids, prepared, pre)
+    assert source.threads == 1
+    full = unifrac(prepared.table, data["tree"], "weighted_normalized")
+    loader = torch.utils.data.DataLoader(make_dataset(prepared, ids, pre), batch_size=8, shuffle=True,
+                                         num_workers=1, collate_fn=functools.partial(collate, distances=source),
+                                         generator=torch.Generator().manual_seed(0))
+    seen = []
+    for batch in loader:
+        np.testing.assert_allclose(batch["unifrac_target"].double().numpy(), full.pairs(batch["sample_ids"]),
+                                   rtol=TOL, atol=TOL)
+        seen += batch["sample_ids"]
+    assert sorted(seen) == sorted(ids)
+
+
+def test_cli_pretrain_from_tree(data, tmp_path, monkeypatch):
+    blocks: list[tuple[list[str], np.ndarray]] = []
+    original = TreeDistances.pairs
+
+    def recording(self, sample_ids):
+        out = original(self, sample_ids)
+        blocks.append((list(sample_ids), out.copy()))
+        return out
+
+    monkeypatch.setattr(TreeDistances, "pairs", recording)
+    out = tmp_path / "pre"
+    rc = main(["pretrain", "--table", str(data["table"]), "--tree", str(data["tree"]), "--unifrac-metric",
+               "weighted", "--output-dir", str(out), *MODEL])
+    assert rc == 0
+    ck = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    src = ck["preprocessing"]["extra"]["unifrac"]
+    assert src == {"source": "tree", "tree": str(Path(data["tree"]).resolve()), "metric": "weighted_normalized",
+                   "alpha": None, "drop_missing_features": False}
+    hist = ck["trainer_state"]["history"]
+    assert hist and np.isfinite(hist[-1]["val_unifrac_loss"])
+    # Train and validation batches, every one checked against the full matrix of the same rarefied table.
+    full = unifrac(prepare_table(data["table"], None, DEPTH, SEED, MAX_BP).table, data["tree"], "weighted_normalized")
+    assert len(blocks) >= 2
+    for ids, got in blocks:
+        np.testing.assert_allclose(got, full.pairs(ids), rtol=1e-12, atol=1e-12)
+
+
+def test_train_takes_tree(data, tmp_path):
+    out = tmp_path / "ft"
+    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["metadata"]), "--metadata-column",
+               "ph", "--tree", str(data["tree"]), "--output-dir", str(out), *MODEL])
+    assert rc == 0
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ck["preprocessing"]["extra"]["unifrac"]["source"] == "tree"
+    assert any("val_unifrac_loss" in row for row in ck["trainer_state"]["history"])
+
+
+@pytest.mark.parametrize("which", ["both", "neither"])
+def test_exactly_one_distance_source(data, tmp_path, capsys, which):
+    src = ["--tree", str(data["tree"]), "--unifrac-matrix", str(tmp_path / "dm.h5")] if which == "both" else []
+    rc = main(["pretrain", "--table", str(data["table"]), *src, "--output-dir", str(tmp_path / "o"), *MODEL])
+    assert rc != 0
+    line = _one_error_line(capsys, only=True)
+    assert "--unifrac-matrix" in line and "--tree" in line
+
+
+def test_alpha_needs_generalized(data, tmp_path, capsys):
+    rc = main(["pretrain", "--table", str(data["table"]), "--tree", str(data["tree"]), "--unifrac-alpha", "0.5",
+               "--output-dir", str(tmp_path / "o"), *MODEL])
+    assert rc != 0 and "--unifrac-alpha" in _one_error_line(capsys, only=True)
+
+
+def test_tree_options_need_tree(data, tmp_path, capsys):
+    rc = main(["pretrain", "--table", str(data["table"]), "--unifrac-matrix", str(tmp_path / "dm.h5"),
+               "--drop-missing-features", "--output-dir", str(tmp_path / "o"), *MODEL])
+    assert rc != 0 and "only with --tree" in _one_error_line(capsys, only=True)
+
+
+def test_tree_missing_features(data, prepared, tmp_path, capsys):
+    tree = skbio.TreeNode.read(str(data["tree"]))
+    tips = sorted(t.name for t in tree.tips())
+    gone = tips[:3]
+    small = tree.shear(tips[3:])
+    small.write(str(tmp_path / "small.nwk"))
+    args = ["pretrain", "--table", str(data["table"]), "--tree", str(tmp_path / "small.nwk"), *MODEL]
+    rc = main([*args, "--output-dir", str(tmp_path / "o1")])
+    assert rc != 0
+    line = _one_error_line(capsys)
+    assert str(data["table"]) in line and "--drop-missing-features" in line
+    assert "3 of" in line and all(f in line for f in gone if f in set(prepared.table.ids(axis="observation")))
+    rc = main([*args, "--drop-missing-features", "--output-dir", str(tmp_path / "o2")])
+    assert rc == 0
+    ck = torch.load(tmp_path / "o2/checkpoints/last.pt", weights_only=True)
+    assert ck["preprocessing"]["extra"]["unifrac"]["drop_missing_features"] is True
+
+
+@pytest.mark.parametrize(("given", "meant"), [("unifrac", "unweighted"), ("weighted", "weighted_normalized"),
+                                               ("unweighted", "unweighted"), ("generalized", "generalized"),
+                                               ("weighted_unnormalized", "weighted_unnormalized")])
+def test_metric_aliases(given, meant):
+    ctx = pretrain.make_context("pretrain", ["--table", "t.biom", "--tree", "t.nwk", "--output-dir", "o",
+                                             "--unifrac-metric", given])
+    assert ctx.params["unifrac_metric"] == meant
+    assert O.METRIC_ALIASES == {"unifrac": "unweighted", "weighted": "weighted_normalized"}
+
+
+@pytest.mark.realdata
+def test_ibd_tree_targets(ibd_dir):
+    """IBD: 129 ASVs are not in tree.nwk (an error naming them, or dropped); targets match the full matrix."""
+    import biom
+
+    from aam.errors import InputError
+
+    subset = [str(s) for s in biom.load_table(str(ibd_dir / "table.biom")).ids()[:120]]
+    prepared = prepare_table(ibd_dir / "table.biom", None, 1000, SEED, 100, sample_ids=subset)
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    kw = {"table": str(ibd_dir / "table.biom"), "tree": str(ibd_dir / "tree.nwk"), "unifrac_metric": "unweighted",
+          "num_workers": 0}
+    with pytest.raises(InputError, match=r"table\.biom: \d+ of \d+ features are not tips .*--drop-missing-features"):
+        _load_distances({**kw, "drop_missing_features": False}, ids, prepared)
+    pre = Preprocessing(rarefy_depth=1000, max_bp=100, token_limit=64)
+    source = _load_distances({**kw, "drop_missing_features": True}, ids, prepared, pre)
+    full = unifrac(prepared.table, ibd_dir / "tree.nwk", "unweighted", drop_missing_features=True)
+    dataset = make_dataset(prepared, ids, pre)
+    batch = collate([dataset[i] for i in range(0, len(ids), 3)], distances=source)
+    np.testing.assert_allclose(batch["unifrac_target"].double().numpy(), full.pairs(batch["sample_ids"]),
+                               rtol=TOL, atol=TOL)

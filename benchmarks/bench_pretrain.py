@@ -21,6 +21,8 @@ import time
 import pytest
 import torch
 
+import aam
+
 DEVICE = os.environ.get("AAM_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 KERNELS = os.environ.get("AAM_BENCH_KERNELS", "auto")
 BATCH = int(os.environ.get("AAM_BENCH_BATCH", "8"))
@@ -113,7 +115,7 @@ def test_pretrain_step_throughput(benchmark, env):
 
 
 def test_pretrain_peak_memory(benchmark):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(aam.__file__)),
                                                         os.environ.get("PYTHONPATH", "")]))
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", MEMORY], capture_output=True, text=True, env=env, timeout=1200)

@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import aam
 from aam.ops import _ext
 
 N = int(os.environ.get("AAM_BENCH_TREE_N", "10000"))
 RSS_SIZES = [int(x) for x in os.environ.get("AAM_BENCH_TREE_RSS_SIZES", "1000,10000").split(",") if x]
 METRIC = os.environ.get("AAM_BENCH_TREE_METRIC", "unweighted")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(aam.__file__).resolve().parents[1])  # children import the same aam as this process
 
 pytestmark = pytest.mark.skipif(_ext.cpu_module() is None, reason="aam._C not built")
 

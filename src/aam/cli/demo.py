@@ -11,7 +11,7 @@ import click
 log = logging.getLogger("aam")
 
 SMALL_MODEL = ["--embedding-dim", "64", "--attention-heads", "4", "--attention-layers", "2", "--asv-layers", "1",
-               "--max-bp", "64", "--token-limit", "24", "--batch-size", "16", "--lr", "1e-3"]
+               "--max-bp", "64", "--token-limit", "32", "--batch-size", "16", "--lr", "2e-3"]
 
 
 def demo_distances(table_path: Path, tree_path: Path, out_path: Path) -> Path:
@@ -33,7 +33,7 @@ def demo_distances(table_path: Path, tree_path: Path, out_path: Path) -> Path:
 @click.option("--output-dir", default="demo-run", show_default=True, type=click.Path(file_okay=False),
               help="Where data/, pretrain/, train/ and predictions.tsv go.")
 @click.option("--samples", default=300, show_default=True, help="Samples to generate.")
-@click.option("--pretrain-epochs", default=6, show_default=True)
+@click.option("--pretrain-epochs", default=8, show_default=True)
 @click.option("--train-epochs", default=8, show_default=True)
 @click.option("--seed", default=42, show_default=True)
 @click.option("--device", default="auto", show_default=True)

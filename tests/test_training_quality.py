@@ -43,7 +43,6 @@ def test_pretraining_fits_unifrac_on_train_pairs(tmp_path):
     r2_before = M.regression_metrics(before["pair_true"], before["pair_pred"])["r2"]
     r2_after = M.regression_metrics(after["pair_true"], after["pair_pred"])["r2"]
     assert np.isfinite(r2_after)
-    print("unifrac r2", r2_before, r2_after)
     assert r2_after > 0.3, (r2_before, r2_after)
 
 

@@ -36,6 +36,7 @@ class ModelConfig:
     encoder_heads: int = 4
     encoder_layers: int = 2
     count_embedding: str = "none"
+    kmer_size: int = 4
     predict_nucleotides: bool = True
     gradient_checkpointing: bool = False
     kernels: str = "auto"
@@ -68,6 +69,7 @@ class ModelConfig:
             (self.categorical_fusion in FUSIONS, f"--categorical-fusion must be one of {FUSIONS}"),
             (d > 0 and self.max_bp > 0 and self.token_limit > 0,
              "--embedding-dim, --max-bp and --token-limit must be positive"),
+            (0 <= self.kmer_size <= 8, "kmer_size must be between 0 (off) and 8"),
             (self.n_classes != 1, "a classifier needs at least 2 classes"),
             (self.out_dim >= 1, "out_dim must be >= 1"),
         ]

@@ -27,6 +27,9 @@ class ASVEncoder(nn.Module):
         self.transformer = _stack(config, config.asv_heads, config.asv_layers)
         self.pooling = AttentionPooling(d)
         self.nucleotide_head = nn.Linear(d, config.vocab_size) if config.predict_nucleotides else None
+        self.kmer = config.kmer_size
+        if self.kmer:
+            self.kmer_embedding = nn.EmbeddingBag(4**self.kmer + 1, d, mode="mean", padding_idx=4**self.kmer)
 
     def forward(self, tokens: torch.Tensor, with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         length = tokens.shape[1]
@@ -37,7 +40,26 @@ class ASVEncoder(nn.Module):
         x = self.token_embedding(tokens) + self.position_embedding(pos)[None]
         x = self.transformer(x, ~valid)
         logits = self.nucleotide_head(x) if self.nucleotide_head is not None and with_logits else None
-        return self.pooling(x, valid), logits
+        pooled = self.pooling(x, valid)
+        if self.kmer:
+            pooled = pooled + self.kmer_embedding(kmer_ids(tokens, self.kmer))
+        return pooled, logits
+
+
+def kmer_ids(tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """[U, L] tokens -> [U, L - k + 1] ids of the k-mers of consecutive bases (A C G T = tokens 1-4);
+    a window holding any other token (START, PAD, MASK) gets the padding id 4**k."""
+    base = tokens - 1
+    ok = (base >= 0) & (base < 4)
+    if tokens.shape[1] < k:
+        return torch.full((tokens.shape[0], 1), 4**k, dtype=torch.long, device=tokens.device)
+    ids = torch.zeros_like(tokens[:, : tokens.shape[1] - k + 1])
+    good = torch.ones_like(ids, dtype=torch.bool)
+    for j in range(k):
+        window = slice(j, j + ids.shape[1])
+        ids = ids * 4 + base[:, window].clamp(0, 3)
+        good &= ok[:, window]
+    return ids.masked_fill(~good, 4**k)
 
 
 Layout = tuple[torch.Tensor, torch.Tensor, int]

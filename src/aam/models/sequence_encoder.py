@@ -26,6 +26,10 @@ class SequenceEncoder(nn.Module):
         # Embedding distances are compared with UniFrac distances in [0, 1]: start the pooled embedding at
         # norm ~1 (LayerNorm gain 1/sqrt(D)) instead of ~sqrt(D), so the loss need not first shrink the scale.
         nn.init.constant_(self.pooling.norm.weight, config.embedding_dim**-0.5)
+        # UniFrac distances sit well above 0 (mean ~0.6, spread ~0.1 on typical data); a Euclidean embedding
+        # cannot add a constant to every pairwise distance, so the prediction is f(d) + offset. The offset is
+        # the running mean of the per-batch optimum (set by MultiTaskLoss in training; see `unifrac_offset`).
+        self.register_buffer("distance_offset", torch.zeros(()))
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,
@@ -35,5 +39,6 @@ class SequenceEncoder(nn.Module):
         x = self.encoder(out["sample_embeddings"], ~valid) * valid.unsqueeze(-1).to(out["sample_embeddings"].dtype)
         out["sample_embeddings"] = x
         out["embeddings"] = self.pooling(x, valid)
+        out["distance_offset"] = self.distance_offset
         return out
 

@@ -97,6 +97,31 @@ def point_prediction(pred: torch.Tensor, quantiles: list[float] | None) -> torch
     return pred[:, 0]
 
 
+OFFSET_MOMENTUM = 0.1
+
+
+def embedding_distances(emb: torch.Tensor, transform: str, scale: float) -> torch.Tensor:
+    """Transformed pairwise embedding distances f(||e_i - e_j||) [B, B] (what the pairwise loss compares)."""
+    d = torch.cdist(emb.float(), emb.float())
+    return torch.tanh(d / scale) if transform == "tanh" else d
+
+
+@torch.no_grad()
+def unifrac_offset(emb: torch.Tensor, target: torch.Tensor, offset: torch.Tensor, transform: str,
+                   scale: float) -> torch.Tensor:
+    """Offset b of the prediction f(d) + b. In training (emb requires grad) this is the batch's least-squares
+    optimum mean(t - f(d)) over pairs i<j, and the model's running `offset` buffer moves towards it (used in
+    evaluation and by predict); otherwise the buffer's value."""
+    b = emb.shape[0]
+    if not emb.requires_grad or b < 2:
+        return offset.float()
+    iu = torch.triu_indices(b, b, offset=1, device=emb.device)
+    d = embedding_distances(emb.detach(), transform, scale)[iu[0], iu[1]]
+    best = (target[iu[0], iu[1]] - d).mean()
+    offset.lerp_(best.to(offset.dtype), OFFSET_MOMENTUM)
+    return best
+
+
 @dataclass
 class LossConfig:
     """Which terms and how they are weighted."""
@@ -138,15 +163,17 @@ class MultiTaskLoss:
         self.config = config
         self.pairwise_fn = pairwise_fn
 
-    def unifrac(self, emb: torch.Tensor, batch: dict) -> torch.Tensor:
+    def unifrac(self, emb: torch.Tensor, batch: dict, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Local pairwise loss, or under DDP the hook `pairwise_fn(emb, batch, transform=, scale=, backend=)`
         (aam.training.distributed.global_pairwise_loss bound to the distance source) for cross-rank pairs."""
         c = self.config
         if self.pairwise_fn is not None:
             return self.pairwise_fn(emb, batch, transform=c.unifrac_transform, scale=c.unifrac_scale,
                                     backend=c.kernels)
-        target = batch["unifrac_target"]
-        return pairwise_unifrac_loss(emb.float(), target.float(), transform=c.unifrac_transform,
+        target = batch["unifrac_target"].float()
+        if offset is not None:
+            target = target - unifrac_offset(emb, target, offset, c.unifrac_transform, c.unifrac_scale)
+        return pairwise_unifrac_loss(emb.float(), target, transform=c.unifrac_transform,
                                      scale=c.unifrac_scale, backend=c.kernels)
 
     def __call__(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
@@ -161,7 +188,8 @@ class MultiTaskLoss:
                 total = value * weight if total is None else total + value * weight
 
         if batch.get("unifrac_target") is not None and c.unifrac_weight:
-            add("unifrac_loss", self.unifrac(outputs["embeddings"], batch), c.unifrac_weight)
+            add("unifrac_loss", self.unifrac(outputs["embeddings"], batch, outputs.get("distance_offset")),
+                c.unifrac_weight)
         if outputs.get("nuc_logits") is not None and batch.get("nuc_mask") is not None and c.nuc_weight:
             loss, correct = nucleotide_loss(outputs["nuc_logits"], batch["tokens_original"], batch["nuc_mask"])
             add("nuc_loss", loss, c.nuc_weight)

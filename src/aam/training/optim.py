@@ -9,10 +9,10 @@ from torch import nn
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed (Linear weights) and not decayed (biases, LayerNorm, Embedding)."""
+    """Two groups: decayed (Linear weights) and not decayed (biases, LayerNorm, Embedding, EmbeddingBag)."""
     no_decay_ids: set[int] = set()
     for module in model.modules():
-        if isinstance(module, (nn.LayerNorm, nn.Embedding)):
+        if isinstance(module, (nn.LayerNorm, nn.Embedding, nn.EmbeddingBag)):
             no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
     decay, no_decay = [], []
     for name, p in model.named_parameters():

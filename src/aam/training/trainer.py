@@ -28,7 +28,13 @@ from aam.errors import AAMError
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
-from aam.training.losses import EVAL_MASK_SEED, MultiTaskLoss, mask_nucleotides, point_prediction
+from aam.training.losses import (
+    EVAL_MASK_SEED,
+    MultiTaskLoss,
+    embedding_distances,
+    mask_nucleotides,
+    point_prediction,
+)
 from aam.training.optim import default_warmup, make_optimizer, make_scheduler
 
 log = logging.getLogger("aam")
@@ -467,10 +473,9 @@ class Trainer:
                 if batch.get("y") is not None:
                     ys.append(batch["y"])
             if batch.get("unifrac_target") is not None and b > 1:
-                e = outputs["embeddings"].float()
-                d = torch.cdist(e, e)
-                if lc.unifrac_transform == "tanh":
-                    d = torch.tanh(d / lc.unifrac_scale)
+                d = embedding_distances(outputs["embeddings"], lc.unifrac_transform, lc.unifrac_scale)
+                if outputs.get("distance_offset") is not None and self.loss_fn.pairwise_fn is None:
+                    d = d + outputs["distance_offset"].float()
                 iu = torch.triu_indices(b, b, offset=1, device=d.device)
                 pair_pred.append(d[iu[0], iu[1]])
                 pair_true.append(batch["unifrac_target"][iu[0], iu[1]].float())

@@ -67,6 +67,12 @@ def demo(output_dir: str, samples: int, pretrain_epochs: int, train_epochs: int,
                f"masked-nucleotide accuracy {pbest.get('val_nuc_accuracy', float('nan')):.3f}")
     click.echo(f"train    (epoch {st['best_epoch']}): ph MAE {best['val_mae']:.3f}, RMSE {best['val_rmse']:.3f}, "
                f"R2 {best['val_r2']:.3f}")
+    from aam.training.baseline import random_forest_baseline, read_ids
+
+    rf = random_forest_baseline(paths["table"], paths["metadata"], "ph", read_ids(out / "train/train_samples.txt"),
+                                read_ids(out / "train/val_samples.txt"), n_estimators=200, seed=seed)
+    click.echo(f"baseline (random forest on relative abundances, same split): ph MAE {rf.metrics['mae']:.3f}, "
+               f"RMSE {rf.metrics['rmse']:.3f}, R2 {rf.metrics['r2']:.3f}")
     click.echo(f"plots: {out / 'pretrain/plots'}, {out / 'train/plots'}")
     click.echo(f"predictions: {out / 'predictions.tsv'}; TensorBoard: tensorboard --logdir {out}")
     return 0

@@ -95,7 +95,7 @@ def test_unifrac_term_uses_ops_and_weights():
 def test_distributed_hook_replaces_local_pairwise():
     calls = []
 
-    def fake(emb, batch, transform, scale, backend):
+    def fake(emb, batch, transform, scale, backend, adjust_target=None):
         calls.append((transform, scale, backend, batch["sample_ids"]))
         return emb.sum() * 0 + 7.0
 

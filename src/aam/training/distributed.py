@@ -16,6 +16,7 @@ DDP/FSDP averaging (e.g. summing gradients by hand), divide by the world size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -106,8 +107,12 @@ def global_pairwise_loss(
     scale: float = 10.0,
     backend: str = "auto",
     group: Any = None,
+    adjust_target: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Pairwise UniFrac loss over every pair of the global batch (all ranks); same value on every rank.
+
+    adjust_target(emb_global, target, weights) -> target lets the caller shift the global targets (the
+    model's distance offset) exactly as the single-process loss does.
 
     emb_local [B_r, D]: this rank's embeddings; sample_ids_local: their B_r sample IDs;
     distance_source: anything with `pairs(ids) -> np.ndarray [B, B]`. Works without torch.distributed
@@ -120,4 +125,6 @@ def global_pairwise_loss(
     ids = gather_ids(sample_ids_local, group)
     tdtype = emb.dtype if emb.dtype in (torch.float32, torch.float64) else torch.float32
     target, weights = global_targets(ids, distance_source, emb.device, tdtype)
+    if adjust_target is not None:
+        target = adjust_target(emb, target, weights)
     return pairwise_unifrac_loss(emb, target, transform, scale, weights, backend=backend)

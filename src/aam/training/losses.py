@@ -108,16 +108,21 @@ def embedding_distances(emb: torch.Tensor, transform: str, scale: float) -> torc
 
 @torch.no_grad()
 def unifrac_offset(emb: torch.Tensor, target: torch.Tensor, offset: torch.Tensor, transform: str,
-                   scale: float) -> torch.Tensor:
+                   scale: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Offset b of the prediction f(d) + b. In training (emb requires grad) this is the batch's least-squares
-    optimum mean(t - f(d)) over pairs i<j, and the model's running `offset` buffer moves towards it (used in
-    evaluation and by predict); otherwise the buffer's value."""
+    optimum mean(t - f(d)) over pairs i<j (weighted by `weights` when given), and the model's running `offset`
+    buffer moves towards it (used in evaluation and by predict); otherwise the buffer's value."""
     b = emb.shape[0]
     if not emb.requires_grad or b < 2:
         return offset.float()
     iu = torch.triu_indices(b, b, offset=1, device=emb.device)
     d = embedding_distances(emb.detach(), transform, scale)[iu[0], iu[1]]
-    best = (target[iu[0], iu[1]] - d).mean()
+    res = target[iu[0], iu[1]] - d
+    if weights is None:
+        best = res.mean()
+    else:
+        w = weights[iu[0], iu[1]]
+        best = (w * res).sum() / w.sum().clamp_min(1e-12)
     offset.lerp_(best.to(offset.dtype), OFFSET_MOMENTUM)
     return best
 
@@ -168,8 +173,12 @@ class MultiTaskLoss:
         (aam.training.distributed.global_pairwise_loss bound to the distance source) for cross-rank pairs."""
         c = self.config
         if self.pairwise_fn is not None:
+            adjust = None
+            if offset is not None:
+                def adjust(e: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+                    return t - unifrac_offset(e, t, offset, c.unifrac_transform, c.unifrac_scale, w)
             return self.pairwise_fn(emb, batch, transform=c.unifrac_transform, scale=c.unifrac_scale,
-                                    backend=c.kernels)
+                                    backend=c.kernels, adjust_target=adjust)
         target = batch["unifrac_target"].float()
         if offset is not None:
             target = target - unifrac_offset(emb, target, offset, c.unifrac_transform, c.unifrac_scale)

@@ -92,9 +92,9 @@ def _pairwise_hook(world: int, dm: Any):
         return None
     from aam.training.distributed import global_pairwise_loss  # gathers embeddings + IDs of every rank
 
-    def pairwise(emb, batch, transform, scale, backend):
+    def pairwise(emb, batch, transform, scale, backend, adjust_target=None):
         return global_pairwise_loss(emb.float(), list(batch["sample_ids"]), dm, transform=transform, scale=scale,
-                                    backend=backend)
+                                    backend=backend, adjust_target=adjust_target)
 
     return pairwise
 

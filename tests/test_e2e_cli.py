@@ -231,3 +231,26 @@ def test_predict_sample_without_known_asvs_is_reported(data, tmp_path, capsys):
     skipped = {r["sample_id"]: r["reason"] for r in read_tsv(tmp_path / "p.skipped.tsv")}
     assert "known sequence" in skipped["S0"]
     assert "S0" not in {r["sample_id"] for r in read_tsv(pred)}
+
+
+@pytest.mark.slow
+def test_compile_model_and_tf32_checkpoint_loads_in_predict(data, tmp_path, monkeypatch):
+    """--compile-model (aot_eager keeps the CPU test quick) trains through torch.compile; last.pt holds the plain
+    module's keys (no `_orig_mod.`) so predict loads it. --tf32 is a logged no-op on CPU."""
+    monkeypatch.setenv("AAM_COMPILE_BACKEND", "aot_eager")
+    out = tmp_path / "compiled"
+    precision = torch.get_float32_matmul_precision()
+    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+               "--output-dir", str(out), "--epochs", "1", "--max-steps", "1", "--compile-model", "--tf32", *MODEL])
+    assert rc == 0
+    text = (out / "training.log").read_text()
+    assert "training forward compiled with backend aot_eager" in text
+    assert "compilation failed" not in text
+    assert "--tf32 has no effect on cpu" in text
+    assert torch.get_float32_matmul_precision() == precision
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ck["model_state"] and not any("_orig_mod" in k for k in ck["model_state"])
+    pred = tmp_path / "pred.tsv"
+    assert main(["predict", "--model", str(out / "checkpoints/last.pt"), "--table", str(data["table"]),
+                 "--output", str(pred), "--device", "cpu"]) == 0
+    assert all(np.isfinite(float(r["prediction"])) for r in read_tsv(pred))

@@ -91,7 +91,7 @@ def test_attention_pooling_empty_row_is_zero_not_nan():
     assert x.grad[0, 1].abs().sum() == 0  # masked position gets no gradient
 
 
-@pytest.mark.parametrize("fusion", ["concat", "add"])
+@pytest.mark.parametrize("fusion", ["concat", "add", "gmu"])
 @pytest.mark.parametrize("count_embedding", ["none", "film"])
 def test_predictor_outputs_and_backward(fusion, count_embedding):
     cfg = tiny(kind="predictor", categorical_cardinalities=[3, 2], categorical_fusion=fusion,
@@ -102,6 +102,22 @@ def test_predictor_outputs_and_backward(fusion, count_embedding):
     assert out["count_prediction"].shape == (3, 3)
     (out["target"].sum() + out["count_prediction"].sum() + out["embeddings"].sum()).backward()
     assert model.categorical.embeddings[0].weight.grad[0].abs().sum() == 0  # code 0 (unknown) = padding
+
+
+def test_gmu_fusion_depends_on_codes_and_round_trips():
+    cfg = tiny(kind="predictor", categorical_cardinalities=[3, 2], categorical_fusion="gmu", dropout=0.0)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    model = SequencePredictor(cfg).eval()
+    b = batch()
+    base = model(**b)["target"]
+    other = model(**{**b, "categorical": torch.tensor([[2, 1], [1, 0], [2, 1]])})["target"]
+    assert not torch.allclose(base, other)
+    # the gate and W_c act after pooling on [h; c] / c; they both receive gradients
+    model.train()(**b)["target"].sum().backward()
+    assert model.categorical_gate.weight.grad.abs().sum() > 0
+    assert model.categorical_projection.weight.grad.abs().sum() > 0
+    assert model.categorical_gate.in_features == 16 + 2 * cfg.categorical_embed_dim
 
 
 def test_predictor_classifier_and_quantile_width():

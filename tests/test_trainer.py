@@ -186,3 +186,25 @@ def test_bf16_autocast_on_cpu_runs(tmp_path):
     t = make_trainer(tmp_path, epochs=1, mixed_precision="bf16")
     hist = t.fit()
     assert np.isfinite(hist[0]["train_loss"])
+
+
+@pytest.mark.slow
+def test_compile_failure_falls_back_to_eager(tmp_path):
+    """A compiler that raises on the first call (where torch.compile really compiles) leaves training eager."""
+    calls = []
+
+    def broken_backend(gm, example_inputs):
+        calls.append(1)
+        raise RuntimeError("backend exploded")
+
+    t = make_trainer(tmp_path, epochs=1, compile_model=True)
+    assert t.compiled_model is not None
+    t.compiled_model = torch.compile(t.ddp_model, backend=broken_backend)
+    hist = t.fit()
+    assert calls and t.compiled_model is None and np.isfinite(hist[0]["train_loss"])
+    assert not any("_orig_mod" in k for k in t.state_payload()["model_state"])
+
+
+def test_compile_skipped_on_rocm(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)
+    assert make_trainer(tmp_path, epochs=1, compile_model=True).compiled_model is None

@@ -166,6 +166,11 @@ def hardware_options(training: bool = True) -> list[Callable]:
     if training:
         out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]), default="none",
                        help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU)."))
+        out.append(opt("Hardware", "--compile-model", is_flag=True, default=False,
+                       help="torch.compile the training forward (skipped on ROCm; falls back to eager if "
+                            "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))
+        out.append(opt("Hardware", "--tf32", is_flag=True, default=False,
+                       help="Allow TF32 tensor-core float32 matmuls (CUDA only; no effect on CPU)."))
     return out
 
 

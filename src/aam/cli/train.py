@@ -29,8 +29,9 @@ from aam.cli import options as O
 @O.opt("Model", "--classifier", is_flag=True, default=False,
        help="Classify the column's values (read as class labels) instead of regressing.")
 @O.apply(O.model_options())
-@O.opt("Model", "--categorical-fusion", type=click.Choice(["concat", "add"]), default="concat",
-       help="How categorical embeddings join the ASV slots.")
+@O.opt("Model", "--categorical-fusion", type=click.Choice(["concat", "add", "gmu"]), default="concat",
+       help="How categorical embeddings join: concat/add into every ASV slot, or gmu (gated multimodal unit "
+            "on the pooled sample: h + sigmoid(W_g [h; c]) * tanh(W_c c)).")
 @O.opt("Model", "--categorical-embed-dim", type=int, default=16, help="Embedding width per categorical column.")
 @O.opt("Model", "--count-prediction/--no-count-prediction", default=True, help="Predict per-ASV abundances too.")
 @O.opt("Model", "--count-target", type=click.Choice(["log", "relative"]), default="log",

@@ -10,7 +10,7 @@ from aam.errors import AAMError
 MODEL_KINDS = ("encoder", "predictor")
 COUNT_EMBEDDINGS = ("none", "add", "film")
 COUNT_TARGETS = ("log", "relative")
-FUSIONS = ("concat", "add")
+FUSIONS = ("concat", "add", "gmu")
 
 
 @dataclass

@@ -45,7 +45,9 @@ class SequencePredictor(nn.Module):
                                                    config.dropout)
             cat_dim = n_cat * config.categorical_embed_dim
             in_dim = d + cat_dim if config.categorical_fusion == "concat" else cat_dim
-            self.categorical_projection = nn.Linear(in_dim, d)
+            self.categorical_projection = nn.Linear(in_dim, d)  # gmu: W_c
+            if config.categorical_fusion == "gmu":
+                self.categorical_gate = nn.Linear(d + cat_dim, d)  # W_g
         self.target_encoder = _stack(config, config.target_heads, config.target_layers)
         self.target_pooling = AttentionPooling(d)
         self.target_norm = nn.LayerNorm(d) if config.target_layer_norm else nn.Identity()
@@ -74,10 +76,11 @@ class SequencePredictor(nn.Module):
         keep = valid.unsqueeze(-1).to(x.dtype)
         if self.config.count_prediction:
             out["count_prediction"] = self.count_head(self.count_encoder(x, ~valid)).squeeze(-1)
-        if self.config.categorical_cardinalities:
-            if categorical is None:
-                categorical = torch.zeros(x.shape[0], len(self.config.categorical_cardinalities),
-                                          dtype=torch.long, device=x.device)
+        fusion = self.config.categorical_fusion if self.config.categorical_cardinalities else None
+        if fusion is not None and categorical is None:
+            categorical = torch.zeros(x.shape[0], len(self.config.categorical_cardinalities),
+                                      dtype=torch.long, device=x.device)
+        if fusion in ("concat", "add"):
             cat = self.categorical(categorical).unsqueeze(1).expand(-1, x.shape[1], -1)
             if self.config.categorical_fusion == "concat":
                 x = self.categorical_projection(torch.cat([x, cat.to(x.dtype)], dim=-1))
@@ -85,5 +88,10 @@ class SequencePredictor(nn.Module):
                 x = x + self.categorical_projection(cat.to(x.dtype))
             x = x * keep  # padded slots stay zero after fusion
         h = self.target_encoder(x, ~valid) * keep
-        out["target"] = self.target_head(self.target_norm(self.target_pooling(h, valid)))
+        pooled = self.target_norm(self.target_pooling(h, valid))
+        if fusion == "gmu":  # gated multimodal unit on the pooled sample: h + sigmoid(W_g [h; c]) * tanh(W_c c)
+            c = self.categorical(categorical).to(pooled.dtype)
+            gate = torch.sigmoid(self.categorical_gate(torch.cat([pooled, c], dim=-1)))
+            pooled = pooled + gate * torch.tanh(self.categorical_projection(c))
+        out["target"] = self.target_head(pooled)
         return out

@@ -57,6 +57,7 @@ def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
         epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"], weight_decay=kw["weight_decay"],
         warmup_steps=kw["warmup_steps"], gradient_accumulation_steps=kw["gradient_accumulation_steps"],
         max_grad_norm=kw["max_grad_norm"] or None, mixed_precision=kw["mixed_precision"], patience=kw["patience"],
+        compile_model=bool(kw.get("compile_model")), tf32=bool(kw.get("tf32")),
         best_metric=best_metric, nuc_mask_ratio=kw["nuc_mask_ratio"], nuc_mask_strategy=kw["nuc_mask_strategy"],
         nuc_asv_fraction=kw["nuc_asv_fraction"], log_every=max(1, kw["log_every"]), checkpoint_every=kw["checkpoint_every"], max_steps=kw["max_steps"],
         seed=kw["seed"], num_workers=kw["num_workers"], progress=os.environ.get("AAM_NO_PROGRESS") is None,

@@ -71,6 +71,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "none"
+    compile_model: bool = False
+    compile_backend: str = field(default_factory=lambda: os.environ.get("AAM_COMPILE_BACKEND", "inductor"))
+    tf32: bool = False
     patience: int = 10
     best_metric: str = "val_loss"
     nuc_mask_ratio: float = 0.15
@@ -164,6 +167,15 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)
+        # torch.compile wraps only the training forward; checkpoints keep saving `self.model` (no `_orig_mod.`)
+        self.compiled_model: nn.Module | None = self._compile(self.ddp_model) if config.compile_model else None
+        self._compile_checked = False
+        if config.tf32:
+            if device.type == "cuda":
+                torch.set_float32_matmul_precision("high")
+                log.info("--tf32: float32 matmuls use TF32 tensor cores")
+            else:
+                log.info("--tf32 has no effect on %s (CUDA only)", device)
 
         self.train_set, self.val_set, self.collate_fn = train_set, val_set, LayoutCollate(collate_fn)
         self.train_sampler = EpochSampler(len(train_set), True, config.seed, self.rank, self.world)
@@ -212,6 +224,35 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _compile(self, model: nn.Module) -> nn.Module | None:
+        """torch.compile(model), or None (eager) on ROCm or when compilation cannot start."""
+        if torch.version.hip:
+            log.warning("--compile-model skipped on ROCm (torch.compile is unreliable there); running eagerly")
+            return None
+        try:
+            compiled = torch.compile(model, backend=self.config.compile_backend)
+        except Exception as exc:  # noqa: BLE001 - any compiler setup failure falls back to eager
+            log.warning("--compile-model failed (%s: %s); running eagerly", type(exc).__name__, exc)
+            return None
+        log.info("--compile-model: training forward compiled with backend %s", self.config.compile_backend)
+        return compiled
+
+    def _train_forward(self, batch: dict[str, Any]):
+        """Training forward through the compiled model when there is one; a failure of its first call (where
+        compilation happens) falls back to the eager model with a warning."""
+        if self.compiled_model is not None:
+            try:
+                result = self._forward(self.compiled_model, batch)
+                self._compile_checked = True
+                return result
+            except Exception as exc:  # noqa: BLE001
+                if self._compile_checked:
+                    raise
+                log.warning("--compile-model: compilation failed (%s: %s); running eagerly",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self.compiled_model = None
+        return self._forward(self.ddp_model, batch)
 
     def _uses_nucleotides(self) -> bool:
         return bool(self.model.config.predict_nucleotides and self.loss_fn.config.nuc_weight
@@ -374,7 +415,7 @@ class Trainer:
             step_now = self.batch_in_epoch % accum == 0 or last_of_epoch
             sync = contextlib.nullcontext() if (step_now or self.world == 1) else self.ddp_model.no_sync()
             with sync:
-                _, terms = self._forward(self.ddp_model, batch)
+                _, terms = self._train_forward(batch)
                 # a trailing partial accumulation group is divided by its own size
                 group = accum if self.batch_in_epoch <= (self.batches_per_epoch // accum) * accum else \
                     self.batches_per_epoch % accum

@@ -156,7 +156,7 @@ def test_build_model_kind():
 
 
 def test_precomputed_layout_matches_pad_packed():
-    from aam.models.encoders import packed_layout
+    from aam.data.batching import packed_layout
 
     model = SequenceEncoder(tiny()).eval()
     b = batch()

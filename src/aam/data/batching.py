@@ -14,14 +14,29 @@ def packed_positions(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return b, pos
 
 
-def pad_packed(values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed values [T, ...] -> (padded [B, S, ...] with zeros, valid [B, S] bool); S = largest sample."""
-    values = torch.as_tensor(values)
-    offsets = torch.as_tensor(offsets, dtype=torch.long, device=values.device)
-    n = offsets.numel() - 1
-    lengths = offsets[1:] - offsets[:-1]
-    s = int(lengths.max()) if n > 0 else 0
+Layout = tuple[torch.Tensor, torch.Tensor, int]
+
+
+def packed_layout(offsets: torch.Tensor) -> Layout:
+    """(sample index [T], slot [T], S = largest sample) of the packed entries, computed on the host (the
+    trainer's collate does it in the data loader, so the forward pass never reads a device value back)."""
+    offsets = torch.as_tensor(offsets, dtype=torch.long).cpu()
     b, pos = packed_positions(offsets)
+    return b, pos, int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
+
+
+def pad_packed(values: torch.Tensor, offsets: torch.Tensor,
+               layout: Layout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed values [T, ...] -> (padded [B, S, ...] with zeros, valid [B, S] bool); S = largest sample.
+
+    `layout` (from packed_layout, moved to the values' device) skips recomputing the positions."""
+    values = torch.as_tensor(values)
+    n = len(offsets) - 1
+    if layout is None:
+        b, pos, s = packed_layout(offsets)
+        b, pos = b.to(values.device), pos.to(values.device)
+    else:
+        b, pos, s = layout
     padded = values.new_zeros((n, s, *values.shape[1:]))
     padded[b, pos] = values
     valid = torch.zeros((n, s), dtype=torch.bool, device=values.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aam.data.batching import Layout, pad_packed
 from aam.models.config import ModelConfig
 from aam.models.transformer import AttentionPooling, Transformer
 
@@ -62,34 +63,10 @@ def kmer_ids(tokens: torch.Tensor, k: int) -> torch.Tensor:
     return ids.masked_fill(~good, 4**k)
 
 
-Layout = tuple[torch.Tensor, torch.Tensor, int]
-
-
-def packed_layout(offsets: torch.Tensor) -> Layout:
-    """(sample index [T], slot [T], S) of the packed entries; computed on the host by the data loader so the
-    forward pass never reads a device value back (see Trainer's collate)."""
-    from aam.data.batching import packed_positions
-
-    offsets = offsets.cpu()
-    b, pos = packed_positions(offsets)
-    return b, pos, int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
-
-
 def pad_entries(values: torch.Tensor, offsets: torch.Tensor,
                 layout: Layout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed per-(sample, ASV) values [T, ...] -> padded [B, S, ...] and valid [B, S]. Without a precomputed
-    `layout` this is aam.data.batching.pad_packed."""
-    if layout is None:
-        from aam.data.batching import pad_packed
-
-        return pad_packed(values, offsets)
-    b, pos, s = layout
-    n = offsets.shape[0] - 1
-    padded = values.new_zeros((n, s, *values.shape[1:]))
-    padded[b, pos] = values
-    valid = torch.zeros((n, s), dtype=torch.bool, device=values.device)
-    valid[b, pos] = True
-    return padded, valid
+    """Packed per-(sample, ASV) values [T, ...] -> padded [B, S, ...] and valid [B, S] (see pad_packed)."""
+    return pad_packed(values, offsets, layout)
 
 
 def abundance_rank(counts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ class LayoutCollate:
         self.collate_fn = collate_fn
 
     def __call__(self, items: list) -> dict[str, Any]:
-        from aam.models.encoders import packed_layout
+        from aam.data.batching import packed_layout
 
         batch = self.collate_fn(items)
         batch["entry_sample"], batch["entry_pos"], batch["max_slots"] = packed_layout(batch["offsets"])

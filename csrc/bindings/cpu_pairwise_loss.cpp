@@ -5,13 +5,7 @@
 #include <utility>
 namespace py = pybind11;
 
-namespace aam {
-double pairwise_loss_forward_cpu(std::uintptr_t emb, std::uintptr_t target, std::uintptr_t weights,
-                                 std::uintptr_t coef, int64_t B, int64_t D, int dtype, bool use_tanh,
-                                 double scale, double* wsum);
-void pairwise_loss_backward_cpu(std::uintptr_t emb, std::uintptr_t coef, std::uintptr_t grad, int64_t B,
-                                int64_t D, int dtype, double factor);
-}  // namespace aam
+#include "cpu/pairwise_loss.h"
 
 void bind_pairwise_loss_cpu(py::module_& m) {
   m.def(

@@ -9,6 +9,8 @@
 //
 // The hot loops are written with fixed-size register blocks (QB queries x JB keys, QB x DB dims) the
 // compiler vectorises; they are compiled twice (baseline and AVX2+FMA) and picked at run time.
+#include "cpu/attention.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

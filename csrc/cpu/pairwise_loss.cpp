@@ -15,6 +15,8 @@
 // of kBlock rows of E (packed so that one chunk of dims of consecutive rows is contiguous); block
 // partial sums in the input dtype go into fp64 accumulators.
 // Loss and weight sums are fp64, per row and then summed serially (deterministic for any thread count).
+#include "cpu/pairwise_loss.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

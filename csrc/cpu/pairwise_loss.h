@@ -1,0 +1,11 @@
+// Declarations of the CPU pairwise UniFrac loss kernels (csrc/cpu/pairwise_loss.cpp), shared with their bindings.
+#pragma once
+#include <cstdint>
+
+namespace aam {
+double pairwise_loss_forward_cpu(std::uintptr_t emb, std::uintptr_t target, std::uintptr_t weights,
+                                 std::uintptr_t coef, int64_t B, int64_t D, int dtype, bool use_tanh,
+                                 double scale, double* wsum);
+void pairwise_loss_backward_cpu(std::uintptr_t emb, std::uintptr_t coef, std::uintptr_t grad, int64_t B,
+                                int64_t D, int dtype, double factor);
+}  // namespace aam

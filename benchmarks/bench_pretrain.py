@@ -6,7 +6,8 @@ stack, token_limit 64, batch 8, 150-bp ASVs, UniFrac + masked-nucleotide loss, A
     PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_pretrain.py --benchmark-enable -q -s
 
 Environment: AAM_BENCH_DEVICE (cpu|cuda, default cuda if available), AAM_BENCH_KERNELS (default auto),
-AAM_BENCH_BATCH (8), AAM_BENCH_STEPS (memory run, 5).
+AAM_BENCH_BATCH (8), AAM_BENCH_STEPS (memory run, 5), AAM_BENCH_TOKEN_LIMIT (64), AAM_BENCH_PACKED (1: transformers
+run on valid tokens with varlen attention where a varlen kernel exists; 0: padded).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DEVICE = os.environ.get("AAM_BENCH_DEVICE", "cuda" if torch.cuda.is_available() 
 KERNELS = os.environ.get("AAM_BENCH_KERNELS", "auto")
 BATCH = int(os.environ.get("AAM_BENCH_BATCH", "8"))
 STEPS = int(os.environ.get("AAM_BENCH_STEPS", "5"))
+TOKEN_LIMIT = int(os.environ.get("AAM_BENCH_TOKEN_LIMIT", "64"))
+PACKED = os.environ.get("AAM_BENCH_PACKED", "1") == "1"
 
 SETUP = textwrap.dedent(f"""
     import numpy as np, torch
@@ -41,7 +44,7 @@ SETUP = textwrap.dedent(f"""
     ds = make_dataset({BATCH * 4}, n_features=400, seed=1, min_len=140, max_len=150, richness=100)
     seqs = ds.sequences
     tokens, _, _ = tokenize(seqs, 150)
-    data = SampleDataset(ds.table, tokens, 64)
+    data = SampleDataset(ds.table, tokens, {TOKEN_LIMIT})
     ids = ds.sample_ids
     rng = np.random.default_rng(0)
     d = rng.random((len(ids), len(ids))); d = (d + d.T) / 2; np.fill_diagonal(d, 0)
@@ -54,7 +57,8 @@ SETUP = textwrap.dedent(f"""
     batches = [collate([data[i] for i in range(k, k + {BATCH})], Dist()) for k in range(0, len(ids) - {BATCH} + 1, {BATCH})]
     device = torch.device("{DEVICE}")
     cfg = ModelConfig(embedding_dim=128, asv_heads=4, asv_layers=4, sample_heads=4, sample_layers=4, encoder_heads=4,
-                      encoder_layers=4, token_limit=64, max_bp=150, dropout=0.0, kernels="{KERNELS}")
+                      encoder_layers=4, token_limit={TOKEN_LIMIT}, max_bp=150, dropout=0.0, kernels="{KERNELS}",
+                      packed_attention={PACKED})
     model = build_model(cfg).to(device)
     loss_fn = MultiTaskLoss(LossConfig(kernels="{KERNELS}"))
     opt = make_optimizer(model, 1e-4)
@@ -109,8 +113,9 @@ def test_pretrain_step_throughput(benchmark, env):
     sps = BATCH / benchmark.stats.stats.mean
     u = [b["tokens"].shape[0] for b in batches]
     benchmark.extra_info.update({"samples_per_s": sps, "device": DEVICE, "kernels": KERNELS, "batch": BATCH,
-                                 "unique_asvs_per_batch": sum(u) / len(u)})
-    print(f"\npretrain step: {sps:.2f} samples/s ({DEVICE}, kernels={KERNELS}, batch {BATCH}, "
+                                 "unique_asvs_per_batch": sum(u) / len(u), "packed": PACKED,
+                                 "token_limit": TOKEN_LIMIT})
+    print(f"\npretrain step: {sps:.2f} samples/s ({DEVICE}, kernels={KERNELS}, packed={PACKED}, batch {BATCH}, "
           f"{sum(u) / len(u):.0f} unique ASVs/batch)")
 
 

@@ -163,3 +163,62 @@ def test_precomputed_layout_matches_pad_packed():
     plain = model(**b)["embeddings"]
     with_layout = model(**b, layout=packed_layout(b["offsets"]))["embeddings"]
     torch.testing.assert_close(plain, with_layout)
+
+
+def _ragged_padding() -> torch.Tensor:
+    """Rows of 9, 0, 1, 4 (with a hole) and 7 valid positions out of 9."""
+    pad = torch.arange(9)[None, :] >= torch.tensor([9, 0, 1, 5, 7])[:, None]
+    pad[3, 1] = True
+    return pad
+
+
+@pytest.mark.parametrize("kernels", ["custom", "auto"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_transformer_matches_padded(kernels, checkpointing):
+    """Packing valid tokens (varlen attention) gives the padded result at valid positions, 0 at padding,
+    and the same input gradients; an all-padded row and a hole in a row included."""
+    torch.manual_seed(0)
+    model = Transformer(32, 4, 2, dropout=0.0, kernels=kernels, gradient_checkpointing=checkpointing).double().train()
+    pad = _ragged_padding()
+    packing = model._packing(torch.zeros(5, 9, 32, dtype=torch.float64), pad)
+    assert packing is not None and packing.backend == "custom"
+    assert packing.cu_seqlens.tolist() == [0, 9, 9, 10, 14, 21] and packing.max_seqlen == 9
+    valid = (~pad).unsqueeze(-1).double()
+    x = torch.randn(5, 9, 32, dtype=torch.float64)
+    outs, grads = [], []
+    for packed in (True, False):
+        model.packed = packed
+        xi = x.clone().requires_grad_(True)
+        y = model(xi, pad)
+        (y * valid).pow(2).sum().backward()
+        outs.append(y)
+        grads.append(xi.grad)
+    torch.testing.assert_close(outs[0] * valid, outs[1] * valid)
+    assert outs[0].mul(1 - valid).abs().max() == 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_packing_only_with_a_varlen_kernel():
+    from aam.ops.attention import packed_backend
+
+    cpu = torch.device("cpu")
+    assert packed_backend("custom", cpu, torch.float32, 32, 0.0, 151) == "custom"
+    assert packed_backend("auto", cpu, torch.float32, 32, 0.0, 151) == "custom"
+    assert packed_backend("sdpa", cpu, torch.float32, 32, 0.0, 151) is None  # the user asked for SDPA
+    assert packed_backend("math", cpu, torch.float32, 32, 0.0, 151) is None  # math varlen only pads again
+    assert packed_backend("auto", cpu, torch.float32, 32, 0.1, 151) is None  # no dropout in the kernels
+    pad = _ragged_padding()
+    x = torch.zeros(5, 9, 32)
+    assert Transformer(32, 4, 1, kernels="sdpa")._packing(x, pad) is None
+    assert Transformer(32, 4, 1, kernels="custom", packed=False)._packing(x, pad) is None
+    assert Transformer(32, 4, 1, kernels="custom")._packing(x, None) is None
+    assert Transformer(32, 4, 1, kernels="custom")._packing(x, torch.ones(5, 9, dtype=torch.bool)) is None
+
+
+def test_packed_encoder_matches_padded():
+    """The whole pretraining model gives the same embeddings packed and padded."""
+    torch.manual_seed(0)
+    packed = SequenceEncoder(tiny(kernels="custom")).eval()
+    padded = SequenceEncoder(tiny(kernels="custom", packed_attention=False)).eval()
+    padded.load_state_dict(packed.state_dict())
+    torch.testing.assert_close(packed(**batch())["embeddings"], padded(**batch())["embeddings"])

@@ -40,6 +40,8 @@ class ModelConfig:
     predict_nucleotides: bool = True
     gradient_checkpointing: bool = False
     kernels: str = "auto"
+    # Transformers run on the valid tokens only (varlen attention) where a varlen kernel exists.
+    packed_attention: bool = True
     # predictor only
     out_dim: int = 1
     n_classes: int = 0

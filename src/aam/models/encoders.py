@@ -14,7 +14,8 @@ PAD, START, MASK = 0, 5, 6
 
 def _stack(config: ModelConfig, heads: int, layers: int) -> Transformer:
     return Transformer(config.embedding_dim, heads, layers, config.ffn_ratio, config.dropout,
-                       config.attention_dropout, config.kernels, config.gradient_checkpointing)
+                       config.attention_dropout, config.kernels, config.gradient_checkpointing,
+                       config.packed_attention)
 
 
 class ASVEncoder(nn.Module):

@@ -1,6 +1,14 @@
-"""Pre-LN transformer blocks whose attention goes through `aam.ops.masked_attention`."""
+"""Pre-LN transformer blocks whose attention goes through `aam.ops.masked_attention`.
+
+Where a varlen attention kernel can run (see `aam.ops.attention.packed_backend`), a Transformer packs
+the valid tokens of its padded input into one [T, D] sequence with cumulative offsets, runs every block
+on them (Linear, FFN and attention cost nothing for padding) and scatters the result back; padded
+positions come out as zeros. Under torch.compile, or without a varlen kernel, it runs the padded op.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +16,26 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from aam.ops import masked_attention
+from aam.ops.attention import masked_attention_varlen, packed_backend
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Valid tokens of a padded [N, L] batch: flat positions `index` [T] in row order; row b owns packed
+    tokens cu_seqlens[b]:cu_seqlens[b + 1]; `backend` is the varlen backend to run."""
+
+    index: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    backend: str
+
+    @classmethod
+    def from_padding(cls, pad: torch.Tensor, backend: str) -> Packing:
+        valid = ~pad
+        counts = valid.sum(dim=1)
+        cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+        index = valid.reshape(-1).nonzero().squeeze(1)
+        return cls(index, cu_seqlens, int(counts.max()), backend)
 
 
 class SelfAttention(nn.Module):
@@ -21,10 +49,16 @@ class SelfAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.kernels = kernels
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
+        p = self.attention_dropout if self.training else 0.0
+        if packing is not None:  # x [T, D]
+            tokens, dim = x.shape
+            q, k, v = self.qkv(x).view(tokens, 3, self.heads, dim // self.heads).unbind(1)
+            out = masked_attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p=p,
+                                          backend=packing.backend)
+            return self.proj(out.reshape(tokens, dim))
         n, length, dim = x.shape
         qkv = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        p = self.attention_dropout if self.training else 0.0
         out = masked_attention(qkv[0], qkv[1], qkv[2], key_padding_mask=pad, dropout_p=p, backend=self.kernels)
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
@@ -42,30 +76,61 @@ class Block(nn.Module):
         self.fc_out = nn.Linear(ffn_ratio * dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), pad))
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), pad, packing))
         return x + self.drop(self.fc_out(self.drop(F.gelu(self.fc(self.ln2(x))))))
 
 
 class Transformer(nn.Module):
-    """A stack of Blocks and a final LayerNorm; `pad` [N, L] is True at padded positions."""
+    """A stack of Blocks and a final LayerNorm; `pad` [N, L] is True at padded positions.
+
+    With `packed` (default) and a varlen kernel available, runs on the valid tokens only; the output at
+    padded positions is then 0 (callers mask or pool over valid positions either way).
+    """
 
     def __init__(self, dim: int, heads: int, layers: int, ffn_ratio: int = 4, dropout: float = 0.1,
-                 attention_dropout: float = 0.0, kernels: str = "auto", gradient_checkpointing: bool = False) -> None:
+                 attention_dropout: float = 0.0, kernels: str = "auto", gradient_checkpointing: bool = False,
+                 packed: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(dim, heads, ffn_ratio, dropout, attention_dropout, kernels) for _ in range(layers)
         )
         self.ln_f = nn.LayerNorm(dim, eps=1e-6)
         self.gradient_checkpointing = gradient_checkpointing
+        self.packed = packed
+        self.kernels = kernels
+        self.heads = heads
+        self.attention_dropout = attention_dropout
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        packing = self._packing(x, pad)
+        if packing is None:
+            return self._run(x, pad, None)
+        n, length, dim = x.shape
+        tokens = self._run(x.reshape(n * length, dim).index_select(0, packing.index), None, packing)
+        return tokens.new_zeros(n * length, dim).index_copy(0, packing.index, tokens).view(n, length, dim)
+
+    def _run(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None) -> torch.Tensor:
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, pad, use_reentrant=False)
+                x = checkpoint(block, x, pad, packing, use_reentrant=False)
             else:
-                x = block(x, pad)
+                x = block(x, pad, packing)
         return self.ln_f(x)
+
+    def _packing(self, x: torch.Tensor, pad: torch.Tensor | None) -> Packing | None:
+        """How to pack this batch, or None to run padded (no padding, no varlen kernel, or compiling)."""
+        if not self.packed or pad is None or torch.compiler.is_compiling() or x.shape[0] * x.shape[1] == 0:
+            return None
+        if not bool(pad.any()):  # nothing to skip (e.g. 16S reads of one length)
+            return None
+        dropout = self.attention_dropout if self.training else 0.0
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        backend = packed_backend(self.kernels, x.device, dtype, x.shape[2] // self.heads, dropout, x.shape[1])
+        if backend is None:
+            return None
+        packing = Packing.from_padding(pad, backend)
+        return packing if packing.index.numel() > 0 else None
 
 
 class AttentionPooling(nn.Module):

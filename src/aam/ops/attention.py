@@ -591,6 +591,27 @@ def masked_attention_varlen(
     return _IMPLS[(OP_VARLEN, name)](q, k, v, cu_seqlens, max_seqlen, scale, dropout_p)
 
 
+def packed_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int, dropout_p: float,
+                   max_seqlen: int) -> str | None:
+    """The varlen backend a model should pack its tokens for, or None to keep the padded op.
+
+    Packing pays only with a varlen kernel: the math varlen form pads and unpads around padded math.
+    `requested` is the run-wide `--kernels` choice; a choice the varlen op does not have (sdpa), or
+    one that has no varlen kernel for this request, keeps the padded op, which then runs (or explains
+    why it cannot) as usual.
+    """
+    if requested not in registry.BACKEND_CHOICES or requested == "math":
+        return None
+    if requested != "auto" and requested not in {b.name for b in registry.backends(OP_VARLEN)}:
+        return None
+    try:
+        name = _select_name(OP_VARLEN, requested, device.type, _dtype_name(dtype), _head_dim_const(head_dim),
+                            max_seqlen > CPU_CUSTOM_MAX_DENSE_LEN, True, float(dropout_p), True)
+    except BackendUnavailable:
+        return None
+    return None if name == "math" else name
+
+
 # ---- self-check (aam kernels) -------------------------------------------------------------------
 
 

@@ -222,3 +222,14 @@ def test_packed_encoder_matches_padded():
     padded = SequenceEncoder(tiny(kernels="custom", packed_attention=False)).eval()
     padded.load_state_dict(packed.state_dict())
     torch.testing.assert_close(packed(**batch())["embeddings"], padded(**batch())["embeddings"])
+
+
+def test_compiled_transformer_runs_padded_fullgraph():
+    """Packing needs data-dependent shapes; under torch.compile(fullgraph=True) the stack runs padded."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Transformer(32, 4, 1, dropout=0.0, kernels="custom").eval()
+    x, pad = torch.randn(5, 9, 32), _ragged_padding()
+    valid = (~pad).unsqueeze(-1).float()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, pad) * valid, model(x, pad) * valid, atol=1e-5, rtol=1e-5)

@@ -132,6 +132,31 @@ def test_cli_pretrain_from_tree(data, tmp_path, monkeypatch):
         np.testing.assert_allclose(got, full.pairs(ids), rtol=1e-12, atol=1e-12)
 
 
+def test_resume_reuses_the_recorded_tree(data, tmp_path):
+    """`--resume` alone continues a --tree run with the tree and metric its checkpoint recorded."""
+    out = tmp_path / "pre"
+    base = ["pretrain", "--table", str(data["table"]), "--output-dir", str(out), *MODEL]
+    assert main([*base[:3], "--tree", str(data["tree"]), "--unifrac-metric", "weighted", *base[3:]]) == 0
+    first = torch.load(out / "checkpoints/last.pt", weights_only=True)["preprocessing"]["extra"]["unifrac"]
+    assert main([*base, "--epochs", "2", "--resume", str(out / "checkpoints/last.pt")]) == 0
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ck["preprocessing"]["extra"]["unifrac"] == first
+    assert first["metric"] == "weighted_normalized"
+    assert [row["epoch"] for row in ck["trainer_state"]["history"]][-1] == 2
+
+
+def test_unifrac_metric_without_tree_is_an_error(data, tmp_path, capsys):
+    """A precomputed matrix already has its metric: --unifrac-metric with it is refused, not ignored."""
+    matrix = tmp_path / "d.tsv"
+    assert main(["unifrac", "--table", str(data["table"]), "--tree", str(data["tree"]), "--output", str(matrix)]) == 0
+    capsys.readouterr()
+    rc = main(["pretrain", "--table", str(data["table"]), "--unifrac-matrix", str(matrix), "--unifrac-metric",
+               "weighted", "--output-dir", str(tmp_path / "o"), *MODEL])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "--unifrac-metric weighted_normalized applies only with --tree" in err[0]
+
+
 def test_train_takes_tree(data, tmp_path):
     out = tmp_path / "ft"
     rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["metadata"]), "--metadata-column",

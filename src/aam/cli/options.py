@@ -74,8 +74,8 @@ UNIFRAC_METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized",
 METRIC_ALIASES = {"unifrac": "unweighted", "weighted": "weighted_normalized"}
 
 
-def _metric(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    return METRIC_ALIASES.get(value, value)
+def _metric(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return METRIC_ALIASES.get(value, value) if value is not None else None
 
 
 def tree_options() -> list[Callable]:
@@ -85,7 +85,7 @@ def tree_options() -> list[Callable]:
             help="Newick tree whose tips are the table's features: UniFrac targets are computed per batch on the "
                  "rarefied table (no N x N matrix). Use instead of --unifrac-matrix."),
         opt("Data", "--unifrac-metric", type=click.Choice([*UNIFRAC_METRICS, *METRIC_ALIASES]),
-            default="unweighted", callback=_metric,
+            default=None, show_default="unweighted", callback=_metric,
             help="UniFrac of --tree targets; 'unifrac' and 'weighted' (the reference AAM's names) mean "
                  "unweighted and weighted_normalized."),
         opt("Data", "--unifrac-alpha", type=float, default=None, show_default="0.5",

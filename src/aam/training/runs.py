@@ -100,8 +100,25 @@ def _pairwise_hook(world: int, dm: Any):
     return pairwise
 
 
+def _distance_source_from_resume(kw: dict[str, Any], resume: dict[str, Any] | None) -> None:
+    """A resumed run without --tree / --unifrac-matrix reuses the distance source its checkpoint recorded."""
+    if resume is None or kw.get("unifrac_matrix") or kw.get("tree"):
+        return
+    source = resume["preprocessing"].get("extra", {}).get("unifrac")
+    if not source:
+        return
+    if source["source"] == "tree":
+        kw.update(tree=source["tree"], unifrac_metric=source["metric"], unifrac_alpha=source.get("alpha"),
+                  drop_missing_features=source.get("drop_missing_features", False))
+    else:
+        kw.update(unifrac_matrix=source["matrix"], unifrac_ids=source.get("ids"))
+    log.info("resuming with the checkpoint's distance source: %s", source.get("tree") or source.get("matrix"))
+
+
 def _check_distance_source(kw: dict[str, Any], required: bool) -> bool:
-    """Exactly one of --unifrac-matrix / --tree (or neither when not `required`); True when one is given."""
+    """Exactly one of --unifrac-matrix / --tree (or neither when not `required`); True when one is given.
+
+    Fills the --unifrac-metric default (unweighted) when --tree is given."""
     matrix, tree = kw.get("unifrac_matrix"), kw.get("tree")
     if matrix and tree:
         raise AAMError(f"--unifrac-matrix {matrix} and --tree {tree} are both given; pass one distance source "
@@ -111,6 +128,11 @@ def _check_distance_source(kw: dict[str, Any], required: bool) -> bool:
                        "(UniFrac computed per batch from a Newick tree)")
     if not tree and (kw.get("unifrac_alpha") is not None or kw.get("drop_missing_features")):
         raise AAMError("--unifrac-alpha and --drop-missing-features apply only with --tree")
+    if not tree and kw.get("unifrac_metric") is not None:
+        raise AAMError(f"--unifrac-metric {kw['unifrac_metric']} applies only with --tree; a --unifrac-matrix "
+                       "already holds one metric (`aam unifrac --metric` chooses it when making the matrix)")
+    if tree and kw.get("unifrac_metric") is None:
+        kw["unifrac_metric"] = "unweighted"
     if tree and not Path(tree).is_file():
         raise InputError(f"--tree {tree}: file not found; pass a Newick tree whose tips are the table's features")
     if tree and kw.get("unifrac_alpha") is not None and kw.get("unifrac_metric") != "generalized":
@@ -143,7 +165,8 @@ def _load_distances(kw: dict[str, Any], sample_ids: list[str], prepared: Any = N
     else:
         dm = dist.load_distance_matrix(kw["unifrac_matrix"], kw.get("unifrac_ids"))
         dist.check_covers(dm, sample_ids, kw["unifrac_matrix"])
-        source = {"source": "matrix", "matrix": str(Path(kw["unifrac_matrix"]).resolve())}
+        source = {"source": "matrix", "matrix": str(Path(kw["unifrac_matrix"]).resolve()),
+                  "ids": str(Path(kw["unifrac_ids"]).resolve()) if kw.get("unifrac_ids") else None}
     if pre is not None:
         pre.extra["unifrac"] = source
     return dm
@@ -178,10 +201,11 @@ def _report(trainer: Trainer, history: list[dict[str, float]], keys: list[str]) 
 
 # ---------------------------------------------------------------------------------------------- pretrain
 def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
+    resume = _load_resume(kw, "pretrain")
+    _distance_source_from_resume(kw, resume)
     _check_distance_source(kw, required=True)  # before the run folder and log exist
     out, device, world = _setup(kw)
     _check_batch_size(kw, pairwise=kw["penalty"] > 0)
-    resume = _load_resume(kw, "pretrain")
     pre = Preprocessing.from_dict(resume["preprocessing"]) if resume else _preprocessing(kw, "pretrain")
     prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
     pre.rarefy_depth = prepared.depth
@@ -229,10 +253,11 @@ def _targets(kw: dict[str, Any], md, ids: list[str]) -> tuple[list[str], np.ndar
 
 
 def run_train(kw: dict[str, Any]) -> dict[str, Any]:
+    resume = _load_resume(kw, "train")
+    _distance_source_from_resume(kw, resume)
     use_dm = _check_distance_source(kw, required=False) and kw["penalty"] > 0
     out, device, world = _setup(kw)
     _check_batch_size(kw, pairwise=use_dm)
-    resume = _load_resume(kw, "train")
     pretrained = ckpt.load_checkpoint(kw["pretrained_encoder"], "pretrain") if kw["pretrained_encoder"] and not resume \
         else None
     if resume:

@@ -128,3 +128,14 @@ def global_pairwise_loss(
     if adjust_target is not None:
         target = adjust_target(emb, target, weights)
     return pairwise_unifrac_loss(emb, target, transform, scale, weights, backend=backend)
+
+
+def finish_distributed() -> None:
+    """End a torchrun job cleanly: every rank meets at a barrier, then the process group is destroyed.
+
+    Leaving with a live gloo group can deadlock at interpreter exit (its worker thread needs the GIL
+    while the main thread tears the group down); callers drop their DDP wrappers first.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

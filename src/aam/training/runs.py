@@ -22,6 +22,7 @@ from aam.errors import AAMError, InputError
 from aam.models import ModelConfig, build_model, count_parameters
 from aam.training import checkpoint as ckpt
 from aam.training.data_setup import Preprocessing, make_dataset, prepare_table, report_token_limit
+from aam.training.distributed import finish_distributed
 from aam.training.losses import LossConfig, MultiTaskLoss, point_prediction
 from aam.training.trainer import TrainConfig, Trainer
 
@@ -230,6 +231,8 @@ def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
     if kw["resume"]:
         trainer.resume(kw["resume"])
     history = trainer.fit()
+    trainer.close()
+    finish_distributed()
     return _report(trainer, history, ["val_loss", "val_unifrac_loss", "val_unifrac_r2", "val_unifrac_mae",
                                       "val_nuc_accuracy"])
 
@@ -375,6 +378,8 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
     if kw["resume"]:
         trainer.resume(kw["resume"])
     history = trainer.fit()
+    trainer.close()
+    finish_distributed()
     keys = ["val_loss", "val_accuracy", "val_f1"] if class_labels else ["val_loss", "val_mae", "val_rmse", "val_r2"]
     return _report(trainer, history, keys)
 

@@ -386,6 +386,11 @@ class Trainer:
             plots.training_curves(self.history, self.plot_dir / "training_curves.png")
         return self.history
 
+    def close(self) -> None:
+        """Drop the DDP and compiled wrappers (before the process group is destroyed at the end of a run)."""
+        self.ddp_model = self.model
+        self.compiled_model = None
+
     def _train_epoch(self) -> tuple[dict[str, float], bool]:
         cfg = self.config
         self.ddp_model.train()

@@ -124,8 +124,10 @@ if DEVICE is not None:
     @pytest.mark.parametrize("d", HEAD_DIMS)
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_varlen_triton_parity(dtype, d):
-        # two heads at d=16, one at d=32 with q, k, v strided views of one fused tensor (interpreter time)
-        _assert_parity(dtype, LENGTHS[d], h=1 if d == 32 else 2, d=d, seed=d, fused=d == 32)
+        # d=32: q, k, v are strided views of one fused [T, 3, H, Dh] tensor; one head where the two-head
+        # case adds nothing but interpreter time (fp16, d=32)
+        h = 1 if d == 32 or (INTERPRET and dtype == torch.float16) else 2
+        _assert_parity(dtype, LENGTHS[d], h=h, d=d, seed=d, fused=d == 32)
 
 
     @pytest.mark.parametrize("dtype", DTYPES[:1] if INTERPRET else DTYPES)

@@ -26,8 +26,9 @@ def _extent(CU, BOUND, n, L_Q, L_K, VARLEN: tl.constexpr):
     Padded: rows 0.. of batch entry n, bound from BOUND. Packed (VARLEN): tokens CU[n]:CU[n+1] of a
     [T, H, Dh] tensor (the wrapper passes a zero sequence stride), all of them valid keys."""
     if VARLEN:
-        tok0 = tl.load(CU + n).to(tl.int64)
-        length = tl.load(CU + n + 1) - tl.load(CU + n)
+        first = tl.load(CU + n)
+        length = tl.load(CU + n + 1) - first
+        tok0 = first.to(tl.int64)  # token offsets in 64 bits: T * H * Dh may pass 2^31
         len_q = length
         len_k = length
         bound = length
@@ -208,6 +209,7 @@ def _mask_arg(mask: torch.Tensor | None, bound: torch.Tensor) -> tuple[torch.Ten
 
 
 def _settings(d: int, dtype: torch.dtype, device: torch.device, varlen: bool, has_mask: bool) -> dict:
+    """Kernel constexprs and launch options for one call."""
     cfg = _launch(d, device)
     return dict(VARLEN=varlen, HAS_MASK=has_mask, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HEAD_DIM=d,
                 PRECISION=_precision(dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

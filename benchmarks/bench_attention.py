@@ -9,6 +9,10 @@ default; AAM_BENCH_FULL=1 runs the full sizes (N=8192 nucleotide rows, 64 sample
 
 Each benchmark records in extra_info: the bytes autograd saves for backward (activation memory, all
 devices) and the peak GPU memory of one fwd+bwd (CUDA/ROCm).
+
+The packed form (masked_attention_varlen: the same rows without padding, [T, H, Dh] + cu_seqlens) runs
+in the same groups as test_attention_varlen_fwd_bwd[...]: triton (GPUs only; skipped with the reason on
+the CPU) and custom (wherever it has a varlen kernel).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pytest
 import torch
 
 from aam.errors import BackendUnavailable
-from aam.ops.attention import masked_attention
+from aam.ops.attention import masked_attention, masked_attention_varlen
 
 FULL = os.environ.get("AAM_BENCH_FULL") == "1"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,6 +39,7 @@ SHAPES = [
     ("sample", 64 if FULL else 4, 1024),
 ]
 BACKENDS = ["custom", "triton", "sdpa", "math"]
+VARLEN_BACKENDS = ["triton", "custom"]
 DTYPE = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
 
 
@@ -49,6 +54,15 @@ def make_inputs(n: int, seq: int, seed: int = 0):
     return q, k, v, mask
 
 
+def packed_inputs(q, k, v, mask):
+    """The padded batch's valid rows in the packed layout: q, k, v [T, H, Dh] leaves, cu_seqlens, max_seqlen."""
+    lengths = (~mask).sum(-1)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=mask.device)
+    cu[1:] = lengths.cumsum(0)
+    packed = [x.detach().transpose(1, 2)[~mask].contiguous().requires_grad_(True) for x in (q, k, v)]
+    return *packed, cu, int(lengths.max())
+
+
 def fwd_bwd(q, k, v, mask, backend):
     out = masked_attention(q, k, v, key_padding_mask=mask, backend=backend)
     out.backward(torch.ones_like(out))
@@ -56,7 +70,15 @@ def fwd_bwd(q, k, v, mask, backend):
         torch.cuda.synchronize()
 
 
-def saved_bytes(q, k, v, mask, backend) -> int:
+def varlen_fwd_bwd(q, k, v, cu, max_seqlen, backend):
+    out = masked_attention_varlen(q, k, v, cu, max_seqlen, backend=backend)
+    out.backward(torch.ones_like(out))
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def saved_bytes(forward) -> int:
+    """Bytes autograd saves for backward while `forward()` runs."""
     total = 0
 
     def pack(t):
@@ -65,7 +87,7 @@ def saved_bytes(q, k, v, mask, backend) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = masked_attention(q, k, v, key_padding_mask=mask, backend=backend)
+        out = forward()
     del out
     return total
 
@@ -79,12 +101,33 @@ def test_attention_fwd_bwd(benchmark, backend, level, n, seq):
     except BackendUnavailable as exc:
         pytest.skip(str(exc))
     benchmark.group = f"attention {level} N={n} L={seq} {DEVICE.type} {str(DTYPE).removeprefix('torch.')}"
-    benchmark.extra_info["saved_for_backward_bytes"] = saved_bytes(q, k, v, mask, backend)
+    benchmark.extra_info["saved_for_backward_bytes"] = saved_bytes(
+        lambda: masked_attention(q, k, v, key_padding_mask=mask, backend=backend))
     if DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         fwd_bwd(q, k, v, mask, backend)
         benchmark.extra_info["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     benchmark.pedantic(fwd_bwd, args=(q, k, v, mask, backend), rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("backend", VARLEN_BACKENDS)
+@pytest.mark.parametrize("level,n,seq", SHAPES, ids=[f"{s[0]}-N{s[1]}-L{s[2]}" for s in SHAPES])
+def test_attention_varlen_fwd_bwd(benchmark, backend, level, n, seq):
+    q, k, v, cu, max_seqlen = packed_inputs(*make_inputs(n, seq))
+    try:
+        varlen_fwd_bwd(q, k, v, cu, max_seqlen, backend)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    benchmark.group = f"attention {level} N={n} L={seq} {DEVICE.type} {str(DTYPE).removeprefix('torch.')}"
+    benchmark.extra_info["saved_for_backward_bytes"] = saved_bytes(
+        lambda: masked_attention_varlen(q, k, v, cu, max_seqlen, backend=backend))
+    benchmark.extra_info["tokens"] = q.shape[0]
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        varlen_fwd_bwd(q, k, v, cu, max_seqlen, backend)
+        benchmark.extra_info["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    benchmark.pedantic(varlen_fwd_bwd, args=(q, k, v, cu, max_seqlen, backend), rounds=3, iterations=1,
+                       warmup_rounds=1)
 
 
 def ratio_table(reps: int = 3) -> None:

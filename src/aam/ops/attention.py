@@ -7,12 +7,13 @@ Backends register in aam.ops.registry under the op names "masked_attention" and
 | backend | devices | dtypes | dropout | varlen |
 |---|---|---|---|---|
 | custom  | CPU (aam._C, OpenMP), CUDA/ROCm (aam._C_cuda / _C_hip, Dh 16/32/64/128) | fp32/fp16/bf16 (+fp64 CPU) | no | CPU |
-| triton  | CUDA/ROCm; CPU only under TRITON_INTERPRET=1 (tests) | fp32/fp16/bf16 | no | no |
+| triton  | CUDA/ROCm; CPU only under TRITON_INTERPRET=1 (tests) | fp32/fp16/bf16 | no | yes |
 | sdpa    | any (torch SDPA; self-checked against math on ROCm before `auto` trusts it) | any | yes | no |
 | math    | any (plain torch, float64-capable reference) | any | yes | yes (pads/unpads) |
 
 Compiled and Triton backends are `torch.library.custom_op`s (`aam::attention_fwd`, `aam::attention_bwd`,
-`aam::attention_varlen_fwd/bwd`, `aam::attention_triton_fwd/bwd`) with fake and autograd registrations,
+`aam::attention_varlen_fwd/bwd`, `aam::attention_triton_fwd/bwd`,
+`aam::attention_triton_varlen_fwd/bwd`) with fake and autograd registrations,
 so they work under autograd, torch.compile and opcheck.
 """
 
@@ -451,6 +452,57 @@ def _check_triton(req: registry.Request) -> str | None:
     return None
 
 
+# ---- triton varlen ------------------------------------------------------------------------------
+
+_VARLEN_FWD_SCHEMA = "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float scale) -> (Tensor, Tensor)"
+_VARLEN_BWD_SCHEMA = ("(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens,"
+                      " int max_seqlen, float scale) -> (Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("aam::attention_triton_varlen_fwd", mutates_args=(), schema=_VARLEN_FWD_SCHEMA)
+def _triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
+    return _triton_mod().attention_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+@torch.library.custom_op("aam::attention_triton_varlen_bwd", mutates_args=(), schema=_VARLEN_BWD_SCHEMA)
+def _triton_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    return _triton_mod().attention_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
+
+
+@_triton_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+@_triton_varlen_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _triton_varlen_setup(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, scale = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+    ctx.max_seqlen, ctx.scale = max_seqlen, scale
+
+
+def _triton_varlen_backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu = ctx.saved_tensors
+    dq, dk, dv = _triton_varlen_bwd(dout, q, k, v, out, lse, cu, ctx.max_seqlen, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_triton_varlen_fwd.register_autograd(_triton_varlen_backward, setup_context=_triton_varlen_setup)
+
+
+def _varlen_triton(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p):
+    return _triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale)[0]
+
+
+def _check_triton_varlen(req: registry.Request) -> str | None:
+    """Same rules as the padded triton kernels (they are the same kernels)."""
+    return _check_triton(req)
+
+
 # ---- registration and dispatch ------------------------------------------------------------------
 
 registry.register(OP, "math", _math, lambda req: None, priority=0)
@@ -459,6 +511,7 @@ registry.register(OP, "custom", _custom, _check_custom, priority=20)
 registry.register(OP, "triton", _triton, _check_triton, priority=30)
 registry.register(OP_VARLEN, "math", _varlen_math, lambda req: None, priority=0)
 registry.register(OP_VARLEN, "custom", _varlen_custom, _check_varlen_custom, priority=20)
+registry.register(OP_VARLEN, "triton", _varlen_triton, _check_triton_varlen, priority=30)
 
 # CPU: custom vs SDPA fwd+bwd, measured with benchmarks/bench_attention.py and dense runs (2 cores, H=4,
 # Dh=32): custom is 1.3-2x faster on padded batches at every shape and 1.5-1.7x on dense rows up to

@@ -630,7 +630,7 @@ def masked_attention_varlen(
 ) -> torch.Tensor:
     """Packed variable-length attention: q, k, v [T, H, Dh]; sequence b owns tokens cu_seqlens[b]:cu_seqlens[b+1].
 
-    Each sequence attends within itself; no padding is stored or computed. Backends: custom (CPU), math.
+    Each sequence attends within itself; no padding is stored or computed. Backends: custom (CPU), triton (GPU), math.
     """
     if q.dim() != 3 or q.shape != k.shape or k.shape != v.shape:
         raise ValueError(f"masked_attention_varlen: q, k, v must be [T, H, Dh] of one shape; got "

@@ -216,6 +216,18 @@ def test_auto_prefers_custom_on_cpu():
 
 
 @needs_cpu
+def test_auto_never_picks_the_triton_interpreter(monkeypatch):
+    """Even where the interpreter could run it, `auto` leaves Triton to GPUs; an explicit choice runs it."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    req = {"device": torch.device("cpu"), "dtype": torch.float32, "batch": 8, "dim": 4}
+    assert registry.select(OP, "auto", req).name == "custom"
+    assert registry.select(OP, "triton", req).name == "triton"
+    gpu = {"device": torch.device("cuda"), "dtype": torch.bfloat16, "batch": 8, "dim": 4}
+    assert registry.select(OP, "auto", gpu).name == "triton"  # Gram tiles on tl.dot beat scalar CUDA FMAs
+
+
+@needs_cpu
 def test_custom_under_torch_compile():
     emb, target, _ = _inputs(10, 6, dtype=torch.float32)
     target = target.float()

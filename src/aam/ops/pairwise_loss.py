@@ -5,10 +5,13 @@ without a valid target (it contributes nothing, even when its target is NaN). Th
 duplicate embeddings (distance 0) is defined as 0. No backend materialises a [B, B, D] tensor.
 
 Backends (aam.ops.registry, op "pairwise_unifrac_loss"):
+- `triton` (priority 30): aam.kernels.pairwise_loss on CUDA/ROCm; on CPU only under TRITON_INTERPRET=1
+  (never chosen by `auto` there). On GPUs `auto` prefers it: its Gram tiles run on tl.dot (tensor cores
+  for fp16/bf16), while the CUDA kernel below forms differences with scalar fp32 FMAs. Not yet measured
+  on a GPU: benchmarks/device_check.sh times both.
 - `custom` (priority 20): C++/OpenMP on CPU (float32/float64; float16/bfloat16 are upcast to float32),
   CUDA/HIP kernels on GPU (float32/float16/bfloat16, fp32 accumulation). One torch.library custom op
   pair `aam::pairwise_unifrac_loss_fwd` / `aam::pairwise_unifrac_loss_bwd` serves every device.
-- `triton` (priority 10): aam.kernels.pairwise_loss on CUDA/ROCm; on CPU only under TRITON_INTERPRET=1.
 - `math` (priority 0): plain torch, float64-capable reference.
 
 Every compiled forward returns (loss, coef, denom): coef [B, B] holds the per-pair backward
@@ -259,7 +262,9 @@ def _check_triton(req: registry.Request) -> str | None:
 
 
 registry.register(OP, "custom", pairwise_loss_custom, _check_custom, priority=20)
-registry.register(OP, "triton", pairwise_loss_triton, _check_triton, priority=10)
+registry.register(OP, "triton", pairwise_loss_triton, _check_triton, priority=30,
+                  auto_refusal=lambda req: "the triton interpreter is for tests only" if req["device"].type == "cpu"
+                  else None)
 
 
 # ---- public op -----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Every op (masked_attention, pairwise_unifrac_loss, unifrac) registers its backen
   `device` and `dtype`, plus op-specific keys such as `head_dim`), else the reason it cannot;
 - `priority`: `auto` tries backends from the highest priority down;
 - an optional `self_check(device) -> str | None`, run once per device type before `auto` trusts the
-  backend (e.g. SDPA's memory-efficient path on ROCm); a failure is cached with its reason.
+  backend (e.g. SDPA's memory-efficient path on ROCm); a failure is cached with its reason;
+- an optional `auto_refusal(req) -> str | None`: a reason `auto` skips a backend that could run (an
+  explicit choice still runs it), e.g. the Triton interpreter on the CPU, which is for tests only.
 
 `select(op, "auto", req)` returns the first backend that can run and passed its self-check, and logs
 each fallback once. `select(op, name, req)` with an explicit name raises BackendUnavailable with the
@@ -39,6 +41,7 @@ class Backend:
     check: Callable[[Request], str | None]
     priority: int
     self_check: Callable[[torch.device], str | None] | None = None
+    auto_refusal: Callable[[Request], str | None] | None = None
 
 
 _backends: dict[str, dict[str, Backend]] = {}
@@ -53,11 +56,12 @@ def register(
     check: Callable[[Request], str | None],
     priority: int,
     self_check: Callable[[torch.device], str | None] | None = None,
+    auto_refusal: Callable[[Request], str | None] | None = None,
 ) -> None:
     """Add (or replace) backend `name` of `op`."""
     if name not in BACKEND_CHOICES[1:]:
         raise ValueError(f"unknown backend name {name!r}; expected one of {BACKEND_CHOICES[1:]}")
-    _backends.setdefault(op, {})[name] = Backend(op, name, fn, check, priority, self_check)
+    _backends.setdefault(op, {})[name] = Backend(op, name, fn, check, priority, self_check, auto_refusal)
 
 
 def backends(op: str) -> list[Backend]:
@@ -115,7 +119,8 @@ def select(op: str, requested: str, req: Request) -> Backend:
         return backend
     refused = []
     for backend in backends(op):
-        reason = backend.check(req) or run_self_check(backend, req["device"])
+        reason = backend.check(req) or run_self_check(backend, req["device"]) \
+            or (backend.auto_refusal(req) if backend.auto_refusal else None)
         if reason is None:
             if refused:
                 _log_once(

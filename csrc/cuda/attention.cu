@@ -213,7 +213,7 @@ dim3 grid_for(int64_t N, int64_t H, int64_t L) {
 template <typename T, int D>
 void forward_impl(const void* q, const void* k, const void* v, void* o, float* lse, const int* bound,
                   const uint8_t* mask, int64_t N, int64_t H, int64_t L, float scale, gpuStream_t stream) {
-  attn_fwd_kernel<T, D><<<grid_for(N, H, L), kRows, 0, stream>>>(
+  AAM_LAUNCH(grid_for(N, H, L), kRows, stream, attn_fwd_kernel<T, D>)(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(o), lse, bound,
       mask, static_cast<int>(H), static_cast<int>(L), scale);
   aam_check_launch("attention forward");
@@ -224,15 +224,15 @@ void backward_impl(const void* q, const void* k, const void* v, const void* o, c
                    float* delta, void* dq, void* dk, void* dv, const int* bound, const uint8_t* mask, int64_t N,
                    int64_t H, int64_t L, float scale, gpuStream_t stream) {
   const int64_t rows = N * H * L;
-  attn_delta_kernel<T, D><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, stream>>>(
+  AAM_LAUNCH(static_cast<unsigned>((rows + 255) / 256), 256, stream, attn_delta_kernel<T, D>)(
       static_cast<const T*>(o), static_cast<const T*>(dout), delta, rows);
   aam_check_launch("attention backward (delta)");
-  attn_bwd_dkdv_kernel<T, D><<<grid_for(N, H, L), kRows, 0, stream>>>(
+  AAM_LAUNCH(grid_for(N, H, L), kRows, stream, attn_bwd_dkdv_kernel<T, D>)(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dout),
       lse, delta, static_cast<T*>(dk), static_cast<T*>(dv), bound, mask, static_cast<int>(H), static_cast<int>(L),
       scale);
   aam_check_launch("attention backward (dk, dv)");
-  attn_bwd_dq_kernel<T, D><<<grid_for(N, H, L), kRows, 0, stream>>>(
+  AAM_LAUNCH(grid_for(N, H, L), kRows, stream, attn_bwd_dq_kernel<T, D>)(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dout),
       lse, delta, static_cast<T*>(dq), bound, mask, static_cast<int>(H), static_cast<int>(L), scale);
   aam_check_launch("attention backward (dq)");

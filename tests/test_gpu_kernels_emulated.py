@@ -3,7 +3,8 @@
 aam._C_emu32 / aam._C_emu64 are the very same .cu sources compiled as C++ with a 32-lane warp (CUDA)
 and a 64-lane wavefront (HIP). The tests route the real Python glue (aam.ops.attention._gpu_forward /
 _gpu_backward and aam.ops.pairwise_loss._gpu_fwd / _gpu_bwd, through their custom ops and autograd) to
-an emulator module, with CPU tensors as device memory, and apply DESIGN.md's parity rule.
+an emulator module, with CPU tensors as device memory, and apply DESIGN.md's parity rule. The packed
+varlen attention (_gpu_varlen_forward / _gpu_varlen_backward) is checked against _varlen_math.
 
 Memory guard: every buffer the glue hands to a kernel is copied into a larger buffer between canaries of
 0xFF bytes (NaN in fp32/fp16/bf16/fp64); outputs are poisoned with 0xFF inside. A write out of bounds
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from attention_parity import FLOORS, make_case, run
+from varlen_parity import assert_varlen_parity, make_varlen_case
 
 from aam.ops import _ext
 from aam.ops import attention as A
@@ -102,6 +104,20 @@ class Guarded:
                    Buf("dq", dq, x, True), Buf("dk", dk, x, True), Buf("dv", dv, x, True),
                    Buf("bound", bound, n * 4), Buf("mask", mask, n * seq), n, h, seq, d, scale, stream)
 
+    def attention_varlen_forward(self, dtype, q, k, v, o, lse, cu, t, b, h, max_seqlen, d, scale, stream):
+        x, rows = t * h * d * ELT[dtype], t * h * 4
+        self._call("attention_varlen_forward", dtype, Buf("q", q, x), Buf("k", k, x), Buf("v", v, x),
+                   Buf("o", o, x, True), Buf("lse", lse, rows, True), Buf("cu_seqlens", cu, (b + 1) * 4), t, b, h,
+                   max_seqlen, d, scale, stream)
+
+    def attention_varlen_backward(self, dtype, q, k, v, o, dout, lse, delta, dq, dk, dv, cu, t, b, h, max_seqlen, d,
+                                  scale, stream):
+        x, rows = t * h * d * ELT[dtype], t * h * 4
+        self._call("attention_varlen_backward", dtype, Buf("q", q, x), Buf("k", k, x), Buf("v", v, x),
+                   Buf("o", o, x), Buf("dout", dout, x), Buf("lse", lse, rows), Buf("delta", delta, rows, True),
+                   Buf("dq", dq, x, True), Buf("dk", dk, x, True), Buf("dv", dv, x, True),
+                   Buf("cu_seqlens", cu, (b + 1) * 4), t, b, h, max_seqlen, d, scale, stream)
+
     def pairwise_loss_num_partials(self, b):
         return self.mod.pairwise_loss_num_partials(b)
 
@@ -138,6 +154,8 @@ def emu(request, monkeypatch) -> Guarded:
     # The custom ops' CPU implementations call these by name: CPU tensors now take the GPU path.
     monkeypatch.setattr(A, "_cpu_forward", A._gpu_forward)
     monkeypatch.setattr(A, "_cpu_backward", A._gpu_backward)
+    monkeypatch.setattr(A, "_cpu_varlen_forward", A._gpu_varlen_forward)
+    monkeypatch.setattr(A, "_cpu_varlen_backward", A._gpu_varlen_backward)
     monkeypatch.setattr(P, "_cpu_fwd", P._gpu_fwd)
     monkeypatch.setattr(P, "_cpu_bwd", P._gpu_bwd)
     return guarded
@@ -242,6 +260,31 @@ def test_attention_every_row_padded_and_single_sequence(emu):
     for n, lengths in ((2, torch.tensor([0, 0])), (1, torch.tensor([70]))):
         q, k, v, dout, mask = make_case(n, 70, h=1, d=32, seed=n, lengths=lengths)
         _attention_parity(F32, q, k, v, dout, mask, lengths)
+
+
+# ---- packed variable-length attention ------------------------------------------------------------------
+
+# lengths with 0 and 1, one tile exactly, one past it, several tiles; max_seqlen None = the longest
+# sequence, or a smaller hint (the kernels loop over the query tiles the grid does not cover).
+VARLEN_CASES = [
+    (F32, 16, [0, 1, 7, 65, 0, 130], None), (F16, 32, [1, 64, 0, 3], None),
+    (BF16, 64, [33, 0, 1, 2], None), (F32, 128, [70, 1, 0, 5], 1),
+]
+
+
+@pytest.mark.parametrize("dtype,d,lengths,max_hint", VARLEN_CASES, ids=lambda x: str(x).removeprefix("torch."))
+def test_attention_varlen_parity(emu, dtype, d, lengths, max_hint):
+    q, k, v, dout, cu = make_varlen_case(lengths, h=2, d=d, seed=d + sum(lengths))
+    assert_varlen_parity("custom", dtype, q, k, v, dout, cu, max_hint)
+    assert emu.calls["attention_varlen_forward"] == 1 and emu.calls["attention_varlen_backward"] == 1
+
+
+def test_attention_varlen_dispatch_accepts_the_gpu(emu):
+    req = {"device": torch.device("cuda"), "dtype": torch.bfloat16, "head_dim": 64, "long_rows": False,
+           "same_len": True, "dropout_p": 0.0}
+    assert A._check_varlen_custom(req) is None
+    assert "head_dim" in A._check_varlen_custom({**req, "head_dim": 48})
+    assert "dtype" in A._check_varlen_custom({**req, "dtype": torch.float64})
 
 
 # ---- pairwise UniFrac loss ---------------------------------------------------------------------------

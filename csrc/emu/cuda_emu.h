@@ -3,15 +3,19 @@
 //
 // Execution model:
 // - A launch runs the grid's blocks ONE AT A TIME; the threads of a block run concurrently as
-//   std::threads (one per CUDA thread, reused from block to block within a launch). `__shared__` is `static`: function-static storage is the one
-//   live block's shared memory. It is not cleared between blocks (hardware does not clear it either).
+//   std::threads (one per CUDA thread, reused from block to block within a launch). `__shared__` is
+//   `static`: function-static storage is the one live block's shared memory. It is not cleared between
+//   blocks (hardware does not clear it either).
+// - Not modelled: data races (threads really run concurrently, but nothing detects a race), memory
+//   fences and atomics, shared-memory size limits, streams (a launch completes before it returns).
 // - __syncthreads() is a std::barrier over the block's threads; a thread that returns arrives and
 //   drops, so exited threads do not block the others (as on hardware). Every thread at one barrier
 //   phase must be at the same __syncthreads() (checked: divergent barriers are a launch error).
 // - AAM_SHFL_XOR goes through a per-block exchange buffer and a block barrier, so the emulator
 //   requires every thread of the block to reach each shuffle (our kernels do; checked: a shuffle after
 //   some thread exited is a launch error). Lanes exchange only within their AAM_EMU_WARP-lane warp.
-// - Launch errors (bad configuration, the checks above) are returned by cudaGetLastError().
+// - Launch errors (bad configuration, the checks above) are returned by cudaGetLastError(). Launches
+//   from several host threads are serialised (the shared memory of a kernel is one static).
 #pragma once
 #include <math.h>
 
@@ -19,6 +23,7 @@
 #include <barrier>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -223,6 +228,11 @@ void run_grid(dim3 grid, dim3 block, const F& body) {
   for (auto& th : threads) th.join();
 }
 
+inline std::mutex& launch_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 // AAM_LAUNCH(grid, block, stream, kernel)(args...): converts the arguments to the kernel's parameter
 // types (as a launch does), then runs every thread of every block.
 template <class... P>
@@ -231,7 +241,9 @@ struct Launch {
   void (*kernel)(P...);
   template <class... A>
   void operator()(A&&... a) const {
+    static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
     const std::tuple<P...> args(static_cast<P>(a)...);
+    const std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex());  // shared memory is static
     run_grid(grid, block, [&] { std::apply(kernel, args); });
   }
 };

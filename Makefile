@@ -27,8 +27,10 @@ install: venv
 quickstart: install
 	$(VENV)/bin/aam demo --output-dir demo-run
 
-test: install
-	$(PY) -m pytest -q tests
+# The test install also builds the CUDA emulator modules (aam._C_emu32/_C_emu64) for the GPU-kernel tests.
+test: venv
+	AAM_BUILD_EMULATOR=ON $(PIP) install -q ".[test]"
+	AAM_REQUIRE_EMULATOR=1 $(PY) -m pytest -q tests
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks kernels
@@ -40,6 +42,7 @@ bench: install
 dev: venv
 	$(PIP) install -q scikit-build-core pybind11
 	cmake -S . -B build/dev -G Ninja -DAAM_INPLACE=ON -DAAM_BACKEND=$${AAM_BACKEND:-cpu} \
+		-DAAM_BUILD_EMULATOR=$${AAM_BUILD_EMULATOR:-ON} \
 		-DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
 	cmake --build build/dev -j2
 	ln -sfn ../../kernels src/aam/kernels

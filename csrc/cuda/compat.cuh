@@ -1,6 +1,24 @@
-// One header makes the CUDA sources compile as HIP (hipcc, AMD): runtime names, warp size, shuffles.
+// One header makes the CUDA sources compile as HIP (hipcc, AMD) or as C++ for the CPU emulator
+// (csrc/emu/cuda_emu.h, -DAAM_EMU): runtime names, warp size, shuffles, launches.
+// Launch kernels with AAM_LAUNCH(grid, block, stream, kernel<T...>)(args...), never <<<...>>>.
 #pragma once
-#if defined(AAM_HIP) || defined(__HIP_PLATFORM_AMD__)
+#if defined(AAM_EMU)
+#include "emu/cuda_emu.h"
+using gpuStream_t = cudaStream_t;
+using gpuError_t = cudaError_t;
+#define gpuSuccess cudaSuccess
+#define gpuGetLastError cudaGetLastError
+#define gpuGetErrorString cudaGetErrorString
+#define gpuMemsetAsync cudaMemsetAsync
+// 32 (CUDA warp) or 64 (AMD wavefront): the emulator tests both reduction layouts.
+#define AAM_WARP_SIZE AAM_EMU_WARP
+#define AAM_SHFL_XOR(v, m) AAM_EMU_SHFL_XOR(v, m)
+#define AAM_LAUNCH(grid, block, stream, ...) AAM_EMU_LAUNCH(grid, block, stream, __VA_ARGS__)
+using aam_half = __half;
+using aam_bf16 = __nv_bfloat16;
+inline float aam_to_float(aam_bf16 x) { return __bfloat162float(x); }
+inline aam_bf16 aam_from_float_bf16(float x) { return __float2bfloat16(x); }
+#elif defined(AAM_HIP) || defined(__HIP_PLATFORM_AMD__)
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
 #include <hip/hip_bfloat16.h>
@@ -14,6 +32,7 @@ using gpuError_t = hipError_t;
 // AMD CDNA wavefronts are 64 lanes.
 #define AAM_WARP_SIZE 64
 #define AAM_SHFL_XOR(v, m) __shfl_xor((v), (m))
+#define AAM_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
 using aam_half = __half;
 using aam_bf16 = hip_bfloat16;
 __device__ inline float aam_to_float(aam_bf16 x) { return static_cast<float>(x); }
@@ -30,6 +49,7 @@ using gpuError_t = cudaError_t;
 #define gpuMemsetAsync cudaMemsetAsync
 #define AAM_WARP_SIZE 32
 #define AAM_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
+#define AAM_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
 using aam_half = __half;
 using aam_bf16 = __nv_bfloat16;
 __device__ inline float aam_to_float(aam_bf16 x) { return __bfloat162float(x); }

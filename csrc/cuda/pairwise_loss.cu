@@ -164,13 +164,13 @@ void launch_forward(std::uintptr_t emb, std::uintptr_t target, std::uintptr_t we
                     double scale, gpuStream_t stream) {
   const int64_t nt = (B + kTile - 1) / kTile;
   const dim3 grid(static_cast<unsigned>(nt), static_cast<unsigned>(nt));
-  pairwise_loss_fwd_kernel<T><<<grid, kThreads, 0, stream>>>(
+  AAM_LAUNCH(grid, kThreads, stream, pairwise_loss_fwd_kernel<T>)(
       reinterpret_cast<const T*>(emb), reinterpret_cast<const float*>(target),
       reinterpret_cast<const float*>(weights), reinterpret_cast<float*>(coef), reinterpret_cast<float*>(partials),
       B, D, use_tanh ? 1 : 0, static_cast<float>(1.0 / scale));
   aam_check_launch("pairwise_loss forward");
-  pairwise_loss_reduce_kernel<<<1, kThreads, 0, stream>>>(reinterpret_cast<const float*>(partials), nt * nt,
-                                                          reinterpret_cast<double*>(sums));
+  AAM_LAUNCH(1, kThreads, stream, pairwise_loss_reduce_kernel)(reinterpret_cast<const float*>(partials), nt * nt,
+                                                            reinterpret_cast<double*>(sums));
   aam_check_launch("pairwise_loss forward reduction");
 }
 
@@ -178,7 +178,7 @@ template <typename T>
 void launch_backward(std::uintptr_t emb, std::uintptr_t coef, std::uintptr_t factor, std::uintptr_t grad,
                      int64_t B, int64_t D, gpuStream_t stream) {
   const dim3 grid(static_cast<unsigned>((D + kTile - 1) / kTile), static_cast<unsigned>((B + kTile - 1) / kTile));
-  pairwise_loss_bwd_kernel<T><<<grid, kThreads, 0, stream>>>(
+  AAM_LAUNCH(grid, kThreads, stream, pairwise_loss_bwd_kernel<T>)(
       reinterpret_cast<const T*>(emb), reinterpret_cast<const float*>(coef), reinterpret_cast<const float*>(factor),
       reinterpret_cast<T*>(grad), B, D);
   aam_check_launch("pairwise_loss backward");

@@ -288,7 +288,7 @@ def _check_custom(req: registry.Request) -> str | None:
     return None
 
 
-# ---- custom varlen (CPU) ------------------------------------------------------------------------
+# ---- custom varlen (CPU, CUDA/ROCm) ------------------------------------------------------------
 
 
 def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
@@ -327,11 +327,43 @@ def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _gpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
+    mod = _ext.gpu_module()
+    qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+    t, h, d = qc.shape
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    out = _empty((t, h, d), qc.dtype, q.device)
+    lse = _empty((t, h), torch.float32, q.device)
+    mod.attention_varlen_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
+                                 lse.data_ptr(), cu.data_ptr(), t, cu.numel() - 1, h, int(max_seqlen), d,
+                                 float(scale), _ext.stream_handle(q.device))
+    return out, lse
+
+
+def _gpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    mod = _ext.gpu_module()
+    qc, kc, vc, oc, gc = (x.contiguous() for x in (q, k, v, out, dout))
+    t, h, d = qc.shape
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (qc, kc, vc))
+    delta = torch.empty((t, h), dtype=torch.float32, device=q.device)
+    mod.attention_varlen_backward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
+                                  gc.data_ptr(), lse.contiguous().data_ptr(), delta.data_ptr(), dq.data_ptr(),
+                                  dk.data_ptr(), dv.data_ptr(), cu.data_ptr(), t, cu.numel() - 1, h, int(max_seqlen),
+                                  d, float(scale), _ext.stream_handle(q.device))
+    return dq, dk, dv
+
+
 @torch.library.custom_op(
     "aam::attention_varlen_fwd", mutates_args=(), device_types="cpu",
     schema="(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, int max_seqlen, float scale) -> (Tensor, Tensor)")
 def _varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
     return _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+@_varlen_fwd.register_kernel("cuda")
+def _varlen_fwd_cuda(q, k, v, cu_seqlens, max_seqlen, scale):
+    return _gpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
 @torch.library.custom_op(
@@ -340,6 +372,11 @@ def _varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale):
            " int max_seqlen, float scale) -> (Tensor, Tensor, Tensor)")
 def _varlen_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
     return _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
+
+
+@_varlen_bwd.register_kernel("cuda")
+def _varlen_bwd_cuda(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+    return _gpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
 
 
 @_varlen_fwd.register_fake
@@ -389,9 +426,11 @@ def _varlen_math(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p):
 
 
 def _check_varlen_custom(req: registry.Request) -> str | None:
-    if req["device"].type != "cpu":
-        return "varlen custom kernel exists on the CPU only (GPU: use the padded op)"
-    return _check_custom(req)
+    """CPU (aam._C) and CUDA/ROCm (aam._C_cuda / _C_hip: fp32/fp16/bf16, head dims 16/32/64/128)."""
+    reason = _check_custom(req)
+    if reason is None and req["device"].type == "cuda":
+        _, reason = _ext.module_with(req["device"], "attention_varlen_forward")
+    return reason
 
 
 # ---- triton -------------------------------------------------------------------------------------

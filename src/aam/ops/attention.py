@@ -6,7 +6,7 @@ Backends register in aam.ops.registry under the op names "masked_attention" and
 
 | backend | devices | dtypes | dropout | varlen |
 |---|---|---|---|---|
-| custom  | CPU (aam._C, OpenMP), CUDA/ROCm (aam._C_cuda / _C_hip, Dh 16/32/64/128) | fp32/fp16/bf16 (+fp64 CPU) | no | CPU |
+| custom  | CPU (aam._C, OpenMP), CUDA/ROCm (aam._C_cuda / _C_hip, Dh 16/32/64/128) | fp32/fp16/bf16 (+fp64 CPU) | no | yes |
 | triton  | CUDA/ROCm; CPU only under TRITON_INTERPRET=1 (tests) | fp32/fp16/bf16 | no | yes |
 | sdpa    | any (torch SDPA; self-checked against math on ROCm before `auto` trusts it) | any | yes | no |
 | math    | any (plain torch, float64-capable reference) | any | yes | yes (pads/unpads) |
@@ -669,7 +669,7 @@ def masked_attention_varlen(
 ) -> torch.Tensor:
     """Packed variable-length attention: q, k, v [T, H, Dh]; sequence b owns tokens cu_seqlens[b]:cu_seqlens[b+1].
 
-    Each sequence attends within itself; no padding is stored or computed. Backends: custom (CPU), triton (GPU), math.
+    Each sequence attends within itself; no padding is stored or computed. Backends: custom (CPU, CUDA/ROCm), triton (GPU), math.
     """
     if q.dim() != 3 or q.shape != k.shape or k.shape != v.shape:
         raise ValueError(f"masked_attention_varlen: q, k, v must be [T, H, Dh] of one shape; got "

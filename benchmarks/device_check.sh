@@ -54,7 +54,7 @@ $py -m aam.cli.main kernels --json "$out/kernels.json" 2>&1 | tail -40
 
 echo "== GPU parity tests =="
 timeout ${PARITY_TIMEOUT:-240} $py -m pytest -q -x -p no:cacheprovider \
-  tests/test_pairwise_loss_gpu.py tests/test_attention_gpu.py \
+  tests/test_pairwise_loss_gpu.py tests/test_attention_gpu.py tests/test_attention_varlen_gpu.py \
   --junitxml="$out/parity.xml" 2>&1 | tail -25
 timeout ${PARITY_TIMEOUT:-240} $py -m pytest -q -x -p no:cacheprovider -m "not slow" \
   tests/test_attention_varlen_triton.py --junitxml="$out/parity_varlen.xml" 2>&1 | tail -15

@@ -61,7 +61,7 @@ timeout ${PARITY_TIMEOUT:-240} $py -m pytest -q -x -p no:cacheprovider -m "not s
 
 echo "== benchmarks =="
 AAM_BENCH_FULL=${AAM_BENCH_FULL:-1} timeout ${BENCH_TIMEOUT:-300} $py -m pytest -q -p no:cacheprovider \
-  benchmarks/bench_pairwise_loss.py benchmarks/bench_attention.py \
+  benchmarks/bench_pairwise_loss.py benchmarks/bench_attention.py benchmarks/bench_packing.py \
   --benchmark-enable --benchmark-json="$out/bench.json" --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
   2>&1 | tail -40
 echo "done in $(( $(date +%s) - t0 ))s"

@@ -3,6 +3,8 @@
 # the kernel benchmarks, and write JSON. Usage (repo root, a machine with a GPU and torch):
 #   bash benchmarks/device_check.sh [OUT_DIR]        # default OUT_DIR: $OUT or benchmarks/results/device
 # Wheels of missing packages may be carried in .whl/ (installed into /tmp/site first).
+# Every step has its own timeout (PARITY_TIMEOUT 180, VARLEN_TIMEOUT 90, BENCH_TIMEOUT 100 per file), so
+# the whole script stays under about 10 minutes after the build and each step writes its JSON/XML as it ends.
 set -uo pipefail
 out=${1:-${OUT:-benchmarks/results/device}}
 mkdir -p "$out"
@@ -53,15 +55,18 @@ echo "== aam kernels =="
 $py -m aam.cli.main kernels --json "$out/kernels.json" 2>&1 | tail -40
 
 echo "== GPU parity tests =="
-timeout ${PARITY_TIMEOUT:-240} $py -m pytest -q -x -p no:cacheprovider \
+timeout ${PARITY_TIMEOUT:-180} $py -m pytest -q -x -p no:cacheprovider \
   tests/test_pairwise_loss_gpu.py tests/test_attention_gpu.py tests/test_attention_varlen_gpu.py \
   --junitxml="$out/parity.xml" 2>&1 | tail -25
-timeout ${PARITY_TIMEOUT:-240} $py -m pytest -q -x -p no:cacheprovider -m "not slow" \
+timeout ${VARLEN_TIMEOUT:-90} $py -m pytest -q -x -p no:cacheprovider -m "not slow" \
   tests/test_attention_varlen_triton.py --junitxml="$out/parity_varlen.xml" 2>&1 | tail -15
 
 echo "== benchmarks =="
-AAM_BENCH_FULL=${AAM_BENCH_FULL:-1} timeout ${BENCH_TIMEOUT:-300} $py -m pytest -q -p no:cacheprovider \
-  benchmarks/bench_pairwise_loss.py benchmarks/bench_attention.py benchmarks/bench_packing.py \
-  --benchmark-enable --benchmark-json="$out/bench.json" --benchmark-min-rounds=3 --benchmark-max-time=0.5 \
-  2>&1 | tail -40
+# One pytest (and one JSON) per file, each under its own timeout, so a slow file loses only its own results.
+for bench in pairwise_loss attention packing; do
+  AAM_BENCH_FULL=${AAM_BENCH_FULL:-1} timeout ${BENCH_TIMEOUT:-100} $py -m pytest -q -p no:cacheprovider \
+    "benchmarks/bench_$bench.py" --benchmark-enable --benchmark-json="$out/bench_$bench.json" \
+    --benchmark-min-rounds=3 --benchmark-max-time=0.5 2>&1 | tail -25
+  echo "bench_$bench: rc=${PIPESTATUS[0]}"
+done
 echo "done in $(( $(date +%s) - t0 ))s"

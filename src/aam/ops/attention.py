@@ -384,8 +384,7 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=_lse_dtype(q.dtype))
 
 
-@_varlen_bwd.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+def _fake_varlen_bwd(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -395,13 +394,17 @@ def _varlen_setup(ctx, inputs, output):
     ctx.max_seqlen, ctx.scale = max_seqlen, scale
 
 
-def _varlen_backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu = ctx.saved_tensors
-    dq, dk, dv = _varlen_bwd(dout, q, k, v, out, lse, cu, ctx.max_seqlen, ctx.scale)
-    return dq, dk, dv, None, None, None
+def _make_varlen_backward(bwd_op):
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, cu = ctx.saved_tensors
+        dq, dk, dv = bwd_op(dout, q, k, v, out, lse, cu, ctx.max_seqlen, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+    return backward
 
 
-_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
+_varlen_bwd.register_fake(_fake_varlen_bwd)
+_varlen_fwd.register_autograd(_make_varlen_backward(_varlen_bwd), setup_context=_varlen_setup)
 
 
 def _varlen_custom(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p):
@@ -513,24 +516,8 @@ def _(q, k, v, cu_seqlens, max_seqlen, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-@_triton_varlen_bwd.register_fake
-def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _triton_varlen_setup(ctx, inputs, output):
-    q, k, v, cu_seqlens, max_seqlen, scale = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
-    ctx.max_seqlen, ctx.scale = max_seqlen, scale
-
-
-def _triton_varlen_backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu = ctx.saved_tensors
-    dq, dk, dv = _triton_varlen_bwd(dout, q, k, v, out, lse, cu, ctx.max_seqlen, ctx.scale)
-    return dq, dk, dv, None, None, None
-
-
-_triton_varlen_fwd.register_autograd(_triton_varlen_backward, setup_context=_triton_varlen_setup)
+_triton_varlen_bwd.register_fake(_fake_varlen_bwd)
+_triton_varlen_fwd.register_autograd(_make_varlen_backward(_triton_varlen_bwd), setup_context=_varlen_setup)
 
 
 def _varlen_triton(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p):

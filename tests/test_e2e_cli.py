@@ -6,6 +6,7 @@ Tiny generated data (30 samples, 40 ASVs of 20-30 bp) and a tiny model keep this
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import biom
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from aam.cli.main import main
+from aam.training.metrics import regression_metrics
 
 MODEL = ["--embedding-dim", "16", "--attention-heads", "2", "--attention-layers", "1", "--device", "cpu",
          "--batch-size", "4", "--max-bp", "40", "--token-limit", "16", "--log-every", "1"]
@@ -91,9 +93,18 @@ def test_train_regression_then_predict(pretrained, data, tmp_path):
     assert abs(np.mean([float(r["actual"]) for r in val]) - 40) < 15
     pred = tmp_path / "pred.tsv"
     rc = main(["predict", "--model", str(out / "checkpoints/best.pt"), "--table", str(data["table"]),
-               "--metadata", str(data["md"]), "--output", str(pred), "--device", "cpu"])
+               "--metadata", str(data["md"]), "--metadata-column", "age", "--output", str(pred), "--device", "cpu"])
     assert rc == 0
     rows = read_tsv(pred)
+    # evaluation against the metadata column: the metrics of the written predictions, and a plot
+    ev = json.loads((tmp_path / "pred.metrics.json").read_text())
+    ages = {r["sample_id"]: float(r["age"]) for r in read_tsv(data["md"])}
+    expect = regression_metrics(np.array([ages[r["sample_id"]] for r in rows]),
+                                np.array([float(r["prediction"]) for r in rows]))
+    assert ev["column"] == "age" and ev["n_evaluated"] == len(rows) and ev["n_without_value"] == 0
+    for key, value in expect.items():
+        assert ev["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-4)
+    assert (tmp_path / "pred.png").is_file()
     skipped = read_tsv(tmp_path / "pred.skipped.tsv") if (tmp_path / "pred.skipped.tsv").exists() else []
     assert len(rows) + len(skipped) == 30
     assert all(np.isfinite(float(r["prediction"])) for r in rows)
@@ -119,6 +130,36 @@ def test_train_classifier_from_scratch_then_predict(data, tmp_path):
     rows = read_tsv(pred)
     assert rows and {r["prediction"] for r in rows} <= {"a", "b"}
     assert all(abs(float(r["prob_a"]) + float(r["prob_b"]) - 1) < 1e-4 for r in rows)
+    # evaluation: a label never seen in training and a missing value are left out of the metrics
+    md = read_tsv(data["md"])
+    md[0]["group"], md[1]["group"] = "zzz", ""
+    md_path = tmp_path / "md_eval.tsv"
+    md_path.write_text("\t".join(md[0]) + "\n" + "".join("\t".join(r.values()) + "\n" for r in md))
+    assert main(["predict", "--model", str(out / "checkpoints/last.pt"), "--table", str(data["table"]),
+                 "--output", str(pred), "--device", "cpu", "--metadata", str(md_path),
+                 "--metadata-column", "group"]) == 0
+    ev = json.loads((tmp_path / "p.metrics.json").read_text())
+    kept = [r for r in rows if r["sample_id"] not in (md[0]["sample_id"], md[1]["sample_id"])]
+    truth = {r["sample_id"]: r["group"] for r in md}
+    accuracy = np.mean([truth[r["sample_id"]] == r["prediction"] for r in kept])
+    assert ev["n_evaluated"] == len(kept) and ev["n_without_value"] == len(rows) - len(kept)
+    assert ev["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert (tmp_path / "p.png").is_file()
+
+
+def test_predict_metadata_column_errors(data, tmp_path, capsys):
+    """--metadata-column without --metadata, and a column with no value for any sample, are one-line errors."""
+    model = tmp_path / "m"
+    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+                 "--output-dir", str(model), "--epochs", "1", *MODEL]) == 0
+    base = ["predict", "--model", str(model / "checkpoints/last.pt"), "--table", str(data["table"]),
+            "--output", str(tmp_path / "p.tsv"), "--device", "cpu"]
+    msg = run_err(capsys, [*base, "--metadata-column", "age"])
+    assert "--metadata-column needs --metadata" in msg
+    md = tmp_path / "md_empty.tsv"
+    md.write_text("sample_id\tage\n" + "".join(f"X{i}\t1.0\n" for i in range(3)))
+    msg = run_err(capsys, [*base, "--metadata", str(md), "--metadata-column", "age"])
+    assert msg.startswith("error:") and "no usable value" in msg and "md_empty.tsv" in msg
 
 
 def _pretrain_args(data, out, *extra):

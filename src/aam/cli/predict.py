@@ -13,6 +13,9 @@ from aam.cli import options as O
 @O.apply(O.table_options())
 @O.opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None,
        help="Metadata TSV with the categorical columns the model was trained with.")
+@O.opt("Data", "--metadata-column", default=None,
+       help="Evaluate: compare the predictions with this column of --metadata; writes <output>.metrics.json "
+            "and a plot <output>.png (predicted vs true, or a confusion matrix).")
 @O.opt("Data", "--rarefy/--no-rarefy", default=True,
        help="Rarefy to the training depth with the training seed (samples under it are skipped and reported).")
 @O.opt("Training", "--batch-size", type=int, default=8, help="Samples per batch.")
@@ -26,7 +29,13 @@ def predict(**kw) -> int:
 
     if kw["batch_size"] < 1:
         raise click.UsageError("--batch-size must be >= 1")
+    if kw["metadata_column"] and not kw["metadata"]:
+        raise click.UsageError("--metadata-column needs --metadata (the file holding that column)")
     res = run_predict(kw)
     click.echo(f"wrote {res['n_predicted']} predictions to {res['output']}"
                + (f"; {len(res['skipped'])} sample(s) skipped (see the log)" if res["skipped"] else ""))
+    if "evaluation" in res:
+        ev = res["evaluation"]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items())
+        click.echo(f"{ev['column']} on {ev['n_evaluated']} samples: {shown}; plot {ev['plot']}")
     return 0

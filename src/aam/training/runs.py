@@ -468,4 +468,57 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
         log.warning("%d sample(s) were not predicted (listed with reasons in %s): %s", len(prepared.dropped), skipped,
                     ", ".join(sorted(prepared.dropped)[:20]))
     log.info("wrote %d predictions to %s", len(rows), output)
-    return {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
+    result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
+    if kw.get("metadata_column") and rows:
+        result["evaluation"] = _evaluate_predictions(kw, rows, labels, output)
+    return result
+
+
+def _require_some(mask: np.ndarray, column: str, path: str) -> None:
+    if not mask.any():
+        raise InputError(f"column {column!r} of {path} has no usable value for any predicted sample; check the "
+                         "column name and that its sample IDs match the table's")
+
+
+def _evaluate_predictions(kw: dict[str, Any], rows: list[list[str]], labels: list[str] | None,
+                          output: Path) -> dict[str, Any]:
+    """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
+
+    Samples without a value in the column are left out (and counted); for a classifier, so are samples
+    whose label the model never saw in training (named in the log)."""
+    from aam.cli.common import write_json
+    from aam.training import plots
+    from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
+
+    col = kw["metadata_column"].strip()
+    md = meta.load_metadata(kw["metadata"])
+    ids = [r[0] for r in rows]
+    if labels is None:
+        truth, mask = meta.numeric_target(md, col, ids, kw["metadata"])
+        _require_some(mask, col, kw["metadata"])
+        pred = np.array([float(r[1]) for r in rows])
+        metrics = regression_metrics(truth[mask], pred[mask])
+        plot = plots.predicted_vs_true(truth[mask], pred[mask], output.with_name(output.stem + ".png"),
+                                       f"{col}: R2 {metrics.get('r2', float('nan')):.3f}", f"{col} (metadata)",
+                                       f"{col} (predicted)")
+    else:
+        truth, mask = meta.categorical_values(md, col, ids)
+        index = {lab: k for k, lab in enumerate(labels)}
+        unseen = sorted({str(t) for t, m in zip(truth, mask, strict=True) if m and str(t) not in index})
+        if unseen:
+            log.warning("labels of column %r that the model never saw in training are left out of the "
+                        "metrics: %s", col, ", ".join(unseen[:20]))
+        mask = mask & np.array([str(t) in index for t in truth])
+        _require_some(mask, col, kw["metadata"])
+        y_true = np.array([index[str(t)] for t, m in zip(truth, mask, strict=True) if m], dtype=np.int64)
+        y_pred = np.array([index[r[1]] for r, m in zip(rows, mask, strict=True) if m], dtype=np.int64)
+        metrics = classification_metrics(y_true, y_pred, len(labels))
+        plot = plots.confusion_matrix_plot(confusion_matrix(y_true, y_pred, len(labels)), labels,
+                                           output.with_name(output.stem + ".png"),
+                                           f"{col}: accuracy {metrics.get('accuracy', float('nan')):.3f}")
+    evaluation = {"column": col, "n_evaluated": int(mask.sum()), "n_without_value": int((~mask).sum()),
+                  "metrics": metrics, "plot": str(plot)}
+    write_json(output.with_name(output.stem + ".metrics.json"), evaluation)
+    log.info("%s on %d samples: %s (plot %s)", col, evaluation["n_evaluated"],
+             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), plot)
+    return evaluation

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from attention_parity import assert_parity, make_case, poison_outputs
 
 from aam.errors import BackendUnavailable
 from aam.ops import _ext
 from aam.ops import attention as A
 from aam.ops.attention import masked_attention, masked_attention_varlen
+from attention_parity import assert_parity, make_case, poison_outputs
 
 HAVE_CPU_KERNEL = _ext.cpu_module() is not None and hasattr(_ext.cpu_module(), "attention_forward")
 needs_cpu_kernel = pytest.mark.skipif(not HAVE_CPU_KERNEL, reason="aam._C with attention not built (make dev)")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_parity import assert_parity, make_case, poison_outputs
 
 from aam.errors import BackendUnavailable
 from aam.ops import attention as A
 from aam.ops.attention import masked_attention
+from attention_parity import assert_parity, make_case, poison_outputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
 GPU_BACKENDS = ["custom", "triton", "sdpa"]

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+
 from subprocess_env import child_env
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

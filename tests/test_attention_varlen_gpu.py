@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_parity import poison_outputs
-from varlen_parity import assert_varlen_parity, make_varlen_case
 
 from aam.ops import attention as A
+from attention_parity import poison_outputs
+from varlen_parity import assert_varlen_parity, make_varlen_case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
 LENGTHS = [0, 1, 7, 150, 64, 65, 0, 300, 2]

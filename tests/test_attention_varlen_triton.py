@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+
 from subprocess_env import child_env
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -109,9 +110,8 @@ if DEVICE is not None:
 
     @pytest.fixture(autouse=True)
     def _poison(monkeypatch):
-        from attention_parity import poison_outputs
-
         import aam.kernels.attention as tk
+        from attention_parity import poison_outputs
 
         poison_outputs(monkeypatch)
         poison_outputs(monkeypatch, tk)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import skbio
-from subprocess_env import child_env
 
 from aam.data.biom_io import load_table
 from aam.data.metadata import load_metadata, numeric_target
 from aam.data.sequences import feature_sequences
 from aam.data.synthetic import make_dataset, write_dataset
 from aam.data.tokenizer import tokenize
+from subprocess_env import child_env
 
 
 def _digest(paths: dict[str, Path]) -> dict[str, str]:

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
-from subprocess_env import child_env
 
 from aam.data import synthetic
+from subprocess_env import child_env
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

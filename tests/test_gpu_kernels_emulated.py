@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from attention_parity import FLOORS, make_case, run
-from varlen_parity import assert_varlen_parity, make_varlen_case
 
 from aam.ops import _ext
 from aam.ops import attention as A
 from aam.ops import pairwise_loss as P
 from aam.ops._parity import assert_parity
+from attention_parity import FLOORS, make_case, run
+from varlen_parity import assert_varlen_parity, make_varlen_case
 
 CANARY = 4096  # bytes of 0xFF before and after every buffer
 ELT = {0: 4, 1: 2, 2: 2}  # bytes per element of the kernels' dtype codes

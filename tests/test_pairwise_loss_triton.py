@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+
 from subprocess_env import child_env
 
 CASES = [

@@ -5,9 +5,9 @@ precision, with the floors of tests/attention_parity.py."""
 from __future__ import annotations
 
 import torch
-from attention_parity import FLOORS
 
 from aam.ops import attention as A
+from attention_parity import FLOORS
 
 
 def make_varlen_case(lengths: list[int], h: int, d: int, seed: int, device: str = "cpu"):

@@ -434,8 +434,12 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=kw["batch_size"], shuffle=False, collate_fn=collate,
                                              num_workers=kw["num_workers"])
         preds, out_ids = [], []
+        from tqdm.auto import tqdm
+
+        bar = tqdm(loader, desc="predict", unit="batch", leave=False,
+                   disable=os.environ.get("AAM_NO_PROGRESS") is not None)
         with torch.no_grad():
-            for batch in loader:
+            for batch in bar:
                 c = batch.get("categorical")
                 res = model(tokens=batch["tokens"].to(device), asv_index=batch["asv_index"].to(device),
                             offsets=batch["offsets"].to(device), counts=batch["counts"].to(device),

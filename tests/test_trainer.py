@@ -97,6 +97,26 @@ def test_scheduler_steps_once_per_optimizer_step(tmp_path):
     assert t.warmup_steps == 1
 
 
+def test_base_lr_scale_slows_only_the_pretrained_encoder(tmp_path):
+    t = make_trainer(tmp_path, task="regression", base_lr_scale=0.1, warmup_steps=0)
+    names = {id(p): n for n, p in t.model.named_parameters()}
+    groups = t.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(names)  # every parameter kept, in one group
+    for g in groups:
+        in_base = {names[id(p)].startswith("base_model.") for p in g["params"]}
+        assert len(in_base) == 1  # never mixed
+        assert g["initial_lr"] == pytest.approx(1e-4 if in_base.pop() else 1e-3)
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.01}  # the decay split survives
+    frozen = make_trainer(tmp_path / "f", task="regression", base_lr_scale=0.0)
+    before = {n: p.detach().clone() for n, p in frozen.model.named_parameters()}
+    frozen.fit()
+    after = dict(frozen.model.named_parameters())
+    assert all(torch.equal(v, after[n]) for n, v in before.items() if n.startswith("base_model."))
+    assert not torch.equal(before["target_head.weight"], after["target_head.weight"])
+    with pytest.raises(AAMError, match="base-lr-scale"):
+        TrainConfig(base_lr_scale=-1.0)
+
+
 def test_fit_writes_checkpoints_and_history(tmp_path):
     t = make_trainer(tmp_path)
     hist = t.fit()

@@ -62,6 +62,7 @@ def _train_config(kw: dict[str, Any], best_metric: str) -> TrainConfig:
         best_metric=best_metric, nuc_mask_ratio=kw["nuc_mask_ratio"], nuc_mask_strategy=kw["nuc_mask_strategy"],
         nuc_asv_fraction=kw["nuc_asv_fraction"], log_every=max(1, kw["log_every"]), checkpoint_every=kw["checkpoint_every"], max_steps=kw["max_steps"],
         seed=kw["seed"], num_workers=kw["num_workers"], progress=os.environ.get("AAM_NO_PROGRESS") is None,
+        base_lr_scale=kw.get("base_lr_scale", 1.0),
     )
 
 
@@ -340,7 +341,7 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
             quantiles=LossConfig(loss_type=kw["loss_type"], quantiles=_floats(kw["quantiles"])).quantiles
             if kw["loss_type"] == "quantile" and not kw["classifier"] else [],
             count_prediction=kw["count_prediction"], count_target=kw["count_target"], count_heads=heads,
-            count_layers=1, target_heads=heads, target_layers=layers,
+            count_layers=1, target_heads=heads, target_layers=layers, target_input=kw["target_input"],
             categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
             if pre.category_encoder else [],
             categorical_embed_dim=kw["categorical_embed_dim"], categorical_fusion=kw["categorical_fusion"])

@@ -228,3 +228,14 @@ def test_compile_failure_falls_back_to_eager(tmp_path):
 def test_compile_skipped_on_rocm(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)
     assert make_trainer(tmp_path, epochs=1, compile_model=True).compiled_model is None
+
+
+def test_base_lr_scale_default_follows_the_pretrained_encoder_and_resume():
+    from aam.training.runs import _base_lr_scale
+
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": "pre/best.pt"}) == 0.1
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}) == 1.0  # from scratch: one rate
+    assert _base_lr_scale({"base_lr_scale": 0.5, "pretrained_encoder": "pre/best.pt"}) == 0.5
+    resumed = {"trainer_state": {"train_config": {"base_lr_scale": 0.1}}}
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}, resumed) == 0.1
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}, {"trainer_state": {}}) == 1.0

@@ -120,6 +120,38 @@ def test_gmu_fusion_depends_on_codes_and_round_trips():
     assert model.categorical_gate.in_features == 16 + 2 * cfg.categorical_embed_dim
 
 
+@pytest.mark.parametrize("target_input", ["embedding", "both"])
+def test_target_head_reads_the_pretrained_pooled_embedding(target_input):
+    torch.manual_seed(0)
+    model = SequencePredictor(tiny(kind="predictor", target_input=target_input, dropout=0.0)).eval()
+    out = model(**batch())
+    emb = model.embedding_norm(out["embeddings"])
+    w = model.target_head.weight
+    if target_input == "embedding":
+        assert not hasattr(model, "target_encoder")  # no unused (DDP-breaking) parameters
+        expected = emb @ w.T + model.target_head.bias
+    else:  # [token-pooled; embedding] -> head: with the token half of the weights zeroed only the embedding is left
+        assert w.shape == (1, 32)
+        expected = emb @ w[:, 16:].T + model.target_head.bias
+        assert not torch.allclose(out["target"], expected)
+        with torch.no_grad():
+            w[:, :16] = 0
+        out = model(**batch())
+    torch.testing.assert_close(out["target"], expected)
+    model.train()(**batch())["target"].sum().backward()
+    assert model.base_model.pooling.score.weight.grad.abs().sum() > 0  # the pooled embedding is fine-tuned
+
+
+def test_target_input_embedding_needs_gmu_for_categoricals():
+    with pytest.raises(AAMError, match="categorical-fusion gmu"):
+        tiny(kind="predictor", target_input="embedding", categorical_cardinalities=[3])
+    with pytest.raises(AAMError, match="target-input"):
+        tiny(kind="predictor", target_input="pooled")
+    cfg = tiny(kind="predictor", target_input="embedding", categorical_cardinalities=[3, 2], categorical_fusion="gmu")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert SequencePredictor(cfg)(**batch())["target"].shape == (3, 1)
+
+
 def test_predictor_classifier_and_quantile_width():
     assert SequencePredictor(tiny(kind="predictor", n_classes=4))(**batch())["target"].shape == (3, 4)
     assert SequencePredictor(tiny(kind="predictor", quantiles=[0.1, 0.5, 0.9]))(**batch())["target"].shape == (3, 3)

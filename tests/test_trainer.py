@@ -97,6 +97,26 @@ def test_scheduler_steps_once_per_optimizer_step(tmp_path):
     assert t.warmup_steps == 1
 
 
+def test_base_lr_scale_slows_only_the_pretrained_encoder(tmp_path):
+    t = make_trainer(tmp_path, task="regression", base_lr_scale=0.1, warmup_steps=0)
+    names = {id(p): n for n, p in t.model.named_parameters()}
+    groups = t.optimizer.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(names)  # every parameter kept, in one group
+    for g in groups:
+        in_base = {names[id(p)].startswith("base_model.") for p in g["params"]}
+        assert len(in_base) == 1  # never mixed
+        assert g["initial_lr"] == pytest.approx(1e-4 if in_base.pop() else 1e-3)
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.01}  # the decay split survives
+    frozen = make_trainer(tmp_path / "f", task="regression", base_lr_scale=0.0)
+    before = {n: p.detach().clone() for n, p in frozen.model.named_parameters()}
+    frozen.fit()
+    after = dict(frozen.model.named_parameters())
+    assert all(torch.equal(v, after[n]) for n, v in before.items() if n.startswith("base_model."))
+    assert not torch.equal(before["target_head.weight"], after["target_head.weight"])
+    with pytest.raises(AAMError, match="base-lr-scale"):
+        TrainConfig(base_lr_scale=-1.0)
+
+
 def test_fit_writes_checkpoints_and_history(tmp_path):
     t = make_trainer(tmp_path)
     hist = t.fit()
@@ -208,3 +228,14 @@ def test_compile_failure_falls_back_to_eager(tmp_path):
 def test_compile_skipped_on_rocm(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)
     assert make_trainer(tmp_path, epochs=1, compile_model=True).compiled_model is None
+
+
+def test_base_lr_scale_default_follows_the_pretrained_encoder_and_resume():
+    from aam.training.runs import _base_lr_scale
+
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": "pre/best.pt"}) == 0.1
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}) == 1.0  # from scratch: one rate
+    assert _base_lr_scale({"base_lr_scale": 0.5, "pretrained_encoder": "pre/best.pt"}) == 0.5
+    resumed = {"trainer_state": {"train_config": {"base_lr_scale": 0.1}}}
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}, resumed) == 0.1
+    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}, {"trainer_state": {}}) == 1.0

@@ -33,6 +33,11 @@ from aam.cli import options as O
        help="How categorical embeddings join: concat/add into every ASV slot, or gmu (gated multimodal unit "
             "on the pooled sample: h + sigmoid(W_g [h; c]) * tanh(W_c c)).")
 @O.opt("Model", "--categorical-embed-dim", type=int, default=16, help="Embedding width per categorical column.")
+@O.opt("Training", "--base-lr-scale", type=float, default=None, show_default="0.1 with --pretrained-encoder, else 1",
+       help="Learning rate of the pretrained encoder relative to --lr (the new heads); 0 = frozen but in train mode.")
+@O.opt("Model", "--target-input", type=click.Choice(["tokens", "embedding", "both"]), default="both",
+       help="What the target head reads: a target transformer over the ASV slots (tokens), the encoder's pooled "
+            "(pretrained UniFrac-space) sample embedding, or both concatenated.")
 @O.opt("Model", "--count-prediction/--no-count-prediction", default=True, help="Predict per-ASV abundances too.")
 @O.opt("Model", "--count-target", type=click.Choice(["log", "relative"]), default="log",
        help="Count head target: log1p(reads) (MSE) or relative abundance (cross-entropy).")

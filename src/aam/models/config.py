@@ -11,6 +11,7 @@ MODEL_KINDS = ("encoder", "predictor")
 COUNT_EMBEDDINGS = ("none", "add", "film")
 COUNT_TARGETS = ("log", "relative")
 FUSIONS = ("concat", "add", "gmu")
+TARGET_INPUTS = ("tokens", "embedding", "both")
 
 
 @dataclass
@@ -53,6 +54,9 @@ class ModelConfig:
     target_heads: int = 4
     target_layers: int = 2
     target_layer_norm: bool = True
+    # What the target head reads: "tokens" (target transformer over the ASV slots, attention-pooled),
+    # "embedding" (the base's pooled, pretrained sample embedding) or "both" (the two concatenated).
+    target_input: str = "tokens"
     categorical_cardinalities: list[int] = field(default_factory=list)
     categorical_embed_dim: int = 16
     categorical_fusion: str = "concat"
@@ -69,6 +73,10 @@ class ModelConfig:
              f"--count-embedding must be one of {COUNT_EMBEDDINGS}, got {self.count_embedding!r}"),
             (self.count_target in COUNT_TARGETS, f"count target must be one of {COUNT_TARGETS}"),
             (self.categorical_fusion in FUSIONS, f"--categorical-fusion must be one of {FUSIONS}"),
+            (self.target_input in TARGET_INPUTS, f"--target-input must be one of {TARGET_INPUTS}"),
+            (not (self.target_input == "embedding" and self.categorical_cardinalities
+                  and self.categorical_fusion != "gmu"),
+             "--target-input embedding joins categorical columns after pooling only: use --categorical-fusion gmu"),
             (d > 0 and self.max_bp > 0 and self.token_limit > 0,
              "--embedding-dim, --max-bp and --token-limit must be positive"),
             (0 <= self.kmer_size <= 8, "kmer_size must be between 0 (off) and 8"),

@@ -48,10 +48,15 @@ class SequencePredictor(nn.Module):
             self.categorical_projection = nn.Linear(in_dim, d)  # gmu: W_c
             if config.categorical_fusion == "gmu":
                 self.categorical_gate = nn.Linear(d + cat_dim, d)  # W_g
-        self.target_encoder = _stack(config, config.target_heads, config.target_layers)
-        self.target_pooling = AttentionPooling(d)
-        self.target_norm = nn.LayerNorm(d) if config.target_layer_norm else nn.Identity()
-        self.target_head = nn.Linear(d, self.output_width)
+        if config.target_input != "embedding":
+            self.target_encoder = _stack(config, config.target_heads, config.target_layers)
+            self.target_pooling = AttentionPooling(d)
+            self.target_norm = nn.LayerNorm(d) if config.target_layer_norm else nn.Identity()
+        if config.target_input != "tokens":
+            # The pretrained pooled embedding has norm ~1 (UniFrac scale); rescale it for the head.
+            self.embedding_norm = nn.LayerNorm(d)
+        width = 2 * d if config.target_input == "both" else d
+        self.target_head = nn.Linear(width, self.output_width)
         nn.init.xavier_uniform_(self.target_head.weight)
         nn.init.zeros_(self.target_head.bias)
 
@@ -87,11 +92,16 @@ class SequencePredictor(nn.Module):
             else:
                 x = x + self.categorical_projection(cat.to(x.dtype))
             x = x * keep  # padded slots stay zero after fusion
-        h = self.target_encoder(x, ~valid) * keep
-        pooled = self.target_norm(self.target_pooling(h, valid))
+        if self.config.target_input == "embedding":
+            pooled = self.embedding_norm(out["embeddings"])
+        else:
+            h = self.target_encoder(x, ~valid) * keep
+            pooled = self.target_norm(self.target_pooling(h, valid))
         if fusion == "gmu":  # gated multimodal unit on the pooled sample: h + sigmoid(W_g [h; c]) * tanh(W_c c)
             c = self.categorical(categorical).to(pooled.dtype)
             gate = torch.sigmoid(self.categorical_gate(torch.cat([pooled, c], dim=-1)))
             pooled = pooled + gate * torch.tanh(self.categorical_projection(c))
+        if self.config.target_input == "both":
+            pooled = torch.cat([pooled, self.embedding_norm(out["embeddings"])], dim=-1)
         out["target"] = self.target_head(pooled)
         return out

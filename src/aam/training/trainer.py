@@ -61,6 +61,21 @@ class LayoutCollate:
         return batch
 
 
+def _scale_base_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> None:
+    """Split each param group into base_model / other parameters; the base ones get lr * scale."""
+    base = {id(p) for name, p in model.named_parameters() if "base_model." in name}
+    groups = []
+    for group in optimizer.param_groups:
+        params = group.pop("params")
+        for in_base in (False, True):
+            sub = [p for p in params if (id(p) in base) == in_base]
+            if sub:
+                groups.append({**group, "params": sub, "lr": group["lr"] * (scale if in_base else 1.0)})
+    optimizer.param_groups.clear()
+    for g in groups:
+        optimizer.add_param_group(g)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 100
@@ -68,6 +83,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int | None = None
+    # LR of a SequencePredictor's pretrained `base_model` relative to `lr` (the new heads): fine-tuning at the
+    # heads' rate with still-random heads degrades the pretrained features.
+    base_lr_scale: float = 1.0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "none"
@@ -97,6 +115,8 @@ class TrainConfig:
             raise AAMError(f"--mixed-precision must be one of {PRECISIONS}")
         if self.best_metric not in BEST_METRICS:
             raise AAMError(f"--best-metric must be one of {BEST_METRICS}")
+        if self.base_lr_scale < 0:
+            raise AAMError(f"--base-lr-scale must be >= 0, got {self.base_lr_scale}")
         if self.epochs < 1:
             raise AAMError("--epochs must be >= 1")
 
@@ -189,6 +209,8 @@ class Trainer:
         self.warmup_steps = config.warmup_steps if config.warmup_steps is not None else default_warmup(self.total_steps)
 
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
+        if config.base_lr_scale != 1.0:
+            _scale_base_lr(self.optimizer, self.model, config.base_lr_scale)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         amp = config.mixed_precision
         if amp != "none" and device.type == "cpu" and amp == "fp16":

@@ -7,7 +7,10 @@ modules and the Triton kernels.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import aam
@@ -19,3 +22,16 @@ def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def pytest_file_in_interpreter(test_file: str) -> None:
+    """Re-run `test_file` in a child pytest with TRITON_INTERPRET=1 (it must be set before triton is imported
+    and must not leak into the rest of the suite) and assert that its tests passed."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+                          env=child_env(TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout

@@ -8,34 +8,22 @@ runs with TRITON_INTERPRET=1, the one collected test re-runs this file in a chil
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from subprocess_env import child_env
+from subprocess_env import has_triton, pytest_file_in_interpreter
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = [pytest.mark.triton]
 
 
-def _has_triton() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
-
-
 if not INTERPRET:
 
     @pytest.mark.slow
-    @pytest.mark.skipif(not _has_triton(), reason="triton is not installed")
+    @pytest.mark.skipif(not has_triton(), reason="triton is not installed")
     def test_triton_kernels_in_interpreter_subprocess():
-        env = child_env(TRITON_INTERPRET="1")
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                              env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-        assert " passed" in proc.stdout
+        pytest_file_in_interpreter(__file__)
 
 if INTERPRET:
 

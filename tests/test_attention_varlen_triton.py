@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from subprocess_env import child_env
+from subprocess_env import has_triton, pytest_file_in_interpreter
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 pytestmark = [pytest.mark.triton]
-
-
-def _has_triton() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
 
 
 if INTERPRET:
     DEVICE = torch.device("cpu")
     DTYPES = [torch.float32, torch.float16]
     HEAD_DIMS = [16, 32]
-elif torch.cuda.is_available() and _has_triton():
+elif torch.cuda.is_available() and has_triton():
     DEVICE = torch.device("cuda")
     DTYPES = [torch.float32, torch.float16, torch.bfloat16]
     HEAD_DIMS = [16, 32, 64, 128]
@@ -42,13 +34,9 @@ else:
 if not INTERPRET:
 
     @pytest.mark.slow
-    @pytest.mark.skipif(not _has_triton(), reason="triton is not installed")
+    @pytest.mark.skipif(not has_triton(), reason="triton is not installed")
     def test_triton_varlen_in_interpreter_subprocess():
-        env = child_env(TRITON_INTERPRET="1")
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                              env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-        assert " passed" in proc.stdout
+        pytest_file_in_interpreter(__file__)
 
 
 def _cu(lengths: list[int]) -> torch.Tensor:

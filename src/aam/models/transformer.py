@@ -98,9 +98,6 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(dim, eps=1e-6)
         self.gradient_checkpointing = gradient_checkpointing
         self.packed = packed
-        self.kernels = kernels
-        self.heads = heads
-        self.attention_dropout = attention_dropout
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         packing = self._packing(x, pad)
@@ -120,17 +117,17 @@ class Transformer(nn.Module):
 
     def _packing(self, x: torch.Tensor, pad: torch.Tensor | None) -> Packing | None:
         """How to pack this batch, or None to run padded (no padding, no varlen kernel, or compiling)."""
-        if not self.packed or pad is None or torch.compiler.is_compiling() or x.shape[0] * x.shape[1] == 0:
+        if not self.packed or pad is None or not self.blocks or torch.compiler.is_compiling():
             return None
-        if not bool(pad.any()):  # nothing to skip (e.g. 16S reads of one length)
-            return None
-        dropout = self.attention_dropout if self.training else 0.0
+        attn = self.blocks[0].attn
+        dropout = attn.attention_dropout if self.training else 0.0
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        backend = packed_backend(self.kernels, x.device, dtype, x.shape[2] // self.heads, dropout, x.shape[1])
+        backend = packed_backend(attn.kernels, x.device, dtype, x.shape[2] // attn.heads, dropout, x.shape[1])
         if backend is None:
             return None
         packing = Packing.from_padding(pad, backend)
-        return packing if packing.index.numel() > 0 else None
+        # Nothing valid, or nothing to skip (e.g. 16S reads of one length): run padded.
+        return packing if 0 < packing.index.numel() < pad.numel() else None
 
 
 class AttentionPooling(nn.Module):

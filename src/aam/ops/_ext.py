@@ -68,6 +68,11 @@ def has_triton() -> tuple[bool, str]:
     return True, ""
 
 
+def auto_skips_triton_interpreter(req: dict) -> str | None:
+    """`auto_refusal` of every Triton backend: on the CPU it runs only in the interpreter, which is for tests."""
+    return "the triton interpreter is for tests only" if req["device"].type == "cpu" else None
+
+
 def module_with(device: torch.device, symbol: str) -> tuple[ModuleType | None, str | None]:
     """The compiled module serving `device` if it exports `symbol`, else (None, the reason why not).
 

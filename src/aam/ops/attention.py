@@ -19,7 +19,6 @@ so they work under autograd, torch.compile and opcheck.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 
@@ -33,7 +32,6 @@ OP = "masked_attention"
 OP_VARLEN = "masked_attention_varlen"
 GPU_HEAD_DIMS = (16, 32, 64, 128)
 _HALF = (torch.float16, torch.bfloat16)
-log = logging.getLogger("aam.ops")
 
 
 # ---- math ---------------------------------------------------------------------------------------
@@ -524,20 +522,9 @@ def _varlen_triton(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p):
     return _triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale)[0]
 
 
-def _check_triton_varlen(req: registry.Request) -> str | None:
-    """Same rules as the padded triton kernels (they are the same kernels)."""
-    return _check_triton(req)
 
 
 # ---- registration and dispatch ------------------------------------------------------------------
-
-registry.register(OP, "math", _math, lambda req: None, priority=0)
-registry.register(OP, "sdpa", _sdpa, _check_sdpa, priority=10, self_check=_sdpa_self_check)
-registry.register(OP, "custom", _custom, _check_custom, priority=20)
-registry.register(OP, "triton", _triton, _check_triton, priority=30)
-registry.register(OP_VARLEN, "math", _varlen_math, lambda req: None, priority=0)
-registry.register(OP_VARLEN, "custom", _varlen_custom, _check_varlen_custom, priority=20)
-registry.register(OP_VARLEN, "triton", _varlen_triton, _check_triton_varlen, priority=30)
 
 # CPU: custom vs SDPA fwd+bwd, measured with benchmarks/bench_attention.py and dense runs (2 cores, H=4,
 # Dh=32): custom is 1.3-2x faster on padded batches at every shape and 1.5-1.7x on dense rows up to
@@ -546,35 +533,24 @@ registry.register(OP_VARLEN, "triton", _varlen_triton, _check_triton_varlen, pri
 CPU_CUSTOM_MAX_DENSE_LEN = 512
 
 
-def _auto_refusal(name: str, req: registry.Request) -> str | None:
-    """Reasons `auto` skips a backend that could run (an explicit choice still runs it)."""
-    dev = req["device"]
-    if name == "triton" and dev.type == "cpu":
-        return "the triton interpreter is for tests only"
-    if name == "custom" and dev.type == "cpu" and not req.get("padded", True) \
+def _auto_skips_custom(req: registry.Request) -> str | None:
+    """`auto` leaves long unpadded rows on the CPU to SDPA (an explicit `custom` still runs them)."""
+    if req["device"].type == "cpu" and not req.get("padded", True) \
             and req.get("long_rows", req.get("seq_len", 0) > CPU_CUSTOM_MAX_DENSE_LEN):
         return f"sdpa is as fast on the CPU for unpadded rows longer than {CPU_CUSTOM_MAX_DENSE_LEN}"
     return None
 
 
-_logged: set[tuple] = set()
+registry.register(OP, "math", _math, lambda req: None, priority=0)
+registry.register(OP, "sdpa", _sdpa, _check_sdpa, priority=10, self_check=_sdpa_self_check)
+registry.register(OP, "custom", _custom, _check_custom, priority=20, auto_refusal=_auto_skips_custom)
+registry.register(OP, "triton", _triton, _check_triton, priority=30, auto_refusal=_ext.auto_skips_triton_interpreter)
+registry.register(OP_VARLEN, "math", _varlen_math, lambda req: None, priority=0)
+registry.register(OP_VARLEN, "custom", _varlen_custom, _check_varlen_custom, priority=20)
+registry.register(OP_VARLEN, "triton", _varlen_triton, _check_triton, priority=30,
+                  auto_refusal=_ext.auto_skips_triton_interpreter)
+
 _IMPLS = {(b.op, b.name): b.fn for op in (OP, OP_VARLEN) for b in registry.backends(op)}
-
-
-def _select(op: str, requested: str, req: registry.Request) -> str:
-    if requested != "auto":
-        return registry.select(op, requested, req).name
-    refused = []
-    for b in registry.backends(op):
-        reason = b.check(req) or registry.run_self_check(b, req["device"]) or _auto_refusal(b.name, req)
-        if reason is None:
-            key = (op, b.name, req["device"].type, str(req["dtype"]))
-            if refused and key not in _logged:
-                _logged.add(key)
-                log.info("%s: using %s (%s)", op, b.name, "; ".join(refused))
-            return b.name
-        refused.append(f"{b.name}: {reason}")
-    raise BackendUnavailable(f"{op}: no backend can run this request: {'; '.join(refused)}")
 
 
 @torch.compiler.assume_constant_result
@@ -587,7 +563,7 @@ def _select_name(op: str, requested: str, device_type: str, dtype: str, head_dim
     """
     req = {"device": torch.device(device_type), "dtype": getattr(torch, dtype), "head_dim": head_dim,
            "long_rows": long_rows, "same_len": same_len, "dropout_p": dropout, "padded": padded}
-    return _select(op, registry.resolve_name(op, requested), req)
+    return registry.select(op, registry.resolve_name(op, requested), req).name
 
 
 def _head_dim_const(dim) -> int:
@@ -679,9 +655,7 @@ def packed_backend(requested: str, device: torch.device, dtype: torch.dtype, hea
     one that has no varlen kernel for this request, keeps the padded op, which then runs (or explains
     why it cannot) as usual.
     """
-    if requested not in registry.BACKEND_CHOICES or requested == "math":
-        return None
-    if requested != "auto" and requested not in {b.name for b in registry.backends(OP_VARLEN)}:
+    if requested == "math" or (requested != "auto" and requested not in {b.name for b in registry.backends(OP_VARLEN)}):
         return None
     try:
         name = _select_name(OP_VARLEN, requested, device.type, _dtype_name(dtype), _head_dim_const(head_dim),

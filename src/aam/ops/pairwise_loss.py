@@ -263,8 +263,7 @@ def _check_triton(req: registry.Request) -> str | None:
 
 registry.register(OP, "custom", pairwise_loss_custom, _check_custom, priority=20)
 registry.register(OP, "triton", pairwise_loss_triton, _check_triton, priority=30,
-                  auto_refusal=lambda req: "the triton interpreter is for tests only" if req["device"].type == "cpu"
-                  else None)
+                  auto_refusal=_ext.auto_skips_triton_interpreter)
 
 
 # ---- public op -----------------------------------------------------------------------------------

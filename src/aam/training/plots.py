@@ -16,6 +16,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
 def training_curves(history: list[dict[str, float]], path: Path) -> Path:
     """One panel per loss/metric key seen in the per-epoch history (train_* and val_* overlaid)."""
     plt = _plt()
@@ -35,11 +44,7 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
         ax.legend()
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title: str, xlabel: str = "true",
@@ -54,11 +59,7 @@ def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
@@ -73,8 +74,4 @@ def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -126,7 +126,6 @@ def _distance_source_from_resume(kw: dict[str, Any], resume: dict[str, Any] | No
                   drop_missing_features=source.get("drop_missing_features", False))
     else:
         kw.update(unifrac_matrix=source["matrix"], unifrac_ids=source.get("ids"))
-    log.info("resuming with the checkpoint's distance source: %s", source.get("tree") or source.get("matrix"))
 
 
 def _check_distance_source(kw: dict[str, Any], required: bool) -> bool:
@@ -408,6 +407,8 @@ def _floats(text: str | None) -> list[float]:
 
 # ---------------------------------------------------------------------------------------------- predict
 def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     from aam.cli.common import resolve_device, setup_logging
 
     setup_logging(None)
@@ -426,11 +427,11 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
     prepared = prepare_table(kw["table"], kw["sequences"], depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     cat = None
+    md = meta.load_metadata(kw["metadata"]) if kw["metadata"] else None
     if pre.category_encoder:
         cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
-        if not kw["metadata"]:
+        if md is None:
             raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
-        md = meta.load_metadata(kw["metadata"])
         meta.require_columns(md, cenc.columns, kw["metadata"])
         absent = [s for s in ids if s not in md.index]
         if absent:
@@ -447,8 +448,6 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=kw["batch_size"], shuffle=False, collate_fn=collate,
                                              num_workers=kw["num_workers"])
         preds, out_ids = [], []
-        from tqdm.auto import tqdm
-
         bar = tqdm(loader, desc="predict", unit="batch", leave=False,
                    disable=os.environ.get("AAM_NO_PROGRESS") is not None)
         with torch.no_grad():
@@ -487,7 +486,7 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
     log.info("wrote %d predictions to %s", len(rows), output)
     result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
     if kw.get("metadata_column") and rows:
-        result["evaluation"] = _evaluate_predictions(kw, rows, labels, output)
+        result["evaluation"] = _evaluate_predictions(kw, md, rows, labels, output)
     return result
 
 
@@ -497,7 +496,7 @@ def _require_some(mask: np.ndarray, column: str, path: str) -> None:
                          "column name and that its sample IDs match the table's")
 
 
-def _evaluate_predictions(kw: dict[str, Any], rows: list[list[str]], labels: list[str] | None,
+def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], labels: list[str] | None,
                           output: Path) -> dict[str, Any]:
     """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
 
@@ -508,7 +507,6 @@ def _evaluate_predictions(kw: dict[str, Any], rows: list[list[str]], labels: lis
     from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
 
     col = kw["metadata_column"].strip()
-    md = meta.load_metadata(kw["metadata"])
     ids = [r[0] for r in rows]
     if labels is None:
         truth, mask = meta.numeric_target(md, col, ids, kw["metadata"])

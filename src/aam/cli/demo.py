@@ -1,4 +1,4 @@
-"""`aam demo`: the whole loop on a generated dataset (no input files): pretrain -> train -> predict."""
+"""`aam demo`: the whole loop on a generated dataset (no input files): pretrain -> train -> predict -> embed."""
 
 from __future__ import annotations
 
@@ -29,32 +29,40 @@ TRAIN_LR = ["--lr", "2e-3"]
 @click.option("--kernels", default="auto", show_default=True)
 def demo(output_dir: str, samples: int, pretrain_epochs: int, train_epochs: int, seed: int, device: str,
          kernels: str) -> int:
-    """Generate a synthetic dataset and run pretrain -> train (regression on ph) -> predict with a small model."""
+    """Generate a synthetic dataset and run pretrain -> train (regression on ph) -> predict -> embed with a small model."""
     from aam.cli.main import main
     from aam.data import synthetic
 
     out = Path(output_dir)
     t0 = time.perf_counter()
-    click.echo(f"[1/4] generating {samples} samples into {out / 'data'}")
+    click.echo(f"[1/5] generating {samples} samples into {out / 'data'}")
     ds = synthetic.make_dataset(samples, n_features=250, seed=seed, min_len=60, max_len=64, richness=30,
                                 mean_depth=3000.0)
     paths = synthetic.write_dataset(ds, out / "data")
     common = ["--seed", str(seed), "--device", device, "--kernels", kernels, *SMALL_MODEL]
-    click.echo("[2/4] pretraining the encoder on UniFrac distances (computed per batch from the tree) + masked "
+    click.echo("[2/5] pretraining the encoder on UniFrac distances (computed per batch from the tree) + masked "
                "nucleotides")
     rc = main(["pretrain", "--table", str(paths["table"]), "--tree", str(paths["tree"]), "--output-dir",
                str(out / "pretrain"), "--epochs", str(pretrain_epochs), "--patience", "0", *common, *PRETRAIN_LR])
     if rc:
         return rc
-    click.echo("[3/4] fine-tuning on metadata column 'ph' (regression), split by subject")
+    click.echo("[3/5] fine-tuning on metadata column 'ph' (regression), split by subject")
     rc = main(["train", "--table", str(paths["table"]), "--metadata", str(paths["metadata"]), "--metadata-column",
                "ph", "--group-column", "subject", "--pretrained-encoder", str(out / "pretrain/checkpoints/best.pt"),
                "--output-dir", str(out / "train"), "--epochs", str(train_epochs), "--patience", "0", *common, *TRAIN_LR])
     if rc:
         return rc
-    click.echo("[4/4] predicting the whole table with the fine-tuned model")
+    click.echo("[4/5] predicting the whole table with the fine-tuned model")
     rc = main(["predict", "--model", str(out / "train/checkpoints/best.pt"), "--table", str(paths["table"]),
                "--output", str(out / "predictions.tsv"), "--device", device, "--kernels", kernels])
+    if rc:
+        return rc
+    click.echo("[5/5] embedding every sample with the pretrained encoder (+ its predicted UniFrac distances, and a "
+               "PCA plot coloured by body_site)")
+    rc = main(["embed", "--model", str(out / "pretrain/checkpoints/best.pt"), "--table", str(paths["table"]),
+               "--output", str(out / "embeddings.tsv"), "--distance-matrix", str(out / "predicted_unifrac.tsv"),
+               "--metadata", str(paths["metadata"]), "--metadata-column", "body_site", "--device", device,
+               "--kernels", kernels])
     if rc:
         return rc
     import torch
@@ -80,5 +88,6 @@ def demo(output_dir: str, samples: int, pretrain_epochs: int, train_epochs: int,
     click.echo(f"baseline (random forest on relative abundances, same split): ph MAE {rf.metrics['mae']:.3f}, "
                f"RMSE {rf.metrics['rmse']:.3f}, R2 {rf.metrics['r2']:.3f}")
     click.echo(f"plots: {out / 'pretrain/plots'}, {out / 'train/plots'}")
-    click.echo(f"predictions: {out / 'predictions.tsv'}; TensorBoard: tensorboard --logdir {out}")
+    click.echo(f"predictions: {out / 'predictions.tsv'}; embeddings: {out / 'embeddings.tsv'} (plot "
+               f"{out / 'embeddings.png'}); TensorBoard: tensorboard --logdir {out}")
     return 0

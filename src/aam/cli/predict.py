@@ -25,7 +25,7 @@ from aam.cli import options as O
             "Skipped samples go to <output>.skipped.tsv.")
 def predict(**kw) -> int:
     """Predict every sample of --table with a trained model, preprocessing it as in training."""
-    from aam.training.runs import run_predict
+    from aam.training.inference import run_predict
 
     if kw["batch_size"] < 1:
         raise click.UsageError("--batch-size must be >= 1")

@@ -1,4 +1,4 @@
-"""PNG plots (matplotlib, Agg backend): training curves, predicted vs true, confusion matrix."""
+"""PNG plots (matplotlib, Agg backend): training curves, predicted vs true, confusion matrix, embeddings."""
 
 from __future__ import annotations
 
@@ -73,5 +73,34 @@ def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: 
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def embedding_scatter(axes: np.ndarray, values: np.ndarray, mask: np.ndarray, numeric: bool, path: Path, title: str,
+                      label: str, explained: np.ndarray) -> Path:
+    """Samples on two ordination axes [n, 2], coloured by a metadata column (numeric: colour bar; otherwise one
+    colour per category, the 10 most frequent named and the rest grouped as "other"); samples without a
+    value are grey."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(axes[~mask, 0], axes[~mask, 1], s=8, c="lightgrey", label="no value" if (~mask).any() else None)
+    if numeric:
+        sc = ax.scatter(axes[mask, 0], axes[mask, 1], s=10, c=values[mask].astype(float), cmap="viridis")
+        fig.colorbar(sc, ax=ax, label=label)
+    else:
+        names = values[mask].astype(str)
+        kinds, counts = np.unique(names, return_counts=True)
+        shown = list(kinds[np.argsort(-counts, kind="stable")][:10])
+        for name in shown:
+            pick = np.flatnonzero(mask)[names == name]
+            ax.scatter(axes[pick, 0], axes[pick, 1], s=10, label=name)
+        rest = np.flatnonzero(mask)[~np.isin(names, shown)]
+        if len(rest):
+            ax.scatter(axes[rest, 0], axes[rest, 1], s=10, c="black", marker="x", label="other")
+    if not numeric or (~mask).any():
+        ax.legend(fontsize=7, loc="best", title=None if numeric else label)
+    ax.set_xlabel(f"PC1 ({100 * explained[0]:.1f}%)")
+    ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}%)" if len(explained) > 1 else "PC2")
     ax.set_title(title)
     return _save(fig, path)

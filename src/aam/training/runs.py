@@ -1,8 +1,7 @@
-"""The work behind `aam pretrain`, `aam train` and `aam predict` (click-free; options arrive as a dict)."""
+"""The work behind `aam pretrain` and `aam train` (click-free; options arrive as a dict)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import logging
@@ -23,7 +22,7 @@ from aam.models import ModelConfig, build_model, count_parameters
 from aam.training import checkpoint as ckpt
 from aam.training.data_setup import Preprocessing, make_dataset, prepare_table, report_token_limit
 from aam.training.distributed import finish_distributed
-from aam.training.losses import LossConfig, MultiTaskLoss, point_prediction
+from aam.training.losses import LossConfig, MultiTaskLoss
 from aam.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger("aam")
@@ -237,7 +236,8 @@ def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
     loss = MultiTaskLoss(LossConfig(unifrac_weight=kw["penalty"], unifrac_transform=kw["unifrac_transform"],
                                     unifrac_scale=kw["unifrac_scale"], nuc_weight=kw["nuc_penalty"],
                                     kernels=kw["kernels"]), pairwise_fn=_pairwise_hook(world, dm))
-    info = {"kind": "pretrain", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
+    info = {"kind": "pretrain", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict(),
+            "unifrac": {"transform": kw["unifrac_transform"], "scale": kw["unifrac_scale"]}}  # for `aam embed`
     trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
                       _train_config(kw, kw["best_metric"]), device, out, info, task="pretrain")
     if kw["resume"]:
@@ -403,137 +403,3 @@ def _floats(text: str | None) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
         raise AAMError(f"expected a comma-separated list of numbers, got {text!r}") from exc
-
-
-# ---------------------------------------------------------------------------------------------- predict
-def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from aam.cli.common import resolve_device, setup_logging
-
-    setup_logging(None)
-    data = ckpt.load_checkpoint(kw["model"], "train")
-    mcfg = ModelConfig.from_dict(data["model_config"])
-    mcfg.kernels = kw["kernels"]
-    pre = Preprocessing.from_dict(data["preprocessing"])
-    device = resolve_device(kw["device"])
-    model = build_model(mcfg)
-    model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
-    model.to(device).eval()
-    depth = 0 if not kw["rarefy"] else pre.rarefy_depth
-    if not kw["rarefy"] and pre.rarefy_depth and mcfg.count_embedding != "none":
-        log.warning("--no-rarefy with a model that embeds read counts: it was trained on counts rarefied to %d",
-                    pre.rarefy_depth)
-    prepared = prepare_table(kw["table"], kw["sequences"], depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
-    ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    cat = None
-    md = meta.load_metadata(kw["metadata"]) if kw["metadata"] else None
-    if pre.category_encoder:
-        cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
-        if md is None:
-            raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
-        meta.require_columns(md, cenc.columns, kw["metadata"])
-        absent = [s for s in ids if s not in md.index]
-        if absent:
-            log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
-                        len(absent), kw["metadata"], ", ".join(absent[:10]))
-        cat = cenc.transform(md, ids)
-    output = Path(kw["output"])
-    output.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[list[str]] = []
-    header = ["sample_id", "prediction"]
-    labels = None
-    if ids:
-        dataset = make_dataset(prepared, ids, pre, None, cat)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=kw["batch_size"], shuffle=False, collate_fn=collate,
-                                             num_workers=kw["num_workers"])
-        preds, out_ids = [], []
-        bar = tqdm(loader, desc="predict", unit="batch", leave=False,
-                   disable=os.environ.get("AAM_NO_PROGRESS") is not None)
-        with torch.no_grad():
-            for batch in bar:
-                c = batch.get("categorical")
-                res = model(tokens=batch["tokens"].to(device), asv_index=batch["asv_index"].to(device),
-                            offsets=batch["offsets"].to(device), counts=batch["counts"].to(device),
-                            categorical=c.to(device) if c is not None else None)
-                preds.append(res["target"].float().cpu())
-                out_ids.extend(batch["sample_ids"])
-        pred = torch.cat(preds)
-        if mcfg.is_classifier:
-            labels = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
-            probs = torch.softmax(pred, dim=1).numpy()
-            header += [f"prob_{lab}" for lab in labels]
-            for sid, p in zip(out_ids, probs, strict=True):
-                rows.append([sid, labels[int(p.argmax())], *[f"{x:.6g}" for x in p]])
-        else:
-            transform = tgt.TargetTransform.from_dict(pre.target_transform)
-            values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
-            rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
-    tmp = output.with_name(output.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, output)
-    skipped = output.with_name(output.stem + ".skipped.tsv")
-    if prepared.dropped:
-        with open(skipped, "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(["sample_id", "reason"])
-            w.writerows(sorted(prepared.dropped.items()))
-        log.warning("%d sample(s) were not predicted (listed with reasons in %s): %s", len(prepared.dropped), skipped,
-                    ", ".join(sorted(prepared.dropped)[:20]))
-    log.info("wrote %d predictions to %s", len(rows), output)
-    result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
-    if kw.get("metadata_column") and rows:
-        result["evaluation"] = _evaluate_predictions(kw, md, rows, labels, output)
-    return result
-
-
-def _require_some(mask: np.ndarray, column: str, path: str) -> None:
-    if not mask.any():
-        raise InputError(f"column {column!r} of {path} has no usable value for any predicted sample; check the "
-                         "column name and that its sample IDs match the table's")
-
-
-def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], labels: list[str] | None,
-                          output: Path) -> dict[str, Any]:
-    """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
-
-    Samples without a value in the column are left out (and counted); for a classifier, so are samples
-    whose label the model never saw in training (named in the log)."""
-    from aam.cli.common import write_json
-    from aam.training import plots
-    from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
-
-    col = kw["metadata_column"].strip()
-    ids = [r[0] for r in rows]
-    if labels is None:
-        truth, mask = meta.numeric_target(md, col, ids, kw["metadata"])
-        _require_some(mask, col, kw["metadata"])
-        pred = np.array([float(r[1]) for r in rows])
-        metrics = regression_metrics(truth[mask], pred[mask])
-        plot = plots.predicted_vs_true(truth[mask], pred[mask], output.with_name(output.stem + ".png"),
-                                       f"{col}: R2 {metrics.get('r2', float('nan')):.3f}", f"{col} (metadata)",
-                                       f"{col} (predicted)")
-    else:
-        truth, mask = meta.categorical_values(md, col, ids)
-        index = {lab: k for k, lab in enumerate(labels)}
-        unseen = sorted({str(t) for t, m in zip(truth, mask, strict=True) if m and str(t) not in index})
-        if unseen:
-            log.warning("labels of column %r that the model never saw in training are left out of the "
-                        "metrics: %s", col, ", ".join(unseen[:20]))
-        mask = mask & np.array([str(t) in index for t in truth])
-        _require_some(mask, col, kw["metadata"])
-        y_true = np.array([index[str(t)] for t, m in zip(truth, mask, strict=True) if m], dtype=np.int64)
-        y_pred = np.array([index[r[1]] for r, m in zip(rows, mask, strict=True) if m], dtype=np.int64)
-        metrics = classification_metrics(y_true, y_pred, len(labels))
-        plot = plots.confusion_matrix_plot(confusion_matrix(y_true, y_pred, len(labels)), labels,
-                                           output.with_name(output.stem + ".png"),
-                                           f"{col}: accuracy {metrics.get('accuracy', float('nan')):.3f}")
-    evaluation = {"column": col, "n_evaluated": int(mask.sum()), "n_without_value": int((~mask).sum()),
-                  "metrics": metrics, "plot": str(plot)}
-    write_json(output.with_name(output.stem + ".metrics.json"), evaluation)
-    log.info("%s on %d samples: %s (plot %s)", col, evaluation["n_evaluated"],
-             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), plot)
-    return evaluation

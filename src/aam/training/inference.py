@@ -1,0 +1,269 @@
+"""The work behind `aam predict` and `aam embed`: run a saved model over a table (click-free; options arrive
+as a dict)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aam.data import metadata as meta
+from aam.data import targets as tgt
+from aam.data.dataset import collate
+from aam.errors import AAMError, InputError
+from aam.models import ModelConfig, build_model
+from aam.training import checkpoint as ckpt
+from aam.training.data_setup import PreparedTable, Preprocessing, make_dataset, prepare_table
+from aam.training.losses import embedding_distances, point_prediction
+
+log = logging.getLogger("aam")
+
+
+# ---------------------------------------------------------------------------------------------- shared
+def _load_model(kw: dict[str, Any], kind: str | None) -> tuple[dict[str, Any], ModelConfig, Preprocessing,
+                                                              torch.nn.Module, torch.device]:
+    """Checkpoint --model -> (checkpoint dict, config, preprocessing, model in eval mode on --device)."""
+    from aam.cli.common import resolve_device, setup_logging
+
+    setup_logging(None)
+    data = ckpt.load_checkpoint(kw["model"], kind)
+    mcfg = ModelConfig.from_dict(data["model_config"])
+    mcfg.kernels = kw["kernels"]
+    pre = Preprocessing.from_dict(data["preprocessing"])
+    device = resolve_device(kw["device"])
+    model = build_model(mcfg)
+    model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
+    model.to(device).eval()
+    return data, mcfg, pre, model, device
+
+
+def _prepare(kw: dict[str, Any], mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
+    """--table preprocessed as in training (rarefied to the training depth unless --no-rarefy)."""
+    depth = pre.rarefy_depth if kw["rarefy"] else 0
+    if not kw["rarefy"] and pre.rarefy_depth and mcfg.count_embedding != "none":
+        log.warning("--no-rarefy with a model that embeds read counts: it was trained on counts rarefied to %d",
+                    pre.rarefy_depth)
+    return prepare_table(kw["table"], kw["sequences"], depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
+
+
+def _batches(kw: dict[str, Any], prepared: PreparedTable, pre: Preprocessing, ids: list[str],
+             categorical: np.ndarray | None, desc: str) -> Iterator[dict[str, Any]]:
+    """Batches of `ids` in table order, with a progress bar (AAM_NO_PROGRESS hides it)."""
+    from tqdm.auto import tqdm
+
+    dataset = make_dataset(prepared, ids, pre, None, categorical)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=kw["batch_size"], shuffle=False, collate_fn=collate,
+                                         num_workers=kw["num_workers"])
+    yield from tqdm(loader, desc=desc, unit="batch", leave=False,
+                    disable=os.environ.get("AAM_NO_PROGRESS") is not None)
+
+
+def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor | None]:
+    c = batch.get("categorical")
+    return {"tokens": batch["tokens"].to(device), "asv_index": batch["asv_index"].to(device),
+            "offsets": batch["offsets"].to(device), "counts": batch["counts"].to(device),
+            "categorical": c.to(device) if c is not None else None}
+
+
+def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write to `<path>.tmp` and rename: a killed run never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
+    if not prepared.dropped:
+        return
+    skipped = output.with_name(output.stem + ".skipped.tsv")
+    _write_tsv(skipped, ["sample_id", "reason"], [list(r) for r in sorted(prepared.dropped.items())])
+    log.warning("%d sample(s) were not %s (listed with reasons in %s): %s", len(prepared.dropped), what, skipped,
+                ", ".join(sorted(prepared.dropped)[:20]))
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
+    _, mcfg, pre, model, device = _load_model(kw, "train")
+    prepared = _prepare(kw, mcfg, pre)
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    cat = None
+    md = meta.load_metadata(kw["metadata"]) if kw["metadata"] else None
+    if pre.category_encoder:
+        cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
+        if md is None:
+            raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
+        meta.require_columns(md, cenc.columns, kw["metadata"])
+        absent = [s for s in ids if s not in md.index]
+        if absent:
+            log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
+                        len(absent), kw["metadata"], ", ".join(absent[:10]))
+        cat = cenc.transform(md, ids)
+    output = Path(kw["output"])
+    rows: list[list[str]] = []
+    header = ["sample_id", "prediction"]
+    labels = None
+    if ids:
+        preds, out_ids = [], []
+        with torch.no_grad():
+            for batch in _batches(kw, prepared, pre, ids, cat, "predict"):
+                preds.append(model(**_model_inputs(batch, device))["target"].float().cpu())
+                out_ids.extend(batch["sample_ids"])
+        pred = torch.cat(preds)
+        if mcfg.is_classifier:
+            labels = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
+            probs = torch.softmax(pred, dim=1).numpy()
+            header += [f"prob_{lab}" for lab in labels]
+            for sid, p in zip(out_ids, probs, strict=True):
+                rows.append([sid, labels[int(p.argmax())], *[f"{x:.6g}" for x in p]])
+        else:
+            transform = tgt.TargetTransform.from_dict(pre.target_transform)
+            values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
+            rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
+    _write_tsv(output, header, rows)
+    _report_skipped(prepared, output, "predicted")
+    log.info("wrote %d predictions to %s", len(rows), output)
+    result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
+    if kw.get("metadata_column") and rows:
+        result["evaluation"] = _evaluate_predictions(kw, md, rows, labels, output)
+    return result
+
+
+def _require_some(mask: np.ndarray, column: str, path: str) -> None:
+    if not mask.any():
+        raise InputError(f"column {column!r} of {path} has no usable value for any predicted sample; check the "
+                         "column name and that its sample IDs match the table's")
+
+
+def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], labels: list[str] | None,
+                          output: Path) -> dict[str, Any]:
+    """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
+
+    Samples without a value in the column are left out (and counted); for a classifier, so are samples
+    whose label the model never saw in training (named in the log)."""
+    from aam.cli.common import write_json
+    from aam.training import plots
+    from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
+
+    col = kw["metadata_column"].strip()
+    ids = [r[0] for r in rows]
+    if labels is None:
+        truth, mask = meta.numeric_target(md, col, ids, kw["metadata"])
+        _require_some(mask, col, kw["metadata"])
+        pred = np.array([float(r[1]) for r in rows])
+        metrics = regression_metrics(truth[mask], pred[mask])
+        plot = plots.predicted_vs_true(truth[mask], pred[mask], output.with_name(output.stem + ".png"),
+                                       f"{col}: R2 {metrics.get('r2', float('nan')):.3f}", f"{col} (metadata)",
+                                       f"{col} (predicted)")
+    else:
+        truth, mask = meta.categorical_values(md, col, ids)
+        index = {lab: k for k, lab in enumerate(labels)}
+        unseen = sorted({str(t) for t, m in zip(truth, mask, strict=True) if m and str(t) not in index})
+        if unseen:
+            log.warning("labels of column %r that the model never saw in training are left out of the "
+                        "metrics: %s", col, ", ".join(unseen[:20]))
+        mask = mask & np.array([str(t) in index for t in truth])
+        _require_some(mask, col, kw["metadata"])
+        y_true = np.array([index[str(t)] for t, m in zip(truth, mask, strict=True) if m], dtype=np.int64)
+        y_pred = np.array([index[r[1]] for r, m in zip(rows, mask, strict=True) if m], dtype=np.int64)
+        metrics = classification_metrics(y_true, y_pred, len(labels))
+        plot = plots.confusion_matrix_plot(confusion_matrix(y_true, y_pred, len(labels)), labels,
+                                           output.with_name(output.stem + ".png"),
+                                           f"{col}: accuracy {metrics.get('accuracy', float('nan')):.3f}")
+    evaluation = {"column": col, "n_evaluated": int(mask.sum()), "n_without_value": int((~mask).sum()),
+                  "metrics": metrics, "plot": str(plot)}
+    write_json(output.with_name(output.stem + ".metrics.json"), evaluation)
+    log.info("%s on %d samples: %s (plot %s)", col, evaluation["n_evaluated"],
+             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), plot)
+    return evaluation
+
+
+# ---------------------------------------------------------------------------------------------- embed
+def run_embed(kw: dict[str, Any]) -> dict[str, Any]:
+    """Sample embeddings of the (pretrained) encoder for every sample of --table; optionally the distances the
+    pretrained model predicts between them (its estimate of the UniFrac distances it was trained on) and a
+    PCA plot coloured by a metadata column."""
+    data, mcfg, pre, model, device = _load_model(kw, None)
+    if kw["distance_matrix"] and data["kind"] != "pretrain":
+        raise InputError(f"--distance-matrix needs a checkpoint of `aam pretrain`; {kw['model']} was written by "
+                         "`aam train`, whose encoder is no longer trained to match UniFrac distances. Drop "
+                         "--distance-matrix or give the pretraining run's checkpoints/best.pt")
+    md = None
+    if kw["metadata_column"]:
+        md = meta.load_metadata(kw["metadata"])
+        meta.require_columns(md, [kw["metadata_column"]], kw["metadata"])
+    encoder = model if data["kind"] == "pretrain" else model.base_model
+    prepared = _prepare(kw, mcfg, pre)
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    if len(ids) < 2 and kw["distance_matrix"]:
+        raise InputError(f"{kw['table']}: {len(ids)} sample(s) left after preprocessing; distances need two or more")
+    embs, out_ids = [], []
+    with torch.no_grad():
+        for batch in _batches(kw, prepared, pre, ids, None, "embed"):
+            embs.append(encoder(**_model_inputs(batch, device))["embeddings"].float().cpu())
+            out_ids.extend(batch["sample_ids"])
+    emb = torch.cat(embs) if embs else torch.zeros(0, mcfg.embedding_dim)
+    output = Path(kw["output"])
+    _write_tsv(output, ["sample_id", *[f"e{k}" for k in range(emb.shape[1])]],
+               [[sid, *[f"{x:.6g}" for x in row]] for sid, row in zip(out_ids, emb.tolist(), strict=True)])
+    _report_skipped(prepared, output, "embedded")
+    log.info("wrote %d x %d sample embeddings to %s", emb.shape[0], emb.shape[1], output)
+    result: dict[str, Any] = {"n_embedded": len(out_ids), "dim": int(emb.shape[1]), "output": str(output),
+                              "skipped": dict(prepared.dropped)}
+    if kw["distance_matrix"]:
+        result["distance_matrix"] = str(_write_predicted_distances(data, encoder, emb, out_ids,
+                                                                         Path(kw["distance_matrix"])))
+    if md is not None and len(out_ids) >= 3:
+        result["plot"] = str(_embedding_plot(emb.numpy(), out_ids, md, kw, output))
+    return result
+
+
+def predicted_distances(emb: torch.Tensor, transform: str, scale: float, offset: float) -> np.ndarray:
+    """The pretrained model's distance prediction f(||e_i - e_j||) + offset, clipped at 0, zero diagonal."""
+    d = embedding_distances(emb.double(), transform, scale) + offset
+    d = d.clamp_min(0.0)
+    d.fill_diagonal_(0.0)
+    return ((d + d.T) / 2).numpy()
+
+
+def _write_predicted_distances(data: dict[str, Any], encoder: torch.nn.Module, emb: torch.Tensor, ids: list[str],
+                               path: Path) -> Path:
+    unifrac = data.get("unifrac")
+    if unifrac is None:
+        log.warning("the checkpoint predates the record of its UniFrac transform; assuming the default (identity)")
+        unifrac = {"transform": "identity", "scale": 10.0}
+    d = predicted_distances(emb, unifrac["transform"], float(unifrac["scale"]), float(encoder.distance_offset))
+    _write_tsv(path, ["", *ids], [[sid, *[f"{x:.6g}" for x in row]] for sid, row in zip(ids, d, strict=True)])
+    log.info("wrote the predicted distances between %d samples to %s (scikit-bio TSV)", len(ids), path)
+    return path
+
+
+def _embedding_plot(emb: np.ndarray, ids: list[str], md: Any, kw: dict[str, Any], output: Path) -> Path:
+    """PCA of the embeddings (first two axes) coloured by --metadata-column; numeric columns get a colour bar."""
+    from aam.training import plots
+
+    col = kw["metadata_column"].strip()
+    x = emb.astype(np.float64) - emb.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    axes = x @ vt[:2].T
+    explained = s[:2] ** 2 / max(float((s**2).sum()), 1e-300)
+    try:
+        values, mask = meta.numeric_target(md, col, ids, kw["metadata"])
+        numeric = True
+    except InputError:  # non-numeric values: a categorical column
+        values, mask = meta.categorical_values(md, col, ids)
+        numeric = False
+    if not mask.any():
+        raise InputError(f"column {col!r} of {kw['metadata']} has no value for any embedded sample; check the column "
+                         "name and that its sample IDs match the table's")
+    return plots.embedding_scatter(axes, values, mask, numeric, output.with_name(output.stem + ".png"),
+                                   f"sample embeddings coloured by {col}", col, explained)

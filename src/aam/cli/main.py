@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("aam.cli.train", "train", "Fine-tune for regression or classification on a metadata column."),
     "predict": ("aam.cli.predict", "predict", "Predict a new table with a trained checkpoint."),
     "embed": ("aam.cli.embed", "embed", "Sample embeddings (and predicted UniFrac distances) of a table."),
+    "explain": ("aam.cli.explain", "explain", "Which ASVs drive a fine-tuned model's predictions (occlusion)."),
     "rf-baseline": ("aam.cli.rf_baseline", "rf_baseline", "Random-forest baseline on the split of an aam run."),
     "kernels": ("aam.cli.kernels", "kernels", "Show kernel backends on this machine and self-check them."),
     "demo": ("aam.cli.demo", "demo", "Run pretrain -> train -> predict on a generated dataset."),

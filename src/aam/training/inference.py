@@ -26,7 +26,7 @@ log = logging.getLogger("aam")
 
 
 # ---------------------------------------------------------------------------------------------- shared
-def _load_model(kw: dict[str, Any], kind: str | None) -> tuple[dict[str, Any], ModelConfig, Preprocessing,
+def load_model(kw: dict[str, Any], kind: str | None) -> tuple[dict[str, Any], ModelConfig, Preprocessing,
                                                               torch.nn.Module, torch.device]:
     """Checkpoint --model -> (checkpoint dict, config, preprocessing, model in eval mode on --device)."""
     from aam.cli.common import resolve_device, setup_logging
@@ -43,7 +43,7 @@ def _load_model(kw: dict[str, Any], kind: str | None) -> tuple[dict[str, Any], M
     return data, mcfg, pre, model, device
 
 
-def _prepare(kw: dict[str, Any], mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
+def prepare(kw: dict[str, Any], mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
     """--table preprocessed as in training (rarefied to the training depth unless --no-rarefy)."""
     depth = pre.rarefy_depth if kw["rarefy"] else 0
     if not kw["rarefy"] and pre.rarefy_depth and mcfg.count_embedding != "none":
@@ -64,14 +64,14 @@ def _batches(kw: dict[str, Any], prepared: PreparedTable, pre: Preprocessing, id
                     disable=os.environ.get("AAM_NO_PROGRESS") is not None)
 
 
-def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor | None]:
+def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor | None]:
     c = batch.get("categorical")
     return {"tokens": batch["tokens"].to(device), "asv_index": batch["asv_index"].to(device),
             "offsets": batch["offsets"].to(device), "counts": batch["counts"].to(device),
             "categorical": c.to(device) if c is not None else None}
 
 
-def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write to `<path>.tmp` and rename: a killed run never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -82,32 +82,37 @@ def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     os.replace(tmp, path)
 
 
-def _report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
+def report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
     if not prepared.dropped:
         return
     skipped = output.with_name(output.stem + ".skipped.tsv")
-    _write_tsv(skipped, ["sample_id", "reason"], [list(r) for r in sorted(prepared.dropped.items())])
+    write_tsv(skipped, ["sample_id", "reason"], [list(r) for r in sorted(prepared.dropped.items())])
     log.warning("%d sample(s) were not %s (listed with reasons in %s): %s", len(prepared.dropped), what, skipped,
                 ", ".join(sorted(prepared.dropped)[:20]))
 
 
+def categorical_codes(kw: dict[str, Any], pre: Preprocessing, ids: list[str]) -> tuple[Any, np.ndarray | None]:
+    """(--metadata or None, the model's categorical codes of `ids` or None when it uses no categorical column)."""
+    md = meta.load_metadata(kw["metadata"]) if kw["metadata"] else None
+    if not pre.category_encoder:
+        return md, None
+    cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
+    if md is None:
+        raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
+    meta.require_columns(md, cenc.columns, kw["metadata"])
+    absent = [s for s in ids if s not in md.index]
+    if absent:
+        log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
+                    len(absent), kw["metadata"], ", ".join(absent[:10]))
+    return md, cenc.transform(md, ids)
+
+
 # ---------------------------------------------------------------------------------------------- predict
 def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
-    _, mcfg, pre, model, device = _load_model(kw, "train")
-    prepared = _prepare(kw, mcfg, pre)
+    _, mcfg, pre, model, device = load_model(kw, "train")
+    prepared = prepare(kw, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    cat = None
-    md = meta.load_metadata(kw["metadata"]) if kw["metadata"] else None
-    if pre.category_encoder:
-        cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
-        if md is None:
-            raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
-        meta.require_columns(md, cenc.columns, kw["metadata"])
-        absent = [s for s in ids if s not in md.index]
-        if absent:
-            log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
-                        len(absent), kw["metadata"], ", ".join(absent[:10]))
-        cat = cenc.transform(md, ids)
+    md, cat = categorical_codes(kw, pre, ids)
     output = Path(kw["output"])
     rows: list[list[str]] = []
     header = ["sample_id", "prediction"]
@@ -116,7 +121,7 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
         preds, out_ids = [], []
         with torch.no_grad():
             for batch in _batches(kw, prepared, pre, ids, cat, "predict"):
-                preds.append(model(**_model_inputs(batch, device))["target"].float().cpu())
+                preds.append(model(**model_inputs(batch, device))["target"].float().cpu())
                 out_ids.extend(batch["sample_ids"])
         pred = torch.cat(preds)
         if mcfg.is_classifier:
@@ -129,8 +134,8 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
             transform = tgt.TargetTransform.from_dict(pre.target_transform)
             values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
             rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
-    _write_tsv(output, header, rows)
-    _report_skipped(prepared, output, "predicted")
+    write_tsv(output, header, rows)
+    report_skipped(prepared, output, "predicted")
     log.info("wrote %d predictions to %s", len(rows), output)
     result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
     if kw.get("metadata_column") and rows:
@@ -192,7 +197,7 @@ def run_embed(kw: dict[str, Any]) -> dict[str, Any]:
     """Sample embeddings of the (pretrained) encoder for every sample of --table; optionally the distances the
     pretrained model predicts between them (its estimate of the UniFrac distances it was trained on) and a
     PCA plot coloured by a metadata column."""
-    data, mcfg, pre, model, device = _load_model(kw, None)
+    data, mcfg, pre, model, device = load_model(kw, None)
     if kw["distance_matrix"] and data["kind"] != "pretrain":
         raise InputError(f"--distance-matrix needs a checkpoint of `aam pretrain`; {kw['model']} was written by "
                          "`aam train`, whose encoder is no longer trained to match UniFrac distances. Drop "
@@ -202,20 +207,20 @@ def run_embed(kw: dict[str, Any]) -> dict[str, Any]:
         md = meta.load_metadata(kw["metadata"])
         meta.require_columns(md, [kw["metadata_column"]], kw["metadata"])
     encoder = model if data["kind"] == "pretrain" else model.base_model
-    prepared = _prepare(kw, mcfg, pre)
+    prepared = prepare(kw, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     if len(ids) < 2 and kw["distance_matrix"]:
         raise InputError(f"{kw['table']}: {len(ids)} sample(s) left after preprocessing; distances need two or more")
     embs, out_ids = [], []
     with torch.no_grad():
         for batch in _batches(kw, prepared, pre, ids, None, "embed"):
-            embs.append(encoder(**_model_inputs(batch, device))["embeddings"].float().cpu())
+            embs.append(encoder(**model_inputs(batch, device))["embeddings"].float().cpu())
             out_ids.extend(batch["sample_ids"])
     emb = torch.cat(embs) if embs else torch.zeros(0, mcfg.embedding_dim)
     output = Path(kw["output"])
-    _write_tsv(output, ["sample_id", *[f"e{k}" for k in range(emb.shape[1])]],
+    write_tsv(output, ["sample_id", *[f"e{k}" for k in range(emb.shape[1])]],
                [[sid, *[f"{x:.6g}" for x in row]] for sid, row in zip(out_ids, emb.tolist(), strict=True)])
-    _report_skipped(prepared, output, "embedded")
+    report_skipped(prepared, output, "embedded")
     log.info("wrote %d x %d sample embeddings to %s", emb.shape[0], emb.shape[1], output)
     result: dict[str, Any] = {"n_embedded": len(out_ids), "dim": int(emb.shape[1]), "output": str(output),
                               "skipped": dict(prepared.dropped)}
@@ -242,7 +247,7 @@ def _write_predicted_distances(data: dict[str, Any], encoder: torch.nn.Module, e
         log.warning("the checkpoint predates the record of its UniFrac transform; assuming the default (identity)")
         unifrac = {"transform": "identity", "scale": 10.0}
     d = predicted_distances(emb, unifrac["transform"], float(unifrac["scale"]), float(encoder.distance_offset))
-    _write_tsv(path, ["", *ids], [[sid, *[f"{x:.6g}" for x in row]] for sid, row in zip(ids, d, strict=True)])
+    write_tsv(path, ["", *ids], [[sid, *[f"{x:.6g}" for x in row]] for sid, row in zip(ids, d, strict=True)])
     log.info("wrote the predicted distances between %d samples to %s (scikit-bio TSV)", len(ids), path)
     return path
 

@@ -1,4 +1,5 @@
-"""PNG plots (matplotlib, Agg backend): training curves, predicted vs true, confusion matrix, embeddings."""
+"""PNG plots (matplotlib, Agg backend): training curves, predicted vs true, confusion matrix, embeddings,
+attributions."""
 
 from __future__ import annotations
 
@@ -102,5 +103,20 @@ def embedding_scatter(axes: np.ndarray, values: np.ndarray, mask: np.ndarray, nu
         ax.legend(fontsize=7, loc="best", title=None if numeric else label)
     ax.set_xlabel(f"PC1 ({100 * explained[0]:.1f}%)")
     ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}%)" if len(explained) > 1 else "PC2")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def attribution_bars(labels: list[str], mean_attribution: np.ndarray, n_samples: np.ndarray, path: Path, title: str,
+                     xlabel: str) -> Path:
+    """Horizontal bars, most important ASV on top: the mean attribution where the ASV is present (red raises
+    the prediction, blue lowers it); each label ends with the number of samples the ASV is present in."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.3 * max(len(labels), 1)))
+    y = np.arange(len(labels))[::-1]
+    ax.barh(y, mean_attribution, color=np.where(mean_attribution >= 0, "tab:red", "tab:blue"))
+    ax.set_yticks(y, [f"{lab} (n={n})" for lab, n in zip(labels, n_samples, strict=True)], fontsize=7)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     return _save(fig, path)

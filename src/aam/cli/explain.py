@@ -1,0 +1,39 @@
+"""`aam explain`: per-ASV attributions of a fine-tuned model's predictions (occlusion), with a summary and a plot."""
+
+from __future__ import annotations
+
+import click
+
+from aam.cli import options as O
+
+
+@click.command(cls=O.GroupedCommand)
+@O.opt("Data", "--model", required=True, type=click.Path(dir_okay=False),
+       help="checkpoints/best.pt (or last.pt) of `aam train`.")
+@O.apply(O.table_options())
+@O.opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None,
+       help="Metadata TSV with the categorical columns the model was trained with.")
+@O.opt("Data", "--taxonomy", type=click.Path(dir_okay=False), default=None,
+       help="QIIME 2 taxonomy TSV (Feature ID, Taxon): adds each ASV's taxon to the outputs and plot labels.")
+@O.opt("Data", "--target-class", default=None,
+       help="Classifiers: attribute the probability of this class (default: the last class of the model).")
+@O.opt("Data", "--rarefy/--no-rarefy", default=True,
+       help="Rarefy to the training depth with the training seed (samples under it are skipped and reported).")
+@O.opt("Training", "--batch-size", type=int, default=64,
+       help="Sample variants (the sample minus one ASV) per forward pass.")
+@O.apply(O.hardware_options(training=False))
+@O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
+       help="Attributions TSV (sample_id, feature_id, count, prediction, attribution, taxon); also writes "
+            "<output>.summary.tsv (per ASV, most important first) and <output>.png (top ASVs).")
+def explain(**kw) -> int:
+    """Attribute each prediction to the sample's ASVs: the change of the prediction when one ASV is removed."""
+    from aam.training.explain import run_explain
+
+    if kw["batch_size"] < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+    res = run_explain(kw)
+    click.echo(f"explained {res['n_samples']} samples ({res['n_features']} ASVs; attribution = {res['unit']} with "
+               f"the ASV - without it): {res['output']}, {res['summary']}, {res['plot']}")
+    for fid, importance, mean, n, taxon in res["top"]:
+        click.echo(f"  {importance:9.4g}  mean {mean:+.4g} in {n} samples  {taxon or fid}")
+    return 0

@@ -1,0 +1,133 @@
+"""The work behind `aam explain`: which ASVs drive a fine-tuned model's predictions, by occlusion.
+
+For each sample the model predicts the sample as it is and the sample without each of its ASVs in turn
+(the ASV and its reads removed, everything else unchanged); an ASV's attribution is prediction(sample) -
+prediction(sample without it), in the target's units (regression) or as a probability of one class
+(classification). Only the ASVs the model sees count (at most --token-limit per sample, chosen as in
+training). Occlusion needs no baseline and no gradient, so it means the same for every head and fusion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aam.data import targets as tgt
+from aam.data.dataset import collate
+from aam.data.taxonomy import load_taxonomy, short_label
+from aam.errors import InputError
+from aam.training.data_setup import make_dataset
+from aam.training.inference import (
+    categorical_codes,
+    load_model,
+    model_inputs,
+    prepare,
+    report_skipped,
+    write_tsv,
+)
+from aam.training.losses import point_prediction
+
+log = logging.getLogger("aam")
+
+TOP_PLOTTED = 20
+
+
+def without(item: dict[str, Any], k: int) -> dict[str, Any]:
+    """A dataset item with its k-th ASV (and that ASV's reads) removed."""
+    out = dict(item)
+    for key in ("features", "counts", "tokens", "lengths"):
+        out[key] = np.delete(item[key], k, axis=0)
+    return out
+
+
+def occlusion(model: torch.nn.Module, item: dict[str, Any], device: torch.device, chunk: int,
+              score: Any) -> tuple[float, np.ndarray]:
+    """(score of the whole sample, score of the sample without ASV k for every k), `chunk` variants per forward."""
+    variants = [item] + [without(item, k) for k in range(len(item["features"]))]
+    scores = []
+    with torch.no_grad():
+        for lo in range(0, len(variants), chunk):
+            out = model(**model_inputs(collate(variants[lo:lo + chunk]), device))["target"]
+            scores.append(score(out.float().cpu()))
+    s = np.concatenate(scores)
+    return float(s[0]), s[1:]
+
+
+def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    _, mcfg, pre, model, device = load_model(kw, "train")
+    prepared = prepare(kw, mcfg, pre)
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    if not ids:
+        raise InputError(f"{kw['table']}: no sample left to explain after preprocessing (see the log)")
+    _, cat = categorical_codes(kw, pre, ids)
+    taxonomy = load_taxonomy(kw["taxonomy"]) if kw["taxonomy"] else {}
+    if mcfg.is_classifier:
+        classes = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
+        label = kw["target_class"] if kw["target_class"] is not None else classes[-1]
+        if label not in classes:
+            raise InputError(f"--target-class {label!r} is not a class of this model ({', '.join(classes)})")
+        column = classes.index(label)
+        unit = f"probability of {label!r}"
+
+        def score(out: torch.Tensor) -> np.ndarray:
+            return torch.softmax(out, dim=1)[:, column].double().numpy()
+    else:
+        if kw["target_class"] is not None:
+            raise InputError("--target-class applies to classifiers; this model is a regressor")
+        transform = tgt.TargetTransform.from_dict(pre.target_transform)
+        unit = "prediction"
+
+        def score(out: torch.Tensor) -> np.ndarray:
+            return np.asarray(transform.inverse_transform(point_prediction(out, mcfg.quantiles).double().numpy()))
+    log.info("explaining %d samples by occlusion: attribution = %s with the ASV - %s without it", len(ids), unit,
+             unit)
+    dataset = make_dataset(prepared, ids, pre, None, cat)
+    rows: list[list[str]] = []
+    per_feature: dict[str, list[float]] = {}
+    bar = tqdm(range(len(dataset)), desc="explain", unit="sample", leave=False,
+               disable=os.environ.get("AAM_NO_PROGRESS") is not None)
+    for i in bar:
+        item = dataset[i]
+        full, dropped = occlusion(model, item, device, kw["batch_size"], score)
+        for k, f in enumerate(item["features"]):
+            fid = dataset.feature_ids[int(f)]
+            attribution = full - float(dropped[k])
+            per_feature.setdefault(fid, []).append(attribution)
+            rows.append([item["sample_id"], fid, f"{item['counts'][k]:.6g}", f"{full:.6g}", f"{attribution:.6g}",
+                         taxonomy.get(fid, "")])
+    output = Path(kw["output"])
+    write_tsv(output, ["sample_id", "feature_id", "count", "prediction", "attribution", "taxon"], rows)
+    report_skipped(prepared, output, "explained")
+    summary = summarize(per_feature, len(dataset), taxonomy)
+    summary_path = output.with_name(output.stem + ".summary.tsv")
+    write_tsv(summary_path, ["feature_id", "importance", "mean_attribution", "n_samples", "taxon"],
+              [[f, f"{imp:.6g}", f"{mean:.6g}", str(n), tax] for f, imp, mean, n, tax in summary])
+    from aam.training import plots
+
+    plot = plots.attribution_bars([short_label(f, tax) for f, _, _, _, tax in summary[:TOP_PLOTTED]],
+                                  np.array([mean for _, _, mean, _, _ in summary[:TOP_PLOTTED]]),
+                                  np.array([n for _, _, _, n, _ in summary[:TOP_PLOTTED]]),
+                                  output.with_name(output.stem + ".png"),
+                                  f"top {min(TOP_PLOTTED, len(summary))} ASVs by importance",
+                                  f"mean attribution where present: {unit} with the ASV - without it")
+    log.info("wrote %d attributions (%d ASVs) to %s; per-ASV summary %s; plot %s", len(rows), len(summary), output,
+             summary_path, plot)
+    return {"n_samples": len(dataset), "n_features": len(summary), "output": str(output),
+            "summary": str(summary_path), "plot": str(plot), "unit": unit, "top": summary[:5],
+            "skipped": dict(prepared.dropped)}
+
+
+def summarize(per_feature: dict[str, list[float]], n_samples: int,
+              taxonomy: dict[str, str]) -> list[tuple[str, float, float, int, str]]:
+    """Per ASV: (id, importance = mean |attribution| over all explained samples (0 where absent), mean
+    attribution where present, samples present, taxon), most important first."""
+    out = [(f, float(np.abs(a).sum()) / max(n_samples, 1), float(np.mean(a)), len(a), taxonomy.get(f, ""))
+           for f, a in per_feature.items()]
+    return sorted(out, key=lambda r: (-r[1], r[0]))

@@ -11,6 +11,10 @@ Memory guard: every buffer the glue hands to a kernel is copied into a larger bu
 breaks a canary, an output element left unwritten stays NaN, a write into an input changes it. Input
 regions that the contracts say are never read are NaN as well: padded keys of k/v, the lower triangle
 and diagonal of the loss target and weights, the targets of pairs with weight 0.
+
+Schedules: every kernel test runs with a block's threads at once (as on a GPU) and, for races, one thread
+at a time between barriers in increasing and in decreasing thread order with shared memory poisoned
+(csrc/emu/cuda_emu.h): a missing __syncthreads makes a thread read NaN or a stale value in one of them.
 """
 
 from __future__ import annotations
@@ -145,10 +149,22 @@ def _emu_module(warp: int):
     return mod
 
 
-@pytest.fixture(params=[32, 64], ids=lambda w: f"warp{w}")
+CONCURRENT, FORWARD, REVERSE = 0, 1, 2  # the emulator's thread schedules (csrc/emu/cuda_emu.h)
+# Each kernel test runs with the threads of a block at once (as a GPU), and one at a time between barriers
+# in increasing and in decreasing order with shared memory poisoned: a missing __syncthreads changes the
+# results under at least one serial order. Both warp widths see every schedule.
+SCHEDULES = [(32, CONCURRENT), (64, CONCURRENT), (32, FORWARD), (64, FORWARD), (32, REVERSE), (64, REVERSE)]
+
+
+@pytest.fixture(params=SCHEDULES, ids=lambda p: f"warp{p[0]}-{('concurrent', 'forward', 'reverse')[p[1]]}")
 def emu(request, monkeypatch) -> Guarded:
     """The GPU glue of attention and the pairwise loss, on CPU tensors, running the emulated kernels."""
-    guarded = Guarded(_emu_module(request.param))
+    warp, schedule = request.param
+    mod = _emu_module(warp)
+    mod.emu_set_schedule(schedule)
+    request.addfinalizer(lambda: mod.emu_set_schedule(CONCURRENT))
+    guarded = Guarded(mod)
+    guarded.schedule = schedule
     monkeypatch.setattr(_ext, "gpu_module", lambda: guarded)
     monkeypatch.setattr(_ext, "stream_handle", lambda device: 0)
     # The custom ops' CPU implementations call these by name: CPU tensors now take the GPU path.
@@ -202,6 +218,27 @@ def test_barriers_and_shuffles_reduce_exactly(warp):
     warps = torch.full((3 * 256 // warp,), NAN)
     mod.emu_warp_sum(x.data_ptr(), warps.data_ptr(), 3)
     assert torch.equal(warps, x.view(-1, warp).sum(1))
+
+
+@pytest.mark.parametrize("warp", [32, 64])
+def test_serial_schedules_expose_a_missing_barrier(warp):
+    """out[t] = in[(t + 1) % n] through shared memory: with the __syncthreads every schedule is exact; without
+    it (a race) the forward order reads 127 poisoned (NaN) slots and the reverse order one."""
+    mod = _emu_module(warp)
+    x = torch.arange(128, dtype=torch.float32)
+    try:
+        for schedule, nan_without_barrier in ((CONCURRENT, None), (FORWARD, 127), (REVERSE, 1)):
+            mod.emu_set_schedule(schedule)
+            out = torch.full((128,), -1.0)
+            mod.emu_rotate(x.data_ptr(), out.data_ptr(), 128, True)
+            assert torch.equal(out, torch.roll(x, -1))
+            if nan_without_barrier is not None:
+                mod.emu_rotate(x.data_ptr(), out.data_ptr(), 128, False)
+                assert int(out.isnan().sum()) == nan_without_barrier
+    finally:
+        mod.emu_set_schedule(CONCURRENT)
+    with pytest.raises(ValueError, match="schedule"):
+        mod.emu_set_schedule(3)
 
 
 @pytest.mark.parametrize("warp", [32, 64])
@@ -339,6 +376,9 @@ LOSS_CASES = [
 
 @pytest.mark.parametrize("b,d,dtype,transform,weighted,dup", LOSS_CASES, ids=lambda x: str(x).removeprefix("torch."))
 def test_pairwise_loss_parity(emu, b, d, dtype, transform, weighted, dup):
+    if b > 40 and emu.schedule != CONCURRENT:
+        pytest.skip("B=100 runs concurrently only; the serial schedules (one thread at a time) cover B <= 33, "
+                    "already several tiles in both kernels")
     emb, target, w = _loss_case(b, d, dtype, weighted, dup, seed=b + d)
     ref = _loss_grad(P.pairwise_loss_math, emb.double(), target, transform, w)
     lp = _loss_grad(P.pairwise_loss_math, emb, target.to(dtype), transform, None if w is None else w.to(dtype))

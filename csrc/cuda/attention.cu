@@ -77,9 +77,9 @@ __global__ void attn_fwd_kernel(const T* __restrict__ q, const T* __restrict__ k
                                 T* __restrict__ o, float* __restrict__ lse, const int* __restrict__ bound,
                                 const uint8_t* __restrict__ mask, const int* __restrict__ cu, int H, int L,
                                 float scale) {
-  __shared__ float ks[kKeys][D];
-  __shared__ float vs[kKeys][D];
-  __shared__ int kvalid[kKeys];
+  AAM_SHARED(float, ks, [kKeys][D]);
+  AAM_SHARED(float, vs, [kKeys][D]);
+  AAM_SHARED(int, kvalid, [kKeys]);
   const Rows r = rows_of<D>(blockIdx.x, H, L, bound, mask, cu);
   for (int tile = blockIdx.y; tile * kRows < r.len; tile += static_cast<int>(gridDim.y)) {
     const int i = tile * kRows + threadIdx.x;
@@ -140,10 +140,10 @@ __global__ void attn_bwd_dkdv_kernel(const T* __restrict__ q, const T* __restric
                                      const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
                                      const int* __restrict__ bound, const uint8_t* __restrict__ mask,
                                      const int* __restrict__ cu, int H, int L, float scale) {
-  __shared__ float qs[kKeys][D];
-  __shared__ float gs[kKeys][D];
-  __shared__ float lse_s[kKeys];
-  __shared__ float delta_s[kKeys];
+  AAM_SHARED(float, qs, [kKeys][D]);
+  AAM_SHARED(float, gs, [kKeys][D]);
+  AAM_SHARED(float, lse_s, [kKeys]);
+  AAM_SHARED(float, delta_s, [kKeys]);
   const Rows r = rows_of<D>(blockIdx.x, H, L, bound, mask, cu);
   for (int tile = blockIdx.y; tile * kRows < r.len; tile += static_cast<int>(gridDim.y)) {
     const int j = tile * kRows + threadIdx.x;
@@ -202,9 +202,9 @@ __global__ void attn_bwd_dq_kernel(const T* __restrict__ q, const T* __restrict_
                                    const float* __restrict__ delta, T* __restrict__ dq,
                                    const int* __restrict__ bound, const uint8_t* __restrict__ mask,
                                    const int* __restrict__ cu, int H, int L, float scale) {
-  __shared__ float ks[kKeys][D];
-  __shared__ float vs[kKeys][D];
-  __shared__ int kvalid[kKeys];
+  AAM_SHARED(float, ks, [kKeys][D]);
+  AAM_SHARED(float, vs, [kKeys][D]);
+  AAM_SHARED(int, kvalid, [kKeys]);
   const Rows r = rows_of<D>(blockIdx.x, H, L, bound, mask, cu);
   for (int tile = blockIdx.y; tile * kRows < r.len; tile += static_cast<int>(gridDim.y)) {
     const int i = tile * kRows + threadIdx.x;

@@ -1,6 +1,8 @@
 // One header makes the CUDA sources compile as HIP (hipcc, AMD) or as C++ for the CPU emulator
 // (csrc/emu/cuda_emu.h, -DAAM_EMU): runtime names, warp size, shuffles, launches.
-// Launch kernels with AAM_LAUNCH(grid, block, stream, kernel<T...>)(args...), never <<<...>>>.
+// Launch kernels with AAM_LAUNCH(grid, block, stream, kernel<T...>)(args...), never <<<...>>>, and
+// declare shared memory with AAM_SHARED(type, name, dims), e.g. AAM_SHARED(float, tile, [32][33]);
+// (the emulator poisons it under its serial schedules to expose missing barriers).
 #pragma once
 #if defined(AAM_EMU)
 #include "emu/cuda_emu.h"
@@ -14,6 +16,7 @@ using gpuError_t = cudaError_t;
 #define AAM_WARP_SIZE AAM_EMU_WARP
 #define AAM_SHFL_XOR(v, m) AAM_EMU_SHFL_XOR(v, m)
 #define AAM_LAUNCH(grid, block, stream, ...) AAM_EMU_LAUNCH(grid, block, stream, __VA_ARGS__)
+#define AAM_SHARED(type, name, dims) AAM_EMU_SHARED(type, name, dims)
 using aam_half = __half;
 using aam_bf16 = __nv_bfloat16;
 inline float aam_to_float(aam_bf16 x) { return __bfloat162float(x); }
@@ -33,6 +36,7 @@ using gpuError_t = hipError_t;
 #define AAM_WARP_SIZE 64
 #define AAM_SHFL_XOR(v, m) __shfl_xor((v), (m))
 #define AAM_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
+#define AAM_SHARED(type, name, dims) __shared__ type name dims
 using aam_half = __half;
 using aam_bf16 = hip_bfloat16;
 __device__ inline float aam_to_float(aam_bf16 x) { return static_cast<float>(x); }
@@ -50,6 +54,7 @@ using gpuError_t = cudaError_t;
 #define AAM_WARP_SIZE 32
 #define AAM_SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
 #define AAM_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
+#define AAM_SHARED(type, name, dims) __shared__ type name dims
 using aam_half = __half;
 using aam_bf16 = __nv_bfloat16;
 __device__ inline float aam_to_float(aam_bf16 x) { return __bfloat162float(x); }

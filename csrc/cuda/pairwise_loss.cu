@@ -36,10 +36,10 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) pairwise_loss_fwd_kernel(
     const T* __restrict__ E, const float* __restrict__ target, const float* __restrict__ weights,
     float* __restrict__ C, float* __restrict__ partials, int64_t B, int64_t D, int use_tanh, float inv_scale) {
-  __shared__ float si[kTile][kDk + 1];
-  __shared__ float sj[kTile][kDk + 1];
-  __shared__ float red_l[kWarps];
-  __shared__ float red_w[kWarps];
+  AAM_SHARED(float, si, [kTile][kDk + 1]);
+  AAM_SHARED(float, sj, [kTile][kDk + 1]);
+  AAM_SHARED(float, red_l, [kWarps]);
+  AAM_SHARED(float, red_w, [kWarps]);
   const int64_t ti = blockIdx.y, tj = blockIdx.x;
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
   float lsum = 0.f, wsum = 0.f;
@@ -107,8 +107,8 @@ __global__ void __launch_bounds__(kThreads) pairwise_loss_fwd_kernel(
 // One block: sums[0] = sum of partials[2k], sums[1] = sum of partials[2k+1], in fp64, fixed order.
 __global__ void __launch_bounds__(kThreads) pairwise_loss_reduce_kernel(const float* __restrict__ partials,
                                                                          int64_t n, double* __restrict__ sums) {
-  __shared__ double sl[kThreads];
-  __shared__ double sw[kThreads];
+  AAM_SHARED(double, sl, [kThreads]);
+  AAM_SHARED(double, sw, [kThreads]);
   double a = 0.0, b = 0.0;
   for (int64_t k = threadIdx.x; k < n; k += kThreads) {
     a += static_cast<double>(partials[2 * k]);
@@ -134,8 +134,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) pairwise_loss_bwd_kernel(
     const T* __restrict__ E, const float* __restrict__ C, const float* __restrict__ factor, T* __restrict__ G,
     int64_t B, int64_t D) {
-  __shared__ float sc[kTile][kJt + 1];  // C[i0 + r][j0 + c]
-  __shared__ float se[kJt][kTile + 1];  // E[j0 + c][d0 + x]
+  AAM_SHARED(float, sc, [kTile][kJt + 1]);  // C[i0 + r][j0 + c]
+  AAM_SHARED(float, se, [kJt][kTile + 1]);  // E[j0 + c][d0 + x]
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;
   const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTile, d0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t i = i0 + ty, d = d0 + tx;

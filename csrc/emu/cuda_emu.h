@@ -2,12 +2,17 @@
 // and run on the CPU, so the kernels' indexing, masking and reductions are tested without a GPU.
 //
 // Execution model:
-// - A launch runs the grid's blocks ONE AT A TIME; the threads of a block run concurrently as
-//   std::threads (one per CUDA thread, reused from block to block within a launch). `__shared__` is
-//   `static`: function-static storage is the one live block's shared memory. It is not cleared between
-//   blocks (hardware does not clear it either).
-// - Not modelled: data races (threads really run concurrently, but nothing detects a race), memory
-//   fences and atomics, shared-memory size limits, streams (a launch completes before it returns).
+// - A launch runs the grid's blocks ONE AT A TIME; the threads of a block are std::threads (one per CUDA
+//   thread, reused from block to block within a launch). Shared memory (AAM_SHARED) is function-static
+//   storage: the one live block's shared memory.
+// - Schedules (set_schedule, per launch): CONCURRENT runs a block's threads at once, as a GPU does.
+//   FORWARD and REVERSE run them one at a time, each thread from one barrier to the next in increasing
+//   or decreasing thread order, and fill each shared array with 0xFF bytes (NaN for floats) when a
+//   block first declares it. A kernel that reads shared memory another thread wrote without a __syncthreads between them
+//   (a race) then reads NaN or the other thread's old value in at least one of the two orders, so its
+//   results change: the tests run the kernels under both serial orders to catch missing barriers.
+// - Not modelled: memory fences and atomics, shared-memory size limits, streams (a launch completes
+//   before it returns), races on global memory between blocks (blocks never overlap here).
 // - __syncthreads() is a std::barrier over the block's threads; a thread that returns arrives and
 //   drops, so exited threads do not block the others (as on hardware). Every thread at one barrier
 //   phase must be at the same __syncthreads() (checked: divergent barriers are a launch error).
@@ -23,8 +28,11 @@
 #include <barrier>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <optional>
+#include <semaphore>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -40,7 +48,9 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
+// Kernels declare shared memory with AAM_SHARED (csrc/cuda/compat.cuh), which registers each array so
+// serial schedules can poison it; a bare __shared__ is a compile error here.
+#define __shared__ use_AAM_SHARED_type_name_dims_for_shared_memory
 
 struct dim3 {
   unsigned x, y, z;
@@ -125,7 +135,19 @@ inline void set_error(cudaError_t code, const std::string& what) {
   if (last_error().code == cudaSuccess) last_error() = {code, what};  // keep the first error, like CUDA
 }
 
-// One running block: its barrier, the call site of the current barrier phase, the shuffle buffer.
+enum Schedule { kConcurrent = 0, kForward = 1, kReverse = 2 };
+inline std::atomic<int>& schedule_setting() {
+  static std::atomic<int> s{kConcurrent};
+  return s;
+}
+inline void set_schedule(int s) {
+  if (s < kConcurrent || s > kReverse) throw std::invalid_argument("schedule: 0 concurrent, 1 forward, 2 reverse");
+  schedule_setting().store(s);
+}
+
+// One running block: its barrier, the call site of the current barrier phase, the shuffle buffer, and
+// under a serial schedule the turn: one semaphore per position in the order; a thread runs only while
+// it holds its own, and hands the turn to the next live position when it reaches a barrier or exits.
 struct Block {
   struct PhaseDone {  // runs once per barrier phase, after every live thread arrived, before any leaves
     Block* b;
@@ -135,14 +157,34 @@ struct Block {
                 "emulator needs every thread of the block at each shuffle)");
       b->site.store(0);
       b->shuffle.store(false);
+      if (b->serial()) b->hand_over(-1);  // the next phase starts with the first live position
     }
   };
-  explicit Block(int n_) : n(n_), live(n_), bar(n_, PhaseDone{this}), slots(2 * n_) {}
+  Block(int n_, int schedule_) : n(n_), schedule(schedule_), live(n_), bar(n_, PhaseDone{this}), slots(2 * n_) {
+    if (!serial()) return;
+    exited.assign(n, 0);
+    for (int i = 0; i < n; ++i) turn.push_back(std::make_unique<std::binary_semaphore>(0));
+    hand_over(-1);
+  }
   void fail(const std::string& what) {
     bool expected = false;
     if (failed.compare_exchange_strong(expected, true)) error = what;
   }
+  bool serial() const { return schedule != kConcurrent; }
+  int position(unsigned tid) const { return schedule == kReverse ? n - 1 - static_cast<int>(tid) : static_cast<int>(tid); }
+  void hand_over(int from) {  // wake the first live position after `from` (none: the phase is complete)
+    for (int p = from + 1; p < n; ++p)
+      if (!exited[p]) {
+        turn[p]->release();
+        return;
+      }
+  }
+  void wait_turn(int p) { turn[p]->acquire(); }
   const int n;
+  const int schedule;
+  std::vector<char> exited;       // by position (serial schedules)
+  std::vector<const void*> poisoned;  // shared arrays already filled with 0xFF in this block
+  std::vector<std::unique_ptr<std::binary_semaphore>> turn;
   std::atomic<int> live;
   std::atomic<int> site{0};         // line of the barrier of the current phase (0: nobody arrived yet)
   std::atomic<bool> shuffle{false};  // the current phase is a shuffle's
@@ -162,7 +204,27 @@ inline void sync(int line) {
   if (!b.site.compare_exchange_strong(expected, line) && expected != line)
     b.fail("divergent __syncthreads: threads of one block wait at lines " + std::to_string(expected) +
            " and " + std::to_string(line));
+  if (!b.serial()) {
+    b.bar.arrive_and_wait();
+    return;
+  }
+  const int p = b.position(linear_tid());
+  b.hand_over(p);
   b.bar.arrive_and_wait();
+  b.wait_turn(p);
+}
+
+// AAM_SHARED's hook, run by every thread where the array is declared. Under a serial schedule the first
+// thread to declare an array in a block fills it with 0xFF bytes (NaN as float or double, -1 as int)
+// before any thread of the block can write it (one thread runs at a time), so stale values of the
+// previous block never pass for data this block forgot to synchronise.
+inline void shared_region(void* p, size_t bytes) {
+  Block& b = *tl_block;
+  if (!b.serial()) return;
+  for (const void* q : b.poisoned)
+    if (q == p) return;
+  b.poisoned.push_back(p);
+  std::memset(p, 0xFF, bytes);
 }
 
 template <class T>
@@ -195,7 +257,8 @@ void run_grid(dim3 grid, dim3 block, const F& body) {
     return;
   }
   const uint64_t nblocks = uint64_t{grid.x} * grid.y * grid.z;
-  std::optional<Block> blk(std::in_place, static_cast<int>(n));
+  const int schedule = schedule_setting().load();
+  std::optional<Block> blk(std::in_place, static_cast<int>(n), schedule);
   uint64_t current = 0;
   bool stop = false;
   auto block_done = [&]() noexcept {  // runs once all threads finished block `current`
@@ -203,7 +266,7 @@ void run_grid(dim3 grid, dim3 block, const F& body) {
       set_error(cudaErrorLaunchFailure, "block " + std::to_string(current) + " (x fastest): " + blk->error);
       stop = true;
     } else if (++current < nblocks) {
-      blk.emplace(static_cast<int>(n));
+      blk.emplace(static_cast<int>(n), schedule);
     }
   };
   std::barrier gate(static_cast<std::ptrdiff_t>(n), block_done);
@@ -219,8 +282,14 @@ void run_grid(dim3 grid, dim3 block, const F& body) {
                     static_cast<unsigned>(i / (uint64_t{grid.x} * grid.y))};
         tl_block = &*blk;
         shfl_round = 0;
+        const int p = tl_block->position(t);
+        if (tl_block->serial()) tl_block->wait_turn(p);
         body();
         tl_block->live.fetch_sub(1);
+        if (tl_block->serial()) {
+          tl_block->exited[p] = 1;
+          tl_block->hand_over(p);
+        }
         tl_block->bar.arrive_and_drop();
         gate.arrive_and_wait();
       }
@@ -270,5 +339,8 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
 }
 
 #define __syncthreads() ::aam_emu::sync(__LINE__)
+#define AAM_EMU_SHARED(type, name, dims) \
+  static type name dims;                 \
+  ::aam_emu::shared_region(name, sizeof(name))
 #define AAM_EMU_SHFL_XOR(v, m) ::aam_emu::shfl_xor((v), (m), __LINE__)
 #define AAM_EMU_LAUNCH(grid, block, stream, ...) ((void)(stream), ::aam_emu::launch((grid), (block), __VA_ARGS__))

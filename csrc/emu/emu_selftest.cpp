@@ -1,6 +1,7 @@
 // Test hooks of the emulator modules (aam._C_emu32/_C_emu64), bound in csrc/bindings/gpu_emu.inc:
-// bulk half/bf16 conversions (checked against torch) and kernels that break the emulator's rules
-// (each launch must fail with a clear error instead of silently computing something).
+// bulk half/bf16 conversions (checked against torch), kernels that break the emulator's rules (each
+// launch must fail with a clear error instead of silently computing something), the schedule setting
+// and a kernel with an optional race (serial schedules must change its results).
 #include <cstdint>
 
 #include "cuda/compat.cuh"
@@ -23,7 +24,7 @@ __global__ void shuffle_after_exit_kernel(float* out) {
 
 // Block-wide tree sum through shared memory: barriers, early exits after the last barrier.
 __global__ void block_sum_kernel(const float* in, float* out, int n) {
-  __shared__ float s[256];
+  AAM_SHARED(float, s, [256]);
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   s[threadIdx.x] = i < n ? in[i] : 0.f;
   __syncthreads();
@@ -42,7 +43,24 @@ __global__ void warp_sum_kernel(const float* in, float* out) {
   if (threadIdx.x % AAM_WARP_SIZE == 0) out[(blockIdx.x * blockDim.x + threadIdx.x) / AAM_WARP_SIZE] = v;
 }
 
+// Rotate a block's values through shared memory: out[t] = in[(t + 1) % n]. `barrier` false leaves out the
+// __syncthreads between the writes and the reads: a race the serial schedules must expose.
+__global__ void rotate_kernel(const float* in, float* out, bool barrier) {
+  AAM_SHARED(float, s, [256]);
+  const unsigned t = threadIdx.x;
+  s[t] = in[t];
+  if (barrier) __syncthreads();
+  out[t] = s[(t + 1) % blockDim.x];
+}
+
 }  // namespace
+
+void aam_emu_set_schedule(int schedule) { aam_emu::set_schedule(schedule); }
+
+void aam_emu_rotate(const float* in, float* out, int n, bool barrier) {
+  AAM_LAUNCH(1, n, nullptr, rotate_kernel)(in, out, barrier);
+  aam_check_launch("rotate");
+}
 
 void aam_emu_convert(int op, const void* src, void* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {

@@ -116,3 +116,17 @@ def test_explain_bad_input(regressor, data, tmp_path, capsys):
     assert msg.startswith("error:") and "tax.tsv" in msg and "Taxon" in msg
     msg = run_err(capsys, [*base, "--target-class", "a"])
     assert "--target-class applies to classifiers" in msg
+    listed = tmp_path / "ids.txt"
+    listed.write_text("S3\nS7\nS_unknown\n")
+    msg = run_err(capsys, [*base, "--samples", str(listed)])
+    assert msg.startswith("error:") and "S_unknown" in msg and "ids.txt" in msg
+
+
+def test_explain_listed_samples_only(regressor, data, tmp_path):
+    listed = tmp_path / "ids.txt"
+    listed.write_text("S7\nS3\n")
+    out = tmp_path / "e.tsv"
+    assert main(["explain", "--model", str(regressor), "--table", str(data["table"]), "--output", str(out),
+                 "--device", "cpu", "--samples", str(listed)]) == 0
+    assert [r["sample_id"] for r in read_tsv(out)][0] == "S3"  # table order
+    assert {r["sample_id"] for r in read_tsv(out)} == {"S3", "S7"}

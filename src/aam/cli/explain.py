@@ -13,14 +13,17 @@ from aam.cli import options as O
 @O.apply(O.table_options())
 @O.opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None,
        help="Metadata TSV with the categorical columns the model was trained with.")
+@O.opt("Data", "--samples", type=click.Path(dir_okay=False), default=None,
+       help="Explain only the sample IDs listed in this file, one per line (e.g. a run's val_samples.txt).")
 @O.opt("Data", "--taxonomy", type=click.Path(dir_okay=False), default=None,
        help="QIIME 2 taxonomy TSV (Feature ID, Taxon): adds each ASV's taxon to the outputs and plot labels.")
 @O.opt("Data", "--target-class", default=None,
        help="Classifiers: attribute the probability of this class (default: the last class of the model).")
 @O.opt("Data", "--rarefy/--no-rarefy", default=True,
        help="Rarefy to the training depth with the training seed (samples under it are skipped and reported).")
-@O.opt("Training", "--batch-size", type=int, default=64,
-       help="Sample variants (the sample minus one ASV) per forward pass.")
+@O.opt("Training", "--batch-size", type=int, default=256,
+       help="Sample variants (the sample minus one ASV) per forward pass; with at least the sample's ASV count "
+            "+ 1, each ASV sequence is encoded once per sample.")
 @O.apply(O.hardware_options(training=False))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
        help="Attributions TSV (sample_id, feature_id, count, prediction, attribution, taxon); also writes "

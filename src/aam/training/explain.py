@@ -21,6 +21,7 @@ from aam.data import targets as tgt
 from aam.data.dataset import collate
 from aam.data.taxonomy import load_taxonomy, short_label
 from aam.errors import InputError
+from aam.training.baseline import read_ids
 from aam.training.data_setup import make_dataset
 from aam.training.inference import (
     categorical_codes,
@@ -64,6 +65,15 @@ def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
     _, mcfg, pre, model, device = load_model(kw, "train")
     prepared = prepare(kw, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    if kw["samples"]:
+        wanted = read_ids(kw["samples"])
+        present = set(ids)
+        missing = [s for s in wanted if s not in present and s not in prepared.dropped]
+        if missing:
+            raise InputError(f"{len(missing)} sample(s) of {kw['samples']} are not in {kw['table']}: "
+                             f"{', '.join(missing[:10])}; list samples of that table")
+        keep = set(wanted)
+        ids = [s for s in ids if s in keep]
     if not ids:
         raise InputError(f"{kw['table']}: no sample left to explain after preprocessing (see the log)")
     _, cat = categorical_codes(kw, pre, ids)

@@ -27,6 +27,11 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_progress_bars(monkeypatch) -> None:
+    monkeypatch.setenv("AAM_NO_PROGRESS", "1")  # tqdm bars would clutter the test log
+
+
 @pytest.fixture
 def ibd_dir() -> Path:
     return IBD

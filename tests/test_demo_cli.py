@@ -9,8 +9,7 @@ from aam.data.distances import load_distance_matrix
 from test_e2e_cli import read_tsv
 
 
-def test_demo_writes_every_output(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
+def test_demo_writes_every_output(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out), "--samples", "40", "--pretrain-epochs", "1", "--train-epochs", "1",
                  "--device", "cpu"]) == 0

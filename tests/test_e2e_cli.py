@@ -64,11 +64,6 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
-
-
 def test_pretrain_outputs(pretrained):
     for rel in ("checkpoints/best.pt", "checkpoints/last.pt", "plots/training_curves.png",
                 "plots/unifrac_pred_vs_true.png", "training.log", "train_samples.txt", "val_samples.txt"):

@@ -11,11 +11,6 @@ from aam.data.distances import load_distance_matrix
 from test_e2e_cli import MODEL, read_tsv, run_err, write_tiny
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("tiny"), seed=3)

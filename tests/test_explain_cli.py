@@ -14,11 +14,6 @@ from test_e2e_cli import MODEL, read_tsv, run_err, write_tiny
 WIDE = [*MODEL, "--token-limit", "64"]  # every ASV of a sample is seen, so removing one brings no other in
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("tiny"), seed=5)

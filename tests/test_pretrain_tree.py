@@ -33,11 +33,6 @@ METRICS = [("unweighted", None), ("weighted_normalized", None), ("weighted_unnor
 TOL = 1e-6  # targets travel as float32
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     ds = synthetic.make_dataset(30, n_features=40, seed=3, min_len=20, max_len=30, richness=12, mean_depth=600.0)

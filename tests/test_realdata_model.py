@@ -17,11 +17,10 @@ TINY = ["--embedding-dim", "32", "--attention-heads", "2", "--attention-layers",
         "--batch-size", "8", "--max-bp", "100", "--token-limit", "32", "--rarefy-depth", "0", "--kernels", "auto"]
 
 
-def test_ibd_pretrain_train_predict(ibd_dir, tmp_path, monkeypatch):
+def test_ibd_pretrain_train_predict(ibd_dir, tmp_path):
     import skbio
     from skbio.diversity import beta_diversity
 
-    monkeypatch.setenv("AAM_NO_PROGRESS", "1")
     table = biom.load_table(str(ibd_dir / "rarefied-table.biom"))
     tree = skbio.TreeNode.read(str(ibd_dir / "tree.nwk"))
     tips = {t.name for t in tree.tips()}

@@ -8,19 +8,14 @@ from aam.cli import options as O
 
 
 @click.command(cls=O.GroupedCommand)
-@O.opt("Data", "--model", required=True, type=click.Path(dir_okay=False),
-       help="checkpoints/best.pt (or last.pt) of `aam train`.")
-@O.apply(O.table_options())
-@O.opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None,
-       help="Metadata TSV with the categorical columns the model was trained with.")
+@O.apply(O.saved_model_options("checkpoints/best.pt (or last.pt) of `aam train`.",
+                               "Metadata TSV with the categorical columns the model was trained with."))
 @O.opt("Data", "--samples", type=click.Path(dir_okay=False), default=None,
        help="Explain only the sample IDs listed in this file, one per line (e.g. a run's val_samples.txt).")
 @O.opt("Data", "--taxonomy", type=click.Path(dir_okay=False), default=None,
        help="QIIME 2 taxonomy TSV (Feature ID, Taxon): adds each ASV's taxon to the outputs and plot labels.")
 @O.opt("Data", "--target-class", default=None,
        help="Classifiers: attribute the probability of this class (default: the last class of the model).")
-@O.opt("Data", "--rarefy/--no-rarefy", default=True,
-       help="Rarefy to the training depth with the training seed (samples under it are skipped and reported).")
 @O.opt("Training", "--batch-size", type=int, default=256,
        help="Sample variants (the sample minus one ASV) per forward pass; with at least the sample's ASV count "
             "+ 1, each ASV sequence is encoded once per sample.")
@@ -32,8 +27,7 @@ def explain(**kw) -> int:
     """Attribute each prediction to the sample's ASVs: the change of the prediction when one ASV is removed."""
     from aam.training.explain import run_explain
 
-    if kw["batch_size"] < 1:
-        raise click.UsageError("--batch-size must be >= 1")
+    O.check_inference_options(kw)
     res = run_explain(kw)
     click.echo(f"explained {res['n_samples']} samples ({res['n_features']} ASVs; attribution = {res['unit']} with "
                f"the ASV - without it): {res['output']}, {res['summary']}, {res['plot']}")

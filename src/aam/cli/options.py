@@ -55,6 +55,25 @@ def table_options() -> list[Callable]:
     ]
 
 
+def saved_model_options(model_help: str, metadata_help: str) -> list[Callable]:
+    """--model, the table, --metadata and --rarefy: what predict, embed and explain read."""
+    return [
+        opt("Data", "--model", required=True, type=click.Path(dir_okay=False), help=model_help),
+        *table_options(),
+        opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None, help=metadata_help),
+        opt("Data", "--rarefy/--no-rarefy", default=True,
+            help="Rarefy to the training depth with the training seed (samples under it are skipped and reported)."),
+    ]
+
+
+def check_inference_options(kw: dict) -> None:
+    """--batch-size >= 1, and --metadata with --metadata-column."""
+    if kw["batch_size"] < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+    if kw.get("metadata_column") and not kw["metadata"]:
+        raise click.UsageError("--metadata-column needs --metadata (the file holding that column)")
+
+
 def preprocessing_options() -> list[Callable]:
     return [
         opt("Data", "--rarefy-depth", type=int, default=None, show_default="auto",

@@ -8,16 +8,11 @@ from aam.cli import options as O
 
 
 @click.command(cls=O.GroupedCommand)
-@O.opt("Data", "--model", required=True, type=click.Path(dir_okay=False),
-       help="checkpoints/best.pt (or last.pt) of `aam train`.")
-@O.apply(O.table_options())
-@O.opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None,
-       help="Metadata TSV with the categorical columns the model was trained with.")
+@O.apply(O.saved_model_options("checkpoints/best.pt (or last.pt) of `aam train`.",
+                               "Metadata TSV with the categorical columns the model was trained with."))
 @O.opt("Data", "--metadata-column", default=None,
        help="Evaluate: compare the predictions with this column of --metadata; writes <output>.metrics.json "
             "and a plot <output>.png (predicted vs true, or a confusion matrix).")
-@O.opt("Data", "--rarefy/--no-rarefy", default=True,
-       help="Rarefy to the training depth with the training seed (samples under it are skipped and reported).")
 @O.opt("Training", "--batch-size", type=int, default=8, help="Samples per batch.")
 @O.apply(O.hardware_options(training=False))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
@@ -27,10 +22,7 @@ def predict(**kw) -> int:
     """Predict every sample of --table with a trained model, preprocessing it as in training."""
     from aam.training.inference import run_predict
 
-    if kw["batch_size"] < 1:
-        raise click.UsageError("--batch-size must be >= 1")
-    if kw["metadata_column"] and not kw["metadata"]:
-        raise click.UsageError("--metadata-column needs --metadata (the file holding that column)")
+    O.check_inference_options(kw)
     res = run_predict(kw)
     click.echo(f"wrote {res['n_predicted']} predictions to {res['output']}"
                + (f"; {len(res['skipped'])} sample(s) skipped (see the log)" if res["skipped"] else ""))

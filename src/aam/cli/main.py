@@ -22,7 +22,7 @@ COMMANDS = {
     "explain": ("aam.cli.explain", "explain", "Which ASVs drive a fine-tuned model's predictions (occlusion)."),
     "rf-baseline": ("aam.cli.rf_baseline", "rf_baseline", "Random-forest baseline on the split of an aam run."),
     "kernels": ("aam.cli.kernels", "kernels", "Show kernel backends on this machine and self-check them."),
-    "demo": ("aam.cli.demo", "demo", "Run pretrain -> train -> predict on a generated dataset."),
+    "demo": ("aam.cli.demo", "demo", "Run pretrain -> train -> predict -> embed on a generated dataset."),
 }
 
 

@@ -9,7 +9,8 @@ MultiTaskLoss; see docs/BENCHMARKS.md for how one was assembled). Without it the
 
 One dataset (aam.data.synthetic, 150-bp ASVs, samples with ~130-310 ASVs) and one model config for both: D=128,
 4 heads and 4 layers in each of the ASV, sample and encoder stacks, FFN 4D, dropout 0.1 (fixed in the reference),
-max_bp 150, token_limit 256, batch 8, pairwise UniFrac + masked-nucleotide loss (ratio 0.15), AdamW lr 1e-4 wd
+max_bp 150, token_limit 256, batch 4 (at batch 8 the reference's step peaks above 16 GB, too much for the
+23 GB development machine), pairwise UniFrac + masked-nucleotide loss (ratio 0.15), AdamW lr 1e-4 wd
 0.01. Each package runs its own defaults otherwise:
 - reference: its CLI defaults (`aam pretrain`): --attn-implementation mem_efficient (only toggles CUDA SDPA
   flags; on the CPU SDPA picks its own kernel), --gradient-checkpointing on (AAM_REF_CHECKPOINTING=0 turns it
@@ -24,8 +25,10 @@ median wall time and samples/s over all timed steps of all rounds; peak memory =
 the first round's subprocess minus the RSS right after imports (also reported: minus the RSS after the model,
 optimizer and batches were built). A JSON with both sides and the ratios goes to AAM_BENCH_JSON if set.
 
-Environment: AAM_BENCH_BATCH (8), AAM_BENCH_TOKEN_LIMIT (256), AAM_BENCH_STEPS (timed steps per round, 3),
-AAM_BENCH_ROUNDS (2), AAM_BENCH_LAYERS (4), AAM_BENCH_DIM (128), AAM_REF_CHECKPOINTING (1), AAM_BENCH_JSON.
+Environment: AAM_BENCH_BATCH (4), AAM_BENCH_TOKEN_LIMIT (256), AAM_BENCH_STEPS (timed steps per round, 2),
+AAM_BENCH_ROUNDS (2), AAM_BENCH_LAYERS (4), AAM_BENCH_DIM (128), AAM_REF_CHECKPOINTING (1), AAM_BENCH_JSON;
+aam-side variants: AAM_BENCH_AAM_DROPOUT (0.1; `aam pretrain` defaults to 0), AAM_BENCH_AAM_CHECKPOINTING (0).
+One side alone: `python benchmarks/bench_vs_reference.py aam|reference DATA.npz` (DATA from make_data).
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ import numpy as np
 import pytest
 
 REF_SRC = os.environ.get("AAM_REFERENCE_SRC", "")
-BATCH = int(os.environ.get("AAM_BENCH_BATCH", "8"))
+BATCH = int(os.environ.get("AAM_BENCH_BATCH", "4"))
 TOKEN_LIMIT = int(os.environ.get("AAM_BENCH_TOKEN_LIMIT", "256"))
-STEPS = int(os.environ.get("AAM_BENCH_STEPS", "3"))
+STEPS = int(os.environ.get("AAM_BENCH_STEPS", "2"))
 ROUNDS = int(os.environ.get("AAM_BENCH_ROUNDS", "2"))
 LAYERS = int(os.environ.get("AAM_BENCH_LAYERS", "4"))
 DIM = int(os.environ.get("AAM_BENCH_DIM", "128"))
@@ -55,6 +58,9 @@ DROPOUT = 0.1
 MASK_RATIO = 0.15
 LR, WEIGHT_DECAY = 1e-4, 0.01
 REF_CHECKPOINTING = os.environ.get("AAM_REF_CHECKPOINTING", "1") == "1"
+# Variants of the aam side only (defaults: the same dropout as the reference, aam's default of no checkpointing).
+AAM_DROPOUT = float(os.environ.get("AAM_BENCH_AAM_DROPOUT", str(DROPOUT)))
+AAM_CHECKPOINTING = os.environ.get("AAM_BENCH_AAM_CHECKPOINTING", "0") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -178,7 +184,7 @@ def _aam_setup(data: dict):
         batches.append(b)
     cfg = ModelConfig(embedding_dim=DIM, asv_heads=HEADS, asv_layers=LAYERS, sample_heads=HEADS,
                       sample_layers=LAYERS, encoder_heads=HEADS, encoder_layers=LAYERS, token_limit=TOKEN_LIMIT,
-                      max_bp=MAX_BP, dropout=DROPOUT)
+                      max_bp=MAX_BP, dropout=AAM_DROPOUT, gradient_checkpointing=AAM_CHECKPOINTING)
     model = build_model(cfg)
     loss_fn = MultiTaskLoss(LossConfig())
     opt = make_optimizer(model, LR, WEIGHT_DECAY)
@@ -202,7 +208,8 @@ def _aam_setup(data: dict):
     u = [int(b["tokens"].shape[0]) for b in batches]
     info = {"parameters": sum(p.numel() for p in model.parameters()), "unique_asvs_per_batch": sum(u) / len(u),
             "nucleotide_columns": int(batches[0]["tokens"].shape[1]), "kernels": cfg.kernels,
-            "packed_attention": cfg.packed_attention}
+            "packed_attention": cfg.packed_attention, "dropout": AAM_DROPOUT,
+            "gradient_checkpointing": AAM_CHECKPOINTING}
     return step, batches, info
 
 

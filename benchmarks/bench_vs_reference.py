@@ -7,11 +7,18 @@ MultiTaskLoss; see docs/BENCHMARKS.md for how one was assembled). Without it the
     AAM_REFERENCE_SRC=/work/refaam PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_vs_reference.py \
         --benchmark-enable -q -s
 
-One dataset (aam.data.synthetic, 150-bp ASVs, samples with ~130-310 ASVs) and one model config for both: D=128,
-4 heads and 4 layers in each of the ASV, sample and encoder stacks, FFN 4D, dropout 0.1 (fixed in the reference),
-max_bp 150, token_limit 256, batch 4 (at batch 8 the reference's step peaks above 16 GB, too much for the
-23 GB development machine), pairwise UniFrac + masked-nucleotide loss (ratio 0.15), AdamW lr 1e-4 wd
-0.01. Each package runs its own defaults otherwise:
+Two data modes (AAM_BENCH_DATA), one model config for both sides: D=128, 4 heads and 4 layers in each of the
+ASV, sample and encoder stacks, FFN 4D, dropout 0.1 (fixed in the reference), max_bp 150, pairwise UniFrac +
+masked-nucleotide loss (ratio 0.15), AdamW lr 1e-4 wd 0.01.
+- synthetic (default): aam.data.synthetic, 150-bp ASVs, samples with ~50-340 ASVs, random distances;
+  token_limit 256, batch 4 (at batch 8 the reference's step peaks above 16 GB on this data).
+- ibd: real data, /work/shared/data/ibd-2538 (AAM_BENCH_IBD_DIR; skips when absent): BATCH * (STEPS + 1)
+  samples of rarefied-table.biom (5,000 reads, 100-nt ASVs) drawn with AAM_BENCH_SEED (0), batched in draw
+  order, the same for both sides; ASVs not in tree.nwk dropped; unweighted UniFrac from the tree among the
+  drawn samples. The reference's CLI defaults: batch 8, token_limit 1024 (no sample here comes near it, so
+  its 'first' and aam's 'abundance' selection keep the same ASVs). aam is also timed at dropout 0 (its
+  `aam pretrain` default) in the same run, as the variant `aam_dropout0` (AAM_BENCH_DROPOUT0_VARIANT=0 skips).
+Each package runs its own defaults otherwise:
 - reference: its CLI defaults (`aam pretrain`): --attn-implementation mem_efficient (only toggles CUDA SDPA
   flags; on the CPU SDPA picks its own kernel), --gradient-checkpointing on (AAM_REF_CHECKPOINTING=0 turns it
   off), --asv-chunk-size 256, ASVs padded to token_limit x (max_bp + 1), 'first' ASV selection, MAE
@@ -25,10 +32,12 @@ median wall time and samples/s over all timed steps of all rounds; peak memory =
 the first round's subprocess minus the RSS right after imports (also reported: minus the RSS after the model,
 optimizer and batches were built). A JSON with both sides and the ratios goes to AAM_BENCH_JSON if set.
 
-Environment: AAM_BENCH_BATCH (4), AAM_BENCH_TOKEN_LIMIT (256), AAM_BENCH_STEPS (timed steps per round, 2),
-AAM_BENCH_ROUNDS (2), AAM_BENCH_LAYERS (4), AAM_BENCH_DIM (128), AAM_REF_CHECKPOINTING (1), AAM_BENCH_JSON;
-aam-side variants: AAM_BENCH_AAM_DROPOUT (0.1; `aam pretrain` defaults to 0), AAM_BENCH_AAM_CHECKPOINTING (0).
-One side alone: `python benchmarks/bench_vs_reference.py aam|reference DATA.npz` (DATA from make_data).
+Environment: AAM_BENCH_DATA (synthetic | ibd), AAM_BENCH_BATCH (4; ibd 8), AAM_BENCH_TOKEN_LIMIT (256; ibd 1024),
+AAM_BENCH_STEPS (timed steps per round, 2), AAM_BENCH_ROUNDS (2), AAM_BENCH_LAYERS (4), AAM_BENCH_DIM (128),
+AAM_REF_CHECKPOINTING (1), AAM_BENCH_SEED (0), AAM_BENCH_JSON; aam-side variants: AAM_BENCH_AAM_DROPOUT (0.1;
+`aam pretrain` defaults to 0), AAM_BENCH_AAM_CHECKPOINTING (0), AAM_BENCH_DROPOUT0_VARIANT (ibd 1, synthetic 0).
+One side alone: `python benchmarks/bench_vs_reference.py aam|reference DATA.npz` (DATA from make_data or
+make_ibd_data, with the same AAM_BENCH_* environment).
 """
 
 from __future__ import annotations
@@ -46,8 +55,12 @@ import numpy as np
 import pytest
 
 REF_SRC = os.environ.get("AAM_REFERENCE_SRC", "")
-BATCH = int(os.environ.get("AAM_BENCH_BATCH", "4"))
-TOKEN_LIMIT = int(os.environ.get("AAM_BENCH_TOKEN_LIMIT", "256"))
+DATA = os.environ.get("AAM_BENCH_DATA", "synthetic")
+IBD_DIR = Path(os.environ.get("AAM_BENCH_IBD_DIR", "/work/shared/data/ibd-2538"))
+SEED = int(os.environ.get("AAM_BENCH_SEED", "0"))
+# Real data runs at the reference's CLI defaults (batch 8, token_limit 1024); synthetic at what fits the machine.
+BATCH = int(os.environ.get("AAM_BENCH_BATCH", "8" if DATA == "ibd" else "4"))
+TOKEN_LIMIT = int(os.environ.get("AAM_BENCH_TOKEN_LIMIT", "1024" if DATA == "ibd" else "256"))
 STEPS = int(os.environ.get("AAM_BENCH_STEPS", "2"))
 ROUNDS = int(os.environ.get("AAM_BENCH_ROUNDS", "2"))
 LAYERS = int(os.environ.get("AAM_BENCH_LAYERS", "4"))
@@ -61,6 +74,8 @@ REF_CHECKPOINTING = os.environ.get("AAM_REF_CHECKPOINTING", "1") == "1"
 # Variants of the aam side only (defaults: the same dropout as the reference, aam's default of no checkpointing).
 AAM_DROPOUT = float(os.environ.get("AAM_BENCH_AAM_DROPOUT", str(DROPOUT)))
 AAM_CHECKPOINTING = os.environ.get("AAM_BENCH_AAM_CHECKPOINTING", "0") == "1"
+# Also time aam at its `aam pretrain` default dropout (0) in the same run (the reference is not rerun).
+DROPOUT0_VARIANT = os.environ.get("AAM_BENCH_DROPOUT0_VARIANT", "1" if DATA == "ibd" else "0") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,7 +87,68 @@ def _reference_missing() -> str | None:
     return None
 
 
+def _data_missing() -> str | None:
+    if DATA == "ibd":
+        for name in ("rarefied-table.biom", "tree.nwk"):
+            if not (IBD_DIR / name).is_file():
+                return (f"AAM_BENCH_DATA=ibd needs {IBD_DIR / name} (the ibd-2538 data set; set "
+                        "AAM_BENCH_IBD_DIR to its folder)")
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- data
+def _batch_rows(counts: np.ndarray) -> dict:
+    """Per batch of BATCH consecutive samples: ASV entries after the token limit (the reference's non-empty
+    slots) and unique ASVs among them (aam's encoder rows; exact when no sample exceeds token_limit)."""
+    total, unique = [], []
+    for start in range(0, counts.shape[1] - BATCH + 1, BATCH):
+        rows = [np.flatnonzero(counts[:, c] > 0)[:TOKEN_LIMIT] for c in range(start, start + BATCH)]
+        total.append(sum(len(r) for r in rows))
+        unique.append(len(np.unique(np.concatenate(rows))))
+    return {"asv_entries_per_batch": total, "unique_asvs_per_batch": unique,
+            "unique_over_entries_mean": float(np.mean(np.asarray(unique) / np.asarray(total)))}
+
+
+def make_ibd_data(path: Path) -> dict:
+    """BATCH * (STEPS + 1) samples of ibd-2538's rarefied table (5,000 reads each), drawn at random with
+    AAM_BENCH_SEED, batched in draw order; ASVs that are not tips of tree.nwk dropped; unweighted UniFrac
+    among the drawn samples from the tree (aam.data.tree_distances). Saved like make_data's arrays."""
+    import biom
+
+    from aam.data.newick import read_tree
+    from aam.data.tokenizer import tokenize
+    from aam.data.tree_distances import TreeDistances
+
+    table = biom.load_table(str(IBD_DIR / "rarefied-table.biom"))
+    tree = read_tree(IBD_DIR / "tree.nwk")
+    tips = tree.tip_index()
+    n_table = table.shape
+    n = BATCH * (STEPS + 1)
+    rng = np.random.default_rng(SEED)
+    pick = [str(s) for s in rng.choice(table.ids(axis="sample"), size=n, replace=False)]
+    sub = table.filter(lambda _v, i, _m: str(i) in tips, axis="observation", inplace=False)
+    n_not_in_tree = n_table[0] - sub.shape[0]
+    sub = sub.filter(pick, axis="sample", inplace=False).sort_order(pick, axis="sample")
+    sub = sub.filter(lambda v, _i, _m: v.sum() > 0, axis="observation", inplace=False)
+    counts = sub.matrix_data.toarray()
+    feature_ids = [str(f) for f in sub.ids(axis="observation")]
+    tokens, lengths, _ = tokenize(feature_ids, MAX_BP)
+    dist = TreeDistances(sub, tree, metric="unweighted").pairs(pick)
+    np.savez(path, counts=counts, tokens=tokens, dist=dist, sample_ids=np.asarray(pick),
+             feature_ids=np.asarray(feature_ids))
+    nz = (counts > 0).sum(axis=0)
+    reads = counts.sum(axis=0)
+    return {"source": str(IBD_DIR / "rarefied-table.biom"), "table_shape": list(n_table), "seed": SEED,
+            "n_samples": n, "sample_ids": pick, "n_features": int(counts.shape[0]),
+            "table_features_not_in_tree_dropped": int(n_not_in_tree),
+            "reads_per_sample_min": int(reads.min()), "reads_per_sample_max": int(reads.max()),
+            "asvs_per_sample_min": int(nz.min()), "asvs_per_sample_median": float(np.median(nz)),
+            "asvs_per_sample_max": int(nz.max()), "samples_over_token_limit": int((nz > TOKEN_LIMIT).sum()),
+            "asv_length_bp_min": int(lengths.min()), "asv_length_bp_max": int(lengths.max()),
+            "unifrac": "unweighted, aam.data.tree_distances on tree.nwk",
+            "unifrac_mean_offdiag": float(dist[~np.eye(n, dtype=bool)].mean()), **_batch_rows(counts)}
+
+
 def make_data(path: Path) -> dict:
     """One synthetic dataset for both sides, saved as arrays: dense counts [features, samples] in BIOM row
     order, tokens [features, max_bp + 1] (START 5, A1 C2 G3 T4, PAD 0: the same encoding in both packages)
@@ -93,7 +169,7 @@ def make_data(path: Path) -> dict:
     nz = (counts > 0).sum(axis=0)
     return {"n_samples": n, "n_features": int(counts.shape[0]), "asvs_per_sample_min": int(nz.min()),
             "asvs_per_sample_median": float(np.median(nz)), "asvs_per_sample_max": int(nz.max()),
-            "asv_length_bp": MAX_BP}
+            "asv_length_bp": MAX_BP, **_batch_rows(counts)}
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -147,8 +223,10 @@ def _reference_setup(data: dict):
         opt.zero_grad()
         return float(loss)
 
+    nonempty = [int((b["tokens"] > 0).any(-1).sum()) for b in batches]
     info = {"parameters": sum(p.numel() for p in model.parameters()),
-            "asv_rows_per_batch": BATCH * TOKEN_LIMIT}
+            "asv_rows_per_batch": BATCH * TOKEN_LIMIT, "nonempty_asv_rows_per_batch": nonempty,
+            "nucleotide_columns": MAX_BP + 1}
     return step, batches, info
 
 
@@ -207,6 +285,8 @@ def _aam_setup(data: dict):
 
     u = [int(b["tokens"].shape[0]) for b in batches]
     info = {"parameters": sum(p.numel() for p in model.parameters()), "unique_asvs_per_batch": sum(u) / len(u),
+            "unique_asvs_per_batch_all": u, "asv_entries_per_batch": [int(b["offsets"][-1]) for b in batches],
+            "masked_copy_rows_per_batch": [max(1, int(np.ceil(tc.nuc_asv_fraction * k))) for k in u],
             "nucleotide_columns": int(batches[0]["tokens"].shape[1]), "kernels": cfg.kernels,
             "packed_attention": cfg.packed_attention, "dropout": AAM_DROPOUT,
             "gradient_checkpointing": AAM_CHECKPOINTING}
@@ -236,9 +316,9 @@ def worker(side: str, data_path: str) -> None:
                                   **info}), flush=True)
 
 
-def _run_worker(side: str, data_path: Path) -> dict:
+def _run_worker(side: str, data_path: Path, **extra_env: str) -> dict:
     pp = REF_SRC if side == "reference" else str(ROOT / "src")
-    env = dict(os.environ, PYTHONPATH=pp, PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONPATH=pp, PYTHONWARNINGS="ignore", **extra_env)
     res = subprocess.run([sys.executable, __file__, side, str(data_path)], capture_output=True, text=True, env=env,
                          timeout=3600)
     assert res.returncode == 0, f"{side} worker failed:\n{res.stderr[-3000:]}"
@@ -247,52 +327,71 @@ def _run_worker(side: str, data_path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
+def _summary(rs: list[dict]) -> dict:
+    """One side's runs: median step over all timed steps of all rounds, memory of the first round."""
+    times = [t for r in rs for t in r["times_s"]]
+    first = rs[0]
+    med = statistics.median(times)
+    return {
+        "median_step_s": med, "samples_per_s": BATCH / med, "step_times_s": times,
+        "peak_rss_minus_import_mb": first["peak_rss_mb"] - first["import_rss_mb"],
+        "peak_rss_minus_setup_mb": first["peak_rss_mb"] - first["setup_rss_mb"],
+        "peak_rss_mb": first["peak_rss_mb"], "import_rss_mb": first["import_rss_mb"],
+        **{k: v for k, v in first.items() if k not in ("times_s", "peak_rss_mb", "import_rss_mb", "side")},
+    }
+
+
+def _ratios(ref: dict, ours: dict) -> dict:
+    return {"throughput_aam_over_reference": ref["median_step_s"] / ours["median_step_s"],
+            "peak_memory_aam_over_reference": ours["peak_rss_minus_import_mb"] / ref["peak_rss_minus_import_mb"],
+            "peak_memory_aam_over_reference_minus_setup":
+                ours["peak_rss_minus_setup_mb"] / ref["peak_rss_minus_setup_mb"]}
+
+
 def test_pretrain_step_vs_reference(benchmark):
-    reason = _reference_missing()
+    if DATA not in ("synthetic", "ibd"):
+        pytest.fail(f"AAM_BENCH_DATA={DATA!r} is not a data mode; use 'synthetic' (default) or 'ibd'")
+    reason = _reference_missing() or _data_missing()
     if reason:
         pytest.skip(reason)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "data.npz"
-        data_info = make_data(data_path)
-        runs: dict[str, list[dict]] = {"reference": [], "aam": []}
+        data_info = (make_ibd_data if DATA == "ibd" else make_data)(data_path)
+        runs: dict[str, list[dict]] = {"reference": [], "aam": [], "aam_dropout0": []}
         for _ in range(ROUNDS):
             for side in ("reference", "aam"):
                 runs[side].append(_run_worker(side, data_path))
-    sides = {}
-    for side, rs in runs.items():
-        times = [t for r in rs for t in r["times_s"]]
-        first = rs[0]
-        med = statistics.median(times)
-        sides[side] = {
-            "median_step_s": med, "samples_per_s": BATCH / med, "step_times_s": times,
-            "peak_rss_minus_import_mb": first["peak_rss_mb"] - first["import_rss_mb"],
-            "peak_rss_minus_setup_mb": first["peak_rss_mb"] - first["setup_rss_mb"],
-            "peak_rss_mb": first["peak_rss_mb"], "import_rss_mb": first["import_rss_mb"],
-            **{k: v for k, v in first.items() if k not in ("times_s", "peak_rss_mb", "import_rss_mb", "side")},
-        }
+            if DROPOUT0_VARIANT:
+                runs["aam_dropout0"].append(_run_worker("aam", data_path, AAM_BENCH_AAM_DROPOUT="0"))
+    sides = {side: _summary(rs) for side, rs in runs.items() if rs}
     ref, ours = sides["reference"], sides["aam"]
     result = {
-        "config": {"batch": BATCH, "token_limit": TOKEN_LIMIT, "max_bp": MAX_BP, "embedding_dim": DIM,
+        "config": {"data": DATA, "batch": BATCH, "token_limit": TOKEN_LIMIT, "max_bp": MAX_BP, "embedding_dim": DIM,
                    "heads": HEADS, "layers_per_stack": LAYERS, "dropout": DROPOUT, "nuc_mask_ratio": MASK_RATIO,
                    "lr": LR, "weight_decay": WEIGHT_DECAY, "timed_steps_per_round": STEPS, "rounds": ROUNDS,
-                   "reference_gradient_checkpointing": REF_CHECKPOINTING,
-                   "reference_attn_implementation": "mem_efficient", "reference_asv_chunk_size": 256},
+                   "reference_gradient_checkpointing": REF_CHECKPOINTING, "reference_asv_selection": "first",
+                   "reference_attn_implementation": "mem_efficient", "reference_asv_chunk_size": 256,
+                   "aam_asv_selection": "abundance"},
         "data": data_info, "reference": ref, "aam": ours,
-        "ratios": {"throughput_aam_over_reference": ref["median_step_s"] / ours["median_step_s"],
-                   "peak_memory_aam_over_reference": ours["peak_rss_minus_import_mb"] / ref["peak_rss_minus_import_mb"],
-                   "peak_memory_aam_over_reference_minus_setup":
-                       ours["peak_rss_minus_setup_mb"] / ref["peak_rss_minus_setup_mb"]},
+        "ratios": _ratios(ref, ours),
         "targets": {"throughput": ">= 5x", "peak_memory": "<= 0.5x"},
     }
+    if "aam_dropout0" in sides:
+        result["aam_dropout0"] = sides["aam_dropout0"]
+        result["ratios_aam_dropout0"] = _ratios(ref, sides["aam_dropout0"])
     if os.environ.get("AAM_BENCH_JSON"):
         Path(os.environ["AAM_BENCH_JSON"]).write_text(json.dumps(result, indent=2) + "\n")
     benchmark.extra_info.update(result)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    r = result["ratios"]
-    print(f"\nreference: {ref['median_step_s']:.2f} s/step, {ref['samples_per_s']:.2f} samples/s, "
-          f"peak +{ref['peak_rss_minus_import_mb']:.0f} MB | aam: {ours['median_step_s']:.2f} s/step, "
-          f"{ours['samples_per_s']:.2f} samples/s, peak +{ours['peak_rss_minus_import_mb']:.0f} MB | "
-          f"throughput {r['throughput_aam_over_reference']:.2f}x, memory {r['peak_memory_aam_over_reference']:.2f}x")
+    print(f"\n[{DATA}, batch {BATCH}, token_limit {TOKEN_LIMIT}] reference: {ref['median_step_s']:.2f} s/step, "
+          f"{ref['samples_per_s']:.3f} samples/s, peak +{ref['peak_rss_minus_import_mb']:.0f} MB")
+    for name in ("aam", "aam_dropout0"):
+        if name in sides:
+            o = sides[name]
+            r = _ratios(ref, o)
+            print(f"{name} (dropout {o['dropout']}): {o['median_step_s']:.2f} s/step, {o['samples_per_s']:.3f} "
+                  f"samples/s, peak +{o['peak_rss_minus_import_mb']:.0f} MB | throughput "
+                  f"{r['throughput_aam_over_reference']:.2f}x, memory {r['peak_memory_aam_over_reference']:.2f}x")
 
 
 if __name__ == "__main__":

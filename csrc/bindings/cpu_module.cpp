@@ -5,6 +5,7 @@ namespace py = pybind11;
 void bind_pairwise_loss_cpu(py::module_& m);
 void bind_attention_cpu(py::module_& m);
 void bind_unifrac_cpu(py::module_& m);
+void bind_dropout_cpu(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "aam CPU kernels (C++17, OpenMP)";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_C, m) {
   bind_pairwise_loss_cpu(m);
   bind_attention_cpu(m);
   bind_unifrac_cpu(m);
+  bind_dropout_cpu(m);
 }

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aam.ops import masked_attention
+from aam.ops import dropout, masked_attention
 from aam.ops.attention import masked_attention_varlen, packed_backend
 
 
@@ -58,8 +58,9 @@ class SelfAttention(nn.Module):
                                           backend=packing.backend)
             return self.proj(out.reshape(tokens, dim))
         n, length, dim = x.shape
-        qkv = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = masked_attention(qkv[0], qkv[1], qkv[2], key_padding_mask=pad, dropout_p=p, backend=self.kernels)
+        # unbind, not qkv[0..2]: the backward of each index would zero-fill a full-size gradient
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = masked_attention(q, k, v, key_padding_mask=pad, dropout_p=p, backend=self.kernels)
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
 
@@ -74,7 +75,11 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, ffn_ratio * dim)
         self.fc_out = nn.Linear(ffn_ratio * dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.dropout_p = dropout
+        self.dropout_backend = "math" if kernels == "math" else "auto"  # the CPU kernel unless --kernels math
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.dropout_p, self.training, self.dropout_backend)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), pad, packing))
@@ -120,9 +125,9 @@ class Transformer(nn.Module):
         if not self.packed or pad is None or not self.blocks or torch.compiler.is_compiling():
             return None
         attn = self.blocks[0].attn
-        dropout = attn.attention_dropout if self.training else 0.0
+        attn_dropout = attn.attention_dropout if self.training else 0.0
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        backend = packed_backend(attn.kernels, x.device, dtype, x.shape[2] // attn.heads, dropout, x.shape[1])
+        backend = packed_backend(attn.kernels, x.device, dtype, x.shape[2] // attn.heads, attn_dropout, x.shape[1])
         if backend is None:
             return None
         packing = Packing.from_padding(pad, backend)

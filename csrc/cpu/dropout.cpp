@@ -1,0 +1,92 @@
+// Dropout on the CPU with a counter-based mask: element i is kept when hash(seed, i) / 2 >= p * 2^31, where
+// hash is two rounds of the murmur3 finaliser over (i, seed). Nothing is stored between forward and
+// backward (the backward recomputes the mask from the seed), the mask does not depend on the thread
+// count, and the loop is a few 32-bit integer operations per element, vectorised (AVX2 clone).
+// torch's CPU dropout draws a Bernoulli variate per element from its generator and keeps the mask.
+#include "cpu/dropout.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define AAM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define AAM_CLONES
+#endif
+
+namespace aam {
+namespace {
+
+__attribute__((always_inline)) inline uint32_t fmix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+// One chunk [lo, hi) inside one 2^32-aligned range (the chunk size divides 2^32): the high half of the
+// index is a constant of the chunk, and the loop body is branch-free 32-bit arithmetic, so it vectorises.
+// Elementwise, so in == out is fine.
+template <class T>
+__attribute__((always_inline)) inline void dropout_chunk(const T* in, T* out, int64_t lo, int64_t hi, uint32_t key0,
+                                                         uint32_t key1, uint32_t threshold, T scale) {
+  const uint32_t high = static_cast<uint32_t>(lo >> 32) ^ key1;
+  const uint32_t first = static_cast<uint32_t>(lo);
+  const int64_t m = hi - lo;
+  in += lo;
+  out += lo;
+  for (int64_t k = 0; k < m; ++k) {
+    const uint32_t r = fmix32(fmix32((first + static_cast<uint32_t>(k)) ^ key0) + high);
+    // 31-bit signed compare and a multiply by 0 or 1: GCC vectorises this, not an unsigned select
+    const int32_t keep = static_cast<int32_t>(r >> 1) >= static_cast<int32_t>(threshold >> 1);
+    out[k] = in[k] * (static_cast<T>(keep) * scale);
+  }
+}
+
+// target_clones needs plain functions: one per dtype, each compiled for AVX2 and for the baseline.
+AAM_CLONES void chunk_f32(const float* in, float* out, int64_t lo, int64_t hi, uint32_t k0, uint32_t k1, uint32_t t,
+                          float scale) {
+  dropout_chunk(in, out, lo, hi, k0, k1, t, scale);
+}
+AAM_CLONES void chunk_f64(const double* in, double* out, int64_t lo, int64_t hi, uint32_t k0, uint32_t k1, uint32_t t,
+                          double scale) {
+  dropout_chunk(in, out, lo, hi, k0, k1, t, scale);
+}
+
+template <class T>
+void dropout_typed(const T* in, T* out, int64_t n, uint64_t seed, double p) {
+  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+  const uint32_t threshold = static_cast<uint32_t>(std::ldexp(p, 32));  // p < 1: below 2^32
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t lo = c * kChunk, hi = lo + kChunk < n ? lo + kChunk : n;
+    if constexpr (sizeof(T) == 4) {
+      chunk_f32(in, out, lo, hi, key0, key1, threshold, scale);
+    } else {
+      chunk_f64(in, out, lo, hi, key0, key1, threshold, scale);
+    }
+  }
+}
+
+}  // namespace
+
+void dropout_cpu(std::uintptr_t in, std::uintptr_t out, int64_t n, int dtype, uint64_t seed, double p) {
+  check(n >= 0, "dropout: negative size");
+  check(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1)");
+  if (dtype == static_cast<int>(DType::f32)) {
+    dropout_typed(reinterpret_cast<const float*>(in), reinterpret_cast<float*>(out), n, seed, p);
+  } else if (dtype == static_cast<int>(DType::f64)) {
+    dropout_typed(reinterpret_cast<const double*>(in), reinterpret_cast<double*>(out), n, seed, p);
+  } else {
+    throw std::invalid_argument("dropout: the CPU kernel takes float32 or float64");
+  }
+}
+
+}  // namespace aam

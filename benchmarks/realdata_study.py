@@ -9,7 +9,8 @@ Data: `rarefied-table.biom` (428 samples rarefied to 5,000 reads, so every metho
 subjects (stratified by the subject's `ibd` label). Pretraining runs once on the whole table (self-supervised:
 UniFrac from the tree + masked nucleotides; no labels are used); each fold's `aam train` sees only the
 training-fold samples (its own validation split, by subject, picks best.pt) and `aam predict` scores the
-held-out fold. The random forest is fitted on all training-fold samples. Derived tables go to --work
+held-out fold. The random forest is fitted on all training-fold samples; "constant" predicts the training-fold
+mean (age) or class frequencies (ibd: AUC 0.5, majority-class accuracy) for reference. Derived tables go to --work
 (never into the repository); the output JSON holds per-fold and mean metrics only.
 """
 
@@ -107,13 +108,15 @@ def score(kind: str, truth: pd.Series, pred: pd.DataFrame) -> dict[str, float]:
 
 def pretrain(table: Path, data: Path, work: Path, args: argparse.Namespace) -> tuple[Path, float]:
     ckpt = work / "pretrain/checkpoints/best.pt"
+    wall = work / "pretrain.wall_s"
     if ckpt.is_file() and args.reuse:
         print(f"reusing {ckpt}", flush=True)
-        return ckpt, float("nan")
+        return ckpt, float(wall.read_text()) if wall.is_file() else float("nan")
     t0 = time.perf_counter()
     cli(["pretrain", "--table", str(table), "--tree", str(data / "tree.nwk"), "--output-dir", str(work / "pretrain"),
          "--epochs", str(args.pretrain_epochs), "--patience", "0", "--lr", "2e-3", "--seed", str(args.seed),
          "--token-limit", str(args.token_limit), *MODEL])
+    wall.write_text(f"{time.perf_counter() - t0:.1f}\n")
     return ckpt, time.perf_counter() - t0
 
 
@@ -129,15 +132,27 @@ def run_rf(table: Path, metadata: Path, column: str, kind: str, fold_dir: Path,
     return frame.rename(columns={"predicted": "prediction"})
 
 
+def run_constant(md: pd.DataFrame, column: str, kind: str, train_ids: list[str], test_ids: list[str]) -> pd.DataFrame:
+    """Reference: the training-fold mean (regression) or class frequencies (classification) for every sample."""
+    y = md.loc[train_ids, column]
+    if kind == "regression":
+        return pd.DataFrame({"sample_id": test_ids, "prediction": y.astype(float).mean()})
+    freq = y.value_counts(normalize=True)
+    return pd.DataFrame({"sample_id": test_ids, "prediction": freq.idxmax(),
+                         f"prob_{POSITIVE}": float(freq.get(POSITIVE, 0.0))})
+
+
 def run_aam(variant: str, flags: list[str], ckpt: Path, metadata: Path, column: str, kind: str, fold_dir: Path,
             args: argparse.Namespace) -> pd.DataFrame:
     run = fold_dir / f"{variant}_{column}"
+    out = run / "test_predictions.tsv"
+    if args.reuse and out.is_file():  # finished in an earlier invocation with the same --work
+        return pd.read_csv(out, sep="\t", dtype={"sample_id": str})
     extra = ["--classifier"] if kind == "classification" else []
     cli(["train", "--table", str(fold_dir / "train.biom"), "--metadata", str(metadata), "--metadata-column", column,
          "--group-column", GROUP, "--pretrained-encoder", str(ckpt), "--output-dir", str(run), "--epochs",
          str(args.epochs), "--patience", "0", "--lr", "2e-3", "--seed", str(args.seed), *FINETUNE, *MODEL, *extra,
          *flags])
-    out = run / "test_predictions.tsv"
     cli(["predict", "--model", str(run / "checkpoints/best.pt"), "--table", str(fold_dir / "test.biom"),
          "--output", str(out), "--no-rarefy", "--device", "cpu"])
     return pd.read_csv(out, sep="\t", dtype={"sample_id": str})
@@ -168,7 +183,8 @@ def main() -> int:
     p.add_argument("--rf-trees", type=int, default=500)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"aam variants to run, of {list(VARIANTS)}.")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"of {list(TARGETS)}.")
-    p.add_argument("--reuse", action="store_true", help="Reuse an existing pretrained encoder in --work.")
+    p.add_argument("--reuse", action="store_true",
+                   help="Reuse the pretrained encoder and finished aam runs (test_predictions.tsv) in --work.")
     args = p.parse_args()
     needed = ["rarefied-table.biom", "tree.nwk", "metadata.tsv"]
     absent = [n for n in needed if not (args.data / n).is_file()]
@@ -203,13 +219,20 @@ def main() -> int:
         for column in targets:
             kind = TARGETS[column]
             truth = md.loc[test_ids, column]
-            for method in ["random_forest", *variants]:
+            for method in ["constant", "random_forest", *variants]:
                 t0 = time.perf_counter()
-                if method == "random_forest":
+                if method == "constant":
+                    pred = run_constant(md, column, kind, train_ids, test_ids)
+                elif method == "random_forest":
                     pred = run_rf(table, metadata, column, kind, fold_dir, args)
                 else:
                     pred = run_aam(method, VARIANTS[method], ckpt, metadata, column, kind, fold_dir, args)
                 metrics = score(kind, truth, pred)
+                wall = fold_dir / f"{method}_{column}.wall_s"
+                if method.startswith("aam") and wall.is_file() and args.reuse:
+                    t0 = time.perf_counter() - float(wall.read_text())  # reused run: its measured time
+                else:
+                    wall.write_text(f"{time.perf_counter() - t0:.1f}\n")
                 row = {"fold": k, "target": column, "method": method, "n_test": len(test_ids),
                        "test_subjects": len(subjects), **metrics, "wall_s": time.perf_counter() - t0}
                 rows.append(row)
@@ -236,6 +259,8 @@ def write_results(args: argparse.Namespace, md: pd.DataFrame, folds: list[list[s
               "variants": {v: VARIANTS[v] for v in variants},
               "pretrain_epochs": args.pretrain_epochs, "train_epochs": args.epochs, "rf_trees": args.rf_trees,
               "pretrain_wall_s": pretrain_s, "total_wall_s": time.perf_counter() - t_start,
+              # pretraining + every method's runs as measured (runs reused with --reuse keep their first timing)
+              "measured_wall_s": pretrain_s + sum(r["wall_s"] for r in rows),
               "per_fold": rows, "summary": summary}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

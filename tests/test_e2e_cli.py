@@ -111,6 +111,22 @@ def test_train_regression_then_predict(pretrained, data, tmp_path):
             assert by_id[r["sample_id"]] == pytest.approx(float(r["prediction"]), rel=1e-4, abs=1e-3)
 
 
+def test_asv_readout_trains_saves_and_predicts(pretrained, data, tmp_path):
+    out = tmp_path / "ro"
+    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+                 "--pretrained-encoder", str(pretrained / "checkpoints/best.pt"), "--output-dir", str(out),
+                 "--epochs", "1", "--asv-readout", "abundance", *MODEL]) == 0
+    ck = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    assert ck["model_config"]["asv_readout"] == "abundance"
+    assert ck["model_state"]["asv_score.weight"].abs().sum() > 0  # zero-initialised, moved by training
+    pred = tmp_path / "ro.tsv"
+    assert main(["predict", "--model", str(out / "checkpoints/best.pt"), "--table", str(data["table"]),
+                 "--output", str(pred), "--device", "cpu"]) == 0
+    by_id = {r["sample_id"]: float(r["prediction"]) for r in read_tsv(pred)}
+    for r in read_tsv(out / "val_predictions.tsv"):  # one epoch: best.pt is the epoch that wrote these
+        assert by_id[r["sample_id"]] == pytest.approx(float(r["prediction"]), rel=1e-4, abs=1e-3)
+
+
 def test_train_classifier_from_scratch_then_predict(data, tmp_path):
     out = tmp_path / "cls"
     rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",

@@ -152,6 +152,47 @@ def test_target_input_embedding_needs_gmu_for_categoricals():
     assert SequencePredictor(cfg)(**batch())["target"].shape == (3, 1)
 
 
+@pytest.mark.parametrize("readout", ["presence", "abundance"])
+def test_asv_readout_is_a_weighted_mean_of_per_asv_scores(readout):
+    torch.manual_seed(0)
+    model = SequencePredictor(tiny(kind="predictor", n_classes=3, asv_readout=readout, dropout=0.0)).eval()
+    assert model.asv_score.weight.abs().sum() == 0  # zero init: starts as the model without the readout
+    with torch.no_grad():
+        model.asv_score.weight.normal_()
+        model.asv_score.bias.normal_()
+    x = torch.randn(2, 4, 16, requires_grad=True)
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    counts = torch.tensor([[1.0, 2.0, 5.0, 7.0], [3.0, 9.0, 9.0, 9.0]])
+    out = model.asv_readout(x, valid, counts)
+    assert out.shape == (2, 3)
+    scores = model.asv_score(x)
+    w = torch.tensor([[1.0, 2, 5], [3, 0, 0]]) if readout == "abundance" else torch.tensor([[1.0, 1, 1], [1, 0, 0]])
+    expected = torch.stack([(w[0, :, None] * scores[0, :3]).sum(0) / w[0].sum(), scores[1, 0]])
+    torch.testing.assert_close(out, expected)
+    # padded slots do not contribute: changing their embeddings or counts changes nothing, and gets no gradient
+    x2 = x.detach().clone()
+    x2[~valid] = 100.0
+    counts2 = counts.masked_fill(~valid, 1e6)
+    torch.testing.assert_close(model.asv_readout(x2, valid, counts2), out)
+    out.sum().backward()
+    assert x.grad[~valid].abs().sum() == 0 and x.grad[valid].abs().sum() > 0
+
+
+def test_asv_readout_in_the_predictor_trains_and_old_configs_load():
+    torch.manual_seed(0)
+    model = SequencePredictor(tiny(kind="predictor", asv_readout="abundance"))
+    out = model(**batch())
+    assert out["target"].shape == (3, 1)
+    out["target"].sum().backward()
+    assert model.asv_score.weight.grad.abs().sum() > 0  # zero-initialised weights still learn
+    old = tiny(kind="predictor").to_dict()
+    del old["asv_readout"]  # a checkpoint written before the field existed
+    assert ModelConfig.from_dict(old).asv_readout == "none"
+    assert not hasattr(SequencePredictor(ModelConfig.from_dict(old)), "asv_score")
+    with pytest.raises(AAMError, match="asv-readout"):
+        tiny(kind="predictor", asv_readout="sum")
+
+
 def test_predictor_classifier_and_quantile_width():
     assert SequencePredictor(tiny(kind="predictor", n_classes=4))(**batch())["target"].shape == (3, 4)
     assert SequencePredictor(tiny(kind="predictor", quantiles=[0.1, 0.5, 0.9]))(**batch())["target"].shape == (3, 3)

@@ -37,6 +37,11 @@ def test_regression_writes_predictions_and_plot(data, capsys):
 def test_classifier(data, capsys):
     assert _run(data, "--metadata-column", "body_site", "--classifier", output="rf_cls.tsv") == 0
     assert "accuracy" in capsys.readouterr().out
+    out = pd.read_csv(data["dir"] / "rf_cls.tsv", sep="\t")
+    probs = out[[c for c in out.columns if c.startswith("prob_")]]
+    assert probs.shape[1] >= 2 and ((probs.sum(axis=1) - 1).abs() < 1e-6).all()
+    # the predicted label is the most probable class
+    assert (probs.idxmax(axis=1).str.removeprefix("prob_") == out["predicted"].astype(str)).all()
 
 
 def test_bad_column_is_one_line_error(data, capsys):

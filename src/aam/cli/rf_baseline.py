@@ -15,7 +15,7 @@ import click
               help="train_samples.txt of an aam train run (one ID per line).")
 @click.option("--val-samples", required=True, type=click.Path(dir_okay=False), help="val_samples.txt of that run.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False),
-              help="TSV of sample_id, actual, predicted; a PNG with the same stem is written beside it.")
+              help="TSV of sample_id, actual, predicted (+ prob_<class> columns when classifying); a PNG with the same stem is written beside it.")
 @click.option("--classifier", is_flag=True, help="Classify the column's labels instead of regressing.")
 @click.option("--n-estimators", default=500, show_default=True)
 @click.option("--max-features", default="sqrt", show_default=True, help="sqrt, log2, none, a count or a fraction.")
@@ -34,8 +34,11 @@ def rf_baseline(table: str, metadata: str, metadata_column: str, train_samples: 
                                  max_features=parse_max_features(max_features), seed=random_seed, n_jobs=n_jobs)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"sample_id": res.sample_ids, "actual": res.actual, "predicted": res.predicted}).to_csv(
-        out, sep="\t", index=False)
+    frame = pd.DataFrame({"sample_id": res.sample_ids, "actual": res.actual, "predicted": res.predicted})
+    if res.probabilities is not None:  # classifier: one probability column per class, as `aam predict` writes
+        for k, label in enumerate(res.classes or []):
+            frame[f"prob_{label}"] = res.probabilities[:, k]
+    frame.to_csv(out, sep="\t", index=False)
     if not classifier:
         predicted_vs_true(res.actual, res.predicted, out.with_suffix(".png"), f"random forest: {metadata_column}")
     click.echo("random forest, validation: " + ", ".join(f"{k} {v:.3f}" for k, v in res.metrics.items()))

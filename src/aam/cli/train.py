@@ -38,6 +38,9 @@ from aam.cli import options as O
 @O.opt("Model", "--target-input", type=click.Choice(["tokens", "embedding", "both"]), default="both",
        help="What the target head reads: a target transformer over the ASV slots (tokens), the encoder's pooled "
             "(pretrained UniFrac-space) sample embedding, or both concatenated.")
+@O.opt("Model", "--asv-readout", type=click.Choice(["none", "presence", "abundance"]), default="none",
+       help="Add an additive per-ASV readout to the target head: each ASV's embedding -> a score, averaged over "
+            "the sample's ASVs with equal (presence) or relative-abundance weights.")
 @O.opt("Model", "--count-prediction/--no-count-prediction", default=True, help="Predict per-ASV abundances too.")
 @O.opt("Model", "--count-target", type=click.Choice(["log", "relative"]), default="log",
        help="Count head target: log1p(reads) (MSE) or relative abundance (cross-entropy).")

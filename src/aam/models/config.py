@@ -12,6 +12,7 @@ COUNT_EMBEDDINGS = ("none", "add", "film")
 COUNT_TARGETS = ("log", "relative")
 FUSIONS = ("concat", "add", "gmu")
 TARGET_INPUTS = ("tokens", "embedding", "both")
+ASV_READOUTS = ("none", "presence", "abundance")
 
 
 @dataclass
@@ -57,6 +58,9 @@ class ModelConfig:
     # What the target head reads: "tokens" (target transformer over the ASV slots, attention-pooled),
     # "embedding" (the base's pooled, pretrained sample embedding) or "both" (the two concatenated).
     target_input: str = "tokens"
+    # Additive per-ASV readout added to the target head's output: each ASV slot's embedding -> a score,
+    # averaged over the sample's ASVs ("presence": equal weights; "abundance": relative-abundance weights).
+    asv_readout: str = "none"
     categorical_cardinalities: list[int] = field(default_factory=list)
     categorical_embed_dim: int = 16
     categorical_fusion: str = "concat"
@@ -74,6 +78,7 @@ class ModelConfig:
             (self.count_target in COUNT_TARGETS, f"count target must be one of {COUNT_TARGETS}"),
             (self.categorical_fusion in FUSIONS, f"--categorical-fusion must be one of {FUSIONS}"),
             (self.target_input in TARGET_INPUTS, f"--target-input must be one of {TARGET_INPUTS}"),
+            (self.asv_readout in ASV_READOUTS, f"--asv-readout must be one of {ASV_READOUTS}"),
             (not (self.target_input == "embedding" and self.categorical_cardinalities
                   and self.categorical_fusion != "gmu"),
              "--target-input embedding joins categorical columns after pooling only: use --categorical-fusion gmu"),

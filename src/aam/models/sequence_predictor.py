@@ -55,6 +55,11 @@ class SequencePredictor(nn.Module):
         if config.target_input != "tokens":
             # The pretrained pooled embedding has norm ~1 (UniFrac scale); rescale it for the head.
             self.embedding_norm = nn.LayerNorm(d)
+        if config.asv_readout != "none":
+            # zero init: the model starts as without the readout, and the scores still get gradients
+            self.asv_score = nn.Linear(d, self.output_width)
+            nn.init.zeros_(self.asv_score.weight)
+            nn.init.zeros_(self.asv_score.bias)
         width = 2 * d if config.target_input == "both" else d
         self.target_head = nn.Linear(width, self.output_width)
         nn.init.xavier_uniform_(self.target_head.weight)
@@ -104,4 +109,16 @@ class SequencePredictor(nn.Module):
         if self.config.target_input == "both":
             pooled = torch.cat([pooled, self.embedding_norm(out["embeddings"])], dim=-1)
         out["target"] = self.target_head(pooled)
+        if self.config.asv_readout != "none":
+            out["target"] = out["target"] + self.asv_readout(x, valid, out["counts"])
         return out
+
+    def asv_readout(self, x: torch.Tensor, valid: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Additive readout: sum_i w_i * score(x_i) over a sample's valid ASV slots, with w the presence
+        (1 / n_valid) or relative-abundance weights; padded slots get weight 0. [B, S, D] -> [B, out]."""
+        if self.config.asv_readout == "abundance":
+            w = counts.clamp_min(0.0).to(x.dtype) * valid.to(x.dtype)
+        else:
+            w = valid.to(x.dtype)
+        w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return torch.einsum("bs,bso->bo", w, self.asv_score(x))

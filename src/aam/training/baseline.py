@@ -22,6 +22,9 @@ class BaselineResult:
     actual: np.ndarray
     predicted: np.ndarray
     metrics: dict[str, float]
+    # classifier only: [n_val, n_classes] class probabilities, columns in `classes` order
+    probabilities: np.ndarray | None = None
+    classes: list[str] | None = None
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -78,6 +81,8 @@ def random_forest_baseline(
     if classifier:
         metrics = {"accuracy": float(accuracy_score(y_val, pred)),
                    "f1_macro": float(f1_score(y_val, pred, average="macro"))}
+        return BaselineResult(val, y_val, pred, metrics, model.predict_proba(x[len(train):]),
+                              [str(c) for c in model.classes_])
     else:
         metrics = {"mae": float(mean_absolute_error(y_val, pred)),
                    "rmse": float(np.sqrt(mean_squared_error(y_val, pred))), "r2": float(r2_score(y_val, pred))}

@@ -353,6 +353,7 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
             if kw["loss_type"] == "quantile" and not kw["classifier"] else [],
             count_prediction=kw["count_prediction"], count_target=kw["count_target"], count_heads=heads,
             count_layers=1, target_heads=heads, target_layers=layers, target_input=kw["target_input"],
+            asv_readout=kw.get("asv_readout", "none"),
             categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
             if pre.category_encoder else [],
             categorical_embed_dim=kw["categorical_embed_dim"], categorical_fusion=kw["categorical_fusion"])

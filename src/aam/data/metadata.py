@@ -133,6 +133,16 @@ def numeric_target(
     return values, mask
 
 
+def column_values(md: pd.DataFrame, column: str, sample_ids: Sequence[str],
+                  path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(values, mask, numeric): float64 values when every present value is a finite number, else strings."""
+    values, mask = categorical_values(md, column, sample_ids)
+    present = pd.to_numeric(pd.Series(values[mask], dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    if np.isfinite(present).all():
+        return (*numeric_target(md, column, sample_ids, path), True)
+    return values, mask, False
+
+
 def categorical_values(md: pd.DataFrame, column: str, sample_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Column `column` for `sample_ids` as an object array of strings, and a mask (False = missing)."""
     require_columns(md, [column])

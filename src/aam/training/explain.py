@@ -121,11 +121,10 @@ def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
               [[f, f"{imp:.6g}", f"{mean:.6g}", str(n), tax] for f, imp, mean, n, tax in summary])
     from aam.training import plots
 
-    plot = plots.attribution_bars([short_label(f, tax) for f, _, _, _, tax in summary[:TOP_PLOTTED]],
-                                  np.array([mean for _, _, mean, _, _ in summary[:TOP_PLOTTED]]),
-                                  np.array([n for _, _, _, n, _ in summary[:TOP_PLOTTED]]),
-                                  output.with_name(output.stem + ".png"),
-                                  f"top {min(TOP_PLOTTED, len(summary))} ASVs by importance",
+    top = summary[:TOP_PLOTTED]
+    plot = plots.attribution_bars([short_label(f, tax) for f, _, _, _, tax in top],
+                                  np.array([mean for _, _, mean, _, _ in top]), np.array([n for _, _, _, n, _ in top]),
+                                  output.with_name(output.stem + ".png"), f"top {len(top)} ASVs by importance",
                                   f"mean attribution where present: {unit} with the ASV - without it")
     log.info("wrote %d attributions (%d ASVs) to %s; per-ASV summary %s; plot %s", len(rows), len(summary), output,
              summary_path, plot)

@@ -261,12 +261,7 @@ def _embedding_plot(emb: np.ndarray, ids: list[str], md: Any, kw: dict[str, Any]
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     axes = x @ vt[:2].T
     explained = s[:2] ** 2 / max(float((s**2).sum()), 1e-300)
-    try:
-        values, mask = meta.numeric_target(md, col, ids, kw["metadata"])
-        numeric = True
-    except InputError:  # non-numeric values: a categorical column
-        values, mask = meta.categorical_values(md, col, ids)
-        numeric = False
+    values, mask, numeric = meta.column_values(md, col, ids, kw["metadata"])
     if not mask.any():
         raise InputError(f"column {col!r} of {kw['metadata']} has no value for any embedded sample; check the column "
                          "name and that its sample IDs match the table's")

@@ -117,7 +117,7 @@ def test_cli_pretrain_from_tree(data, tmp_path, monkeypatch):
     ck = torch.load(out / "checkpoints/best.pt", weights_only=True)
     src = ck["preprocessing"]["extra"]["unifrac"]
     assert src == {"source": "tree", "tree": str(Path(data["tree"]).resolve()), "metric": "weighted_normalized",
-                   "alpha": None, "drop_missing_features": False}
+                   "alpha": None, "drop_missing_features": False, "targets": "visible"}
     hist = ck["trainer_state"]["history"]
     assert hist and np.isfinite(hist[-1]["val_unifrac_loss"])
     # Train and validation batches, every one checked against the full matrix of the same rarefied table.
@@ -137,6 +137,60 @@ def test_resume_reuses_the_recorded_tree(data, tmp_path):
     ck = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ck["preprocessing"]["extra"]["unifrac"] == first
     assert first["metric"] == "weighted_normalized"
+    assert [row["epoch"] for row in ck["trainer_state"]["history"]][-1] == 2
+
+
+def _top_k_table(table, k: int):
+    """Each sample's k most abundant features (ties: lower table index first), the rest zeroed."""
+    import biom
+
+    m = table.matrix_data.toarray()
+    out = np.zeros_like(m)
+    for j in range(m.shape[1]):
+        nz = np.flatnonzero(m[:, j])
+        keep = nz[np.lexsort((nz, -m[nz, j]))][:k]
+        out[keep, j] = m[keep, j]
+    return biom.Table(out, table.ids(axis="observation"), table.ids(axis="sample"))
+
+
+@pytest.mark.parametrize("metric", ["unweighted", "weighted_normalized"])
+def test_visible_targets_count_only_the_asvs_the_model_sees(data, prepared, metric):
+    """--unifrac-targets visible: targets are UniFrac of the table cut to each sample's token-limit ASVs."""
+    limit = 3
+    ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    pre = Preprocessing(rarefy_depth=DEPTH, max_bp=MAX_BP, token_limit=limit)
+    source = _load_distances(_kw(data, unifrac_metric=metric, unifrac_targets="visible"), ids, prepared, pre)
+    assert pre.extra["unifrac"]["targets"] == "visible"
+    dataset = make_dataset(prepared, ids, pre)
+    assert dataset.n_asvs().min() > limit  # every sample loses ASVs to the limit (richness 4-15 here)
+    want = unifrac(_top_k_table(prepared.table, limit), data["tree"], metric)
+    everything = unifrac(prepared.table, data["tree"], metric)
+    batch = collate([dataset[i] for i in range(len(ids))], distances=source)
+    got = batch["unifrac_target"].double().numpy()
+    np.testing.assert_allclose(got, want.pairs(ids), rtol=TOL, atol=TOL)
+    assert np.abs(got - everything.pairs(ids)).max() > 0.05  # the option changes the targets
+    for i in range(len(ids)):  # the ASVs behind the targets are exactly the ones in the batch
+        kept = np.flatnonzero(_top_k_table(prepared.table, limit).matrix_data[:, [i]].toarray().ravel())
+        assert sorted(dataset[i]["features"].tolist()) == kept.tolist()
+
+
+def test_visible_targets_refuse_random_sampling(data, tmp_path, capsys):
+    rc = main(["pretrain", "--table", str(data["table"]), "--tree", str(data["tree"]), "--unifrac-targets",
+               "visible", "--asv-sampling", "random", "--output-dir", str(tmp_path / "o"), *MODEL])
+    assert rc != 0
+    line = _one_error_line(capsys, only=True)
+    assert "--unifrac-targets visible" in line and "--asv-sampling" in line
+
+
+def test_cli_visible_targets_recorded_and_resumed(data, tmp_path):
+    out = tmp_path / "pre"
+    base = ["pretrain", "--table", str(data["table"]), "--output-dir", str(out), *MODEL]
+    assert main([*base[:3], "--tree", str(data["tree"]), "--unifrac-targets", "visible", *base[3:]]) == 0
+    assert torch.load(out / "checkpoints/last.pt", weights_only=True)["preprocessing"]["extra"]["unifrac"][
+        "targets"] == "visible"
+    assert main([*base, "--epochs", "2", "--resume", str(out / "checkpoints/last.pt")]) == 0
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ck["preprocessing"]["extra"]["unifrac"]["targets"] == "visible"
     assert [row["epoch"] for row in ck["trainer_state"]["history"]][-1] == 2
 
 

@@ -91,6 +91,7 @@ def preprocessing_options() -> list[Callable]:
 # `--unifrac-metric` values; the reference AAM's names are aliases: unifrac -> unweighted, weighted -> weighted_normalized.
 UNIFRAC_METRICS = ("unweighted", "weighted_normalized", "weighted_unnormalized", "generalized")
 METRIC_ALIASES = {"unifrac": "unweighted", "weighted": "weighted_normalized"}
+UNIFRAC_TARGETS = ("all", "visible")
 
 
 def _metric(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -111,6 +112,11 @@ def tree_options() -> list[Callable]:
             help="Generalized UniFrac alpha in [0, 1] (--unifrac-metric generalized only)."),
         opt("Data", "--drop-missing-features", is_flag=True, default=False,
             help="Ignore table features that are not tips of --tree (default: error naming them)."),
+        opt("Data", "--unifrac-targets", type=click.Choice(UNIFRAC_TARGETS), default=None,
+            show_default="visible; all with --asv-sampling random",
+            help="Which ASVs the --tree targets count: only the 'visible' ones the model is given (the "
+                 "--token-limit most abundant), so input and target agree when samples hold more ASVs than "
+                 "the limit, or 'all' of a sample's ASVs."),
     ]
 
 

@@ -136,6 +136,21 @@ class SampleDataset(torch.utils.data.Dataset):
         ranks = np.sort(ranks)
         return self._rank_indices[ranks], self._rank_counts[ranks]
 
+    def visible_table(self) -> biom.Table:
+        """The table as the model sees it: each sample keeps only its selected ASVs (the token limit applied).
+
+        Only for deterministic selection ('abundance', 'first'); 'random' picks a new subset every epoch.
+        """
+        if self.asv_selection == "random":
+            raise AAMError("the visible table needs a deterministic ASV selection ('abundance' or 'first'), "
+                           "not 'random', which changes every epoch")
+        picked = [self.select(i) for i in range(len(self))]
+        rows = np.concatenate([f for f, _ in picked])
+        cols = np.repeat(np.arange(len(picked), dtype=np.int64), [len(f) for f, _ in picked])
+        data = np.concatenate([c for _, c in picked]).astype(np.float64)
+        m = sp.csr_matrix((data, (rows, cols)), shape=(len(self.feature_ids), len(self)))
+        return biom.Table(m, self.feature_ids, self.sample_ids)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         features, counts = self.select(int(i))
         item: dict[str, Any] = {

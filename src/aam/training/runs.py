@@ -122,7 +122,8 @@ def _distance_source_from_resume(kw: dict[str, Any], resume: dict[str, Any] | No
         return
     if source["source"] == "tree":
         kw.update(tree=source["tree"], unifrac_metric=source["metric"], unifrac_alpha=source.get("alpha"),
-                  drop_missing_features=source.get("drop_missing_features", False))
+                  drop_missing_features=source.get("drop_missing_features", False),
+                  unifrac_targets=source.get("targets", "all"))
     else:
         kw.update(unifrac_matrix=source["matrix"], unifrac_ids=source.get("ids"))
 
@@ -138,8 +139,14 @@ def _check_distance_source(kw: dict[str, Any], required: bool) -> bool:
     if required and not matrix and not tree:
         raise AAMError("pass --unifrac-matrix (precomputed distances; `aam unifrac` makes one) or --tree "
                        "(UniFrac computed per batch from a Newick tree)")
-    if not tree and (kw.get("unifrac_alpha") is not None or kw.get("drop_missing_features")):
-        raise AAMError("--unifrac-alpha and --drop-missing-features apply only with --tree")
+    if not tree and (kw.get("unifrac_alpha") is not None or kw.get("drop_missing_features")
+                     or kw.get("unifrac_targets") is not None):
+        raise AAMError("--unifrac-alpha, --unifrac-targets and --drop-missing-features apply only with --tree")
+    if tree and kw.get("unifrac_targets") is None:  # the ASVs the model sees, when that set is fixed
+        kw["unifrac_targets"] = "all" if kw.get("asv_sampling") == "random" else "visible"
+    if tree and kw["unifrac_targets"] == "visible" and kw.get("asv_sampling") == "random":
+        raise AAMError("--unifrac-targets visible needs --asv-sampling abundance or first: with 'random' the "
+                       "visible ASVs change every epoch")
     if not tree and kw.get("unifrac_metric") is not None:
         raise AAMError(f"--unifrac-metric {kw['unifrac_metric']} applies only with --tree; a --unifrac-matrix "
                        "already holds one metric (`aam unifrac --metric` chooses it when making the matrix)")
@@ -161,19 +168,23 @@ def _load_distances(kw: dict[str, Any], sample_ids: list[str], prepared: Any = N
     if kw.get("tree"):
         from aam.data.tree_distances import TreeDistances
 
+        visible = kw.get("unifrac_targets") == "visible"
+        table = make_dataset(prepared, sample_ids, pre).visible_table() if visible else prepared.table
         try:
-            dm = TreeDistances(prepared.table, kw["tree"], kw["unifrac_metric"], kw.get("unifrac_alpha"),
+            dm = TreeDistances(table, kw["tree"], kw["unifrac_metric"], kw.get("unifrac_alpha"),
                                threads=1 if kw.get("num_workers", 0) > 0 else None,
                                drop_missing_features=kw.get("drop_missing_features", False))
         except InputError as exc:  # name the table file rather than "table"
             msg = str(exc)
             raise InputError(f"{kw['table']}{msg[len('table'):]}" if msg.startswith("table:") else msg) from None
-        log.info("UniFrac targets (%s%s) computed per batch from %s: %d samples, %.1f MiB of per-sample state%s",
-                 dm.metric, f", alpha {dm.alpha}" if dm.metric == "generalized" else "", kw["tree"], len(dm),
+        log.info("UniFrac targets (%s%s, %s) computed per batch from %s: %d samples, %.1f MiB of per-sample state%s",
+                 dm.metric, f", alpha {dm.alpha}" if dm.metric == "generalized" else "",
+                 f"the {pre.token_limit} visible ASVs per sample" if visible else "all ASVs", kw["tree"], len(dm),
                  dm.nbytes / 2**20, f", {dm.n_dropped} features not in the tree ignored" if dm.n_dropped else "")
         source = {"source": "tree", "tree": str(Path(kw["tree"]).resolve()), "metric": dm.metric,
                   "alpha": dm.alpha if dm.metric == "generalized" else None,
-                  "drop_missing_features": bool(kw.get("drop_missing_features", False))}
+                  "drop_missing_features": bool(kw.get("drop_missing_features", False)),
+                  "targets": "visible" if visible else "all"}
     else:
         dm = dist.load_distance_matrix(kw["unifrac_matrix"], kw.get("unifrac_ids"))
         dist.check_covers(dm, sample_ids, kw["unifrac_matrix"])

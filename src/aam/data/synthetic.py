@@ -11,8 +11,8 @@ Model (all seeded; same seed -> identical table, tree and metadata files):
   eta = baseline + strength * z . response + noise; ASVs with eta above a threshold are present
   (richness varies along the gradients); reads ~ Poisson(depth * softmax(eta over present ASVs)),
   with a log-normal depth per sample and a few shallow samples;
-- metadata: `ph` = linear in z + noise, `body_site` = noisy argmax of directions in z, `subject`;
-  about 2% of ph and body_site are "not provided".
+- metadata: `ph` and `temperature` = linear in z + noise (different directions), `body_site` = noisy argmax
+  of directions in z, `subject`; about 2% of ph, temperature and body_site are "not provided".
 Unobserved features are dropped from the table and pruned from the tree, so the two always match.
 """
 
@@ -35,7 +35,7 @@ _CHUNK = 4096  # samples per generation chunk (fixed, so results do not depend o
 _DATE = _dt.datetime(2020, 1, 1)  # fixed BIOM creation date: byte-identical files
 BODY_SITES = ("gut", "oral", "skin")
 # Seed streams
-_TREE, _SEQ, _TRAIT, _SAMPLE, _PILOT, _META = range(6)
+_TREE, _SEQ, _TRAIT, _SAMPLE, _PILOT, _META, _TEMPERATURE = range(7)
 
 
 @dataclass
@@ -296,9 +296,14 @@ def make_dataset(
     ph_text = np.array([f"{x:.2f}" for x in ph], dtype=object)
     ph_text[rng_m.random(n_samples) < missing_fraction] = "not provided"
     site[rng_m.random(n_samples) < missing_fraction] = "not provided"
+    # temperature has its own random stream, so adding it left every other value of a seed unchanged
+    rng_temp = _rng(seed, _TEMPERATURE)
+    temperature = 30.0 + 3.0 * z[:, 2 % k] + 1.5 * z[:, 0] + rng_temp.normal(0.0, 1.0, size=n_samples)
+    temp_text = np.array([f"{x:.1f}" for x in temperature], dtype=object)
+    temp_text[rng_temp.random(n_samples) < missing_fraction] = "not provided"
     width_s = len(str(n_subjects - 1))
     md = pd.DataFrame(
-        {"ph": ph_text, "body_site": site, "subject": [f"subj{s:0{width_s}d}" for s in subject]},
+        {"ph": ph_text, "temperature": temp_text, "body_site": site, "subject": [f"subj{s:0{width_s}d}" for s in subject]},
         index=pd.Index(sample_ids, name="sample_id"),
     )
     return SyntheticDataset(table=table, tree_newick=tree, metadata=md, latent=z, seed=seed)

@@ -16,6 +16,8 @@ from aam.cli import options as O
        help="QIIME 2 taxonomy TSV (Feature ID, Taxon): adds each ASV's taxon to the outputs and plot labels.")
 @O.opt("Data", "--target-class", default=None,
        help="Classifiers: attribute the probability of this class (default: the last class of the model).")
+@O.opt("Data", "--target-column", default=None,
+       help="Multi-output regressors: attribute the prediction of this target column (default: the first).")
 @O.opt("Training", "--batch-size", type=int, default=256,
        help="Sample variants (the sample minus one ASV) per forward pass; with at least the sample's ASV count "
             "+ 1, each ASV sequence is encoded once per sample.")

@@ -11,7 +11,10 @@ from aam.cli import options as O
 @O.apply(O.table_options())
 @O.opt("Data", "--metadata", required=True, type=click.Path(dir_okay=False),
        help="Sample metadata TSV (first column: sample IDs).")
-@O.opt("Data", "--metadata-column", required=True, help="Column to predict.")
+@O.opt("Data", "--metadata-column", required=True,
+       help="Column to predict; several comma-separated numeric columns (e.g. 'ph,temperature') train one "
+            "multi-output regressor (each column scaled on its own, equal loss weights; a sample needs every "
+            "column).")
 @O.opt("Data", "--categorical-columns", default=None,
        help="Comma-separated metadata columns that condition the prediction (e.g. 'country,sex').")
 @O.opt("Data", "--group-column", default=None,

@@ -37,7 +37,8 @@ class SampleDataset(torch.utils.data.Dataset):
     token_limit: most ASVs kept per sample.
     asv_selection: 'abundance' (default; most abundant, ties by table order), 'random' (seeded by
         (seed, epoch, sample index); call set_epoch each epoch) or 'first' (table order).
-    targets: optional [n_samples] float (regression, already transformed) or integer (class index) array.
+    targets: optional [n_samples] float (regression, already transformed; [n_samples, T] for T outputs) or
+        integer (class index) array.
     categorical: optional [n_samples, C] integer codes (0 = unknown).
     """
 
@@ -98,8 +99,9 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.targets is not None:
             if self.targets.shape[0] != n_samples:
                 raise AAMError(f"targets has {self.targets.shape[0]} values for {n_samples} samples")
-            if self.targets.dtype.kind == "f" and not np.isfinite(self.targets).all():
-                bad = [self.sample_ids[i] for i in np.flatnonzero(~np.isfinite(self.targets))[:10]]
+            finite = np.isfinite(self.targets.reshape(n_samples, -1)).all(1) if self.targets.dtype.kind == "f" else None
+            if finite is not None and not finite.all():
+                bad = [self.sample_ids[i] for i in np.flatnonzero(~finite)[:10]]
                 raise InputError(f"targets are missing for samples {', '.join(bad)}; exclude them before training")
         self.categorical = None if categorical is None else np.asarray(categorical, dtype=np.int64)
         if self.categorical is not None and self.categorical.shape[0] != n_samples:

@@ -89,6 +89,45 @@ class TargetTransform:
         return cls(d["kind"], d.get("shift", 0.0), d.get("scale", 1.0), d.get("fitted", True))
 
 
+class ColumnTransforms:
+    """One TargetTransform per column of a multi-output regression target y [N, T] (fitted column by column)."""
+
+    def __init__(self, columns: Sequence[str], transforms: Sequence[TargetTransform]) -> None:
+        if len(columns) != len(transforms):
+            raise AAMError(f"{len(columns)} target columns but {len(transforms)} transforms")
+        self.columns = list(columns)
+        self.transforms = list(transforms)
+
+    @classmethod
+    def fit(cls, kind: str, y: np.ndarray, columns: Sequence[str]) -> ColumnTransforms:
+        y = np.asarray(y, dtype=np.float64).reshape(len(y), len(columns))
+        return cls(columns, [TargetTransform(kind).fit(y[:, j], c) for j, c in enumerate(columns)])
+
+    def _apply(self, y: Any, inverse: bool) -> Any:
+        cols = [(t.inverse_transform if inverse else t.transform)(y[:, j]) for j, t in enumerate(self.transforms)]
+        if isinstance(y, np.ndarray):
+            return np.stack(cols, axis=1)
+        import torch
+
+        return torch.stack(cols, dim=1)
+
+    def transform(self, y: Any) -> Any:
+        return self._apply(y, inverse=False)
+
+    def inverse_transform(self, z: Any) -> Any:
+        return self._apply(z, inverse=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "transforms": [t.to_dict() for t in self.transforms]}
+
+
+def transform_from_dict(d: dict[str, Any]) -> TargetTransform | ColumnTransforms:
+    """A checkpoint's target transform: one column (TargetTransform) or several (ColumnTransforms)."""
+    if "columns" in d:
+        return ColumnTransforms(d["columns"], [TargetTransform.from_dict(t) for t in d["transforms"]])
+    return TargetTransform.from_dict(d)
+
+
 def _as_str(values: Iterable[Any]) -> list[str]:
     return [str(v).strip() for v in values]
 

@@ -91,11 +91,20 @@ def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
     else:
         if kw["target_class"] is not None:
             raise InputError("--target-class applies to classifiers; this model is a regressor")
-        transform = tgt.TargetTransform.from_dict(pre.target_transform)
-        unit = "prediction"
+        transform = tgt.transform_from_dict(pre.target_transform)
+        unit, column = "prediction", None
+        if isinstance(transform, tgt.ColumnTransforms):
+            name = kw.get("target_column") or transform.columns[0]
+            if name not in transform.columns:
+                raise InputError(f"--target-column {name!r} is not a target of this model "
+                                 f"({', '.join(transform.columns)})")
+            unit, column = f"prediction of {name}", transform.columns.index(name)
+        elif kw.get("target_column") is not None:
+            raise InputError("--target-column applies to multi-output regressors; this model predicts one target")
 
         def score(out: torch.Tensor) -> np.ndarray:
-            return np.asarray(transform.inverse_transform(point_prediction(out, mcfg.quantiles).double().numpy()))
+            values = transform.inverse_transform(point_prediction(out, mcfg.quantiles).double().numpy())
+            return np.asarray(values if column is None else values[:, column])
     log.info("explaining %d samples by occlusion: attribution = %s with the ASV - %s without it", len(ids), unit,
              unit)
     dataset = make_dataset(prepared, ids, pre, None, cat)

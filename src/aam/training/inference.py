@@ -131,15 +131,19 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
             for sid, p in zip(out_ids, probs, strict=True):
                 rows.append([sid, labels[int(p.argmax())], *[f"{x:.6g}" for x in p]])
         else:
-            transform = tgt.TargetTransform.from_dict(pre.target_transform)
+            transform = tgt.transform_from_dict(pre.target_transform)
             values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
-            rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
+            if isinstance(transform, tgt.ColumnTransforms):  # multi-output: prediction_<column> per target
+                header = ["sample_id", *[f"prediction_{c}" for c in transform.columns]]
+                rows = [[sid, *[f"{x:.6g}" for x in v]] for sid, v in zip(out_ids, values, strict=True)]
+            else:
+                rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
     write_tsv(output, header, rows)
     report_skipped(prepared, output, "predicted")
     log.info("wrote %d predictions to %s", len(rows), output)
     result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
     if kw.get("metadata_column") and rows:
-        result["evaluation"] = _evaluate_predictions(kw, md, rows, labels, output)
+        result["evaluation"] = _evaluate_predictions(kw, md, rows, labels, output, header)
     return result
 
 
@@ -150,11 +154,12 @@ def _require_some(mask: np.ndarray, column: str, path: str) -> None:
 
 
 def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], labels: list[str] | None,
-                          output: Path) -> dict[str, Any]:
+                          output: Path, header: list[str]) -> dict[str, Any]:
     """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
 
     Samples without a value in the column are left out (and counted); for a classifier, so are samples
-    whose label the model never saw in training (named in the log)."""
+    whose label the model never saw in training (named in the log). A multi-output model is scored on the
+    one target column named."""
     from aam.cli.common import write_json
     from aam.training import plots
     from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
@@ -162,9 +167,16 @@ def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], la
     col = kw["metadata_column"].strip()
     ids = [r[0] for r in rows]
     if labels is None:
+        where = 1
+        if header[1] != "prediction":  # multi-output
+            trained = [h[len("prediction_"):] for h in header[1:]]
+            if col not in trained:
+                raise InputError(f"--metadata-column {col!r}: this model predicts {', '.join(trained)}; name one "
+                                 "of them to score it")
+            where = 1 + trained.index(col)
         truth, mask = meta.numeric_target(md, col, ids, kw["metadata"])
         _require_some(mask, col, kw["metadata"])
-        pred = np.array([float(r[1]) for r in rows])
+        pred = np.array([float(r[where]) for r in rows])
         metrics = regression_metrics(truth[mask], pred[mask])
         plot = plots.predicted_vs_true(truth[mask], pred[mask], output.with_name(output.stem + ".png"),
                                        f"{col}: R2 {metrics.get('r2', float('nan')):.3f}", f"{col} (metadata)",

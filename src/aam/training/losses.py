@@ -71,9 +71,11 @@ def count_loss(pred: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor, ta
 
 def regression_loss(pred: torch.Tensor, y: torch.Tensor, kind: str, quantiles: list[float] | None = None,
                     over_penalty: float = 1.0, under_penalty: float = 1.0) -> torch.Tensor:
-    """pred [B, out] (quantile: [B, Q]); y [B]. huber uses beta 1 on the transformed target scale."""
+    """pred [B, out] (quantile: [B, Q]); y [B] or [B, T] (T outputs, out = T). huber uses beta 1 on the
+    transformed target scale; several outputs weigh equally."""
     pred = pred.float()
-    y = y.float().reshape(-1, 1)
+    y = y.float()
+    y = y.unsqueeze(1) if y.dim() == 1 else y
     if kind == "huber":
         return F.smooth_l1_loss(pred, y.expand_as(pred), beta=1.0)
     if kind == "mse":
@@ -91,10 +93,11 @@ def regression_loss(pred: torch.Tensor, y: torch.Tensor, kind: str, quantiles: l
 
 
 def point_prediction(pred: torch.Tensor, quantiles: list[float] | None) -> torch.Tensor:
-    """[B, out] -> [B]: the median quantile's column for quantile heads, else column 0."""
+    """[B, out] -> [B]: the median quantile's column for quantile heads, else the one output; a multi-output
+    regression head [B, T] is returned as is."""
     if quantiles:
         return pred[:, len(quantiles) // 2]
-    return pred[:, 0]
+    return pred[:, 0] if pred.shape[1] == 1 else pred
 
 
 OFFSET_MOMENTUM = 0.1

@@ -17,6 +17,17 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())), "r2": r2}
 
 
+def multi_regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Per column `<name>_mae`, `<name>_rmse`, `<name>_r2` of [N, T] arrays, and `r2`: the mean of the R2s."""
+    out: dict[str, float] = {}
+    for j, name in enumerate(names):
+        out.update({f"{name}_{k}": v for k, v in regression_metrics(y_true[:, j], y_pred[:, j]).items()})
+    r2 = [out[f"{n}_r2"] for n in names if f"{n}_r2" in out]
+    if r2:
+        out["r2"] = float(np.mean(r2))
+    return out
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)

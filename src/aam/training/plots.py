@@ -3,6 +3,7 @@ attributions."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,11 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def file_safe(name: str) -> str:
+    """A metadata column name as a file-name part (anything but letters, digits, '.', '-', '_' becomes '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def _save(fig, path: Path) -> Path:

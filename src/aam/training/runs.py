@@ -261,20 +261,42 @@ def run_pretrain(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _targets(kw: dict[str, Any], md, ids: list[str]) -> tuple[list[str], np.ndarray]:
-    """Samples with a target value, and the raw values (float or label strings)."""
-    col = kw["metadata_column"].strip()
+def target_columns(kw: dict[str, Any]) -> list[str]:
+    """--metadata-column as a list: one column, or several (comma-separated) for multi-output regression."""
+    cols = [c.strip() for c in kw["metadata_column"].split(",") if c.strip()]
+    if not cols:
+        raise AAMError("--metadata-column is empty; name the column to predict")
+    if len(set(cols)) < len(cols):
+        raise AAMError(f"--metadata-column names a column twice: {kw['metadata_column']!r}")
+    if len(cols) > 1 and kw["classifier"]:
+        raise AAMError(f"--classifier takes one --metadata-column, got {len(cols)} ({', '.join(cols)}); "
+                       "several columns are for regression")
+    if len(cols) > 1 and kw["loss_type"] == "quantile":
+        raise AAMError("--loss-type quantile takes one --metadata-column; use huber, mse, mae or asymmetric for "
+                       f"several ({', '.join(cols)})")
+    return cols
+
+
+def _targets(kw: dict[str, Any], md, ids: list[str], cols: list[str]) -> tuple[list[str], np.ndarray]:
+    """Samples with a value in every target column, and the raw values (float [N] or [N, T], or label strings)."""
     if kw["classifier"]:
-        values, mask = meta.categorical_values(md, col, ids)
+        values, mask = meta.categorical_values(md, cols[0], ids)
     else:
-        values, mask = meta.numeric_target(md, col, ids, kw["metadata"])
+        per_col = [meta.numeric_target(md, c, ids, kw["metadata"]) for c in cols]
+        values = np.stack([v for v, _ in per_col], axis=1) if len(cols) > 1 else per_col[0][0]
+        mask = np.logical_and.reduce([m for _, m in per_col])
+        for c, (_, m) in zip(cols, per_col, strict=True):
+            if len(cols) > 1 and not m.all():
+                log.warning("%d sample(s) have no value in column %r", int((~m).sum()), c)
     if not mask.all():
         missing = [s for s, m in zip(ids, mask, strict=True) if not m]
-        log.warning("%d sample(s) have no value in column %r and are left out (e.g. %s)", len(missing), col,
+        what = f"column {cols[0]!r}" if len(cols) == 1 else f"at least one of columns {', '.join(cols)}"
+        log.warning("%d sample(s) have no value in %s and are left out (e.g. %s)", len(missing), what,
                     ", ".join(missing[:10]))
     keep = [s for s, m in zip(ids, mask, strict=True) if m]
     if not keep:
-        raise InputError(f"column {col!r} of {kw['metadata']} has no value for any table sample")
+        raise InputError(f"column(s) {', '.join(map(repr, cols))} of {kw['metadata']} have no value for any table "
+                         "sample" + (" (a sample needs a value in every column)" if len(cols) > 1 else ""))
     return keep, values[mask]
 
 
@@ -297,14 +319,15 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
                     log.info("using %s=%s of the pretrained encoder (not %s)", key, enc_pre[key], getattr(pre, key))
                     setattr(pre, key, enc_pre[key])
     md = meta.load_metadata(kw["metadata"])
-    col = kw["metadata_column"].strip()
-    meta.require_columns(md, [col], kw["metadata"])
+    cols = target_columns(kw)
+    col = ",".join(cols)
+    meta.require_columns(md, cols, kw["metadata"])
     cat_cols = [c.strip() for c in (kw["categorical_columns"] or "").split(",") if c.strip()]
     prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
     pre.rarefy_depth = prepared.depth
     table_ids = [str(s) for s in prepared.table.ids(axis="sample")]
     meta.require_samples(md, table_ids, kw["metadata"])  # before any split
-    ids, raw = _targets(kw, md, table_ids)
+    ids, raw = _targets(kw, md, table_ids, cols)
     groups = None
     if kw["group_column"]:
         meta.require_columns(md, [kw["group_column"]], kw["metadata"])
@@ -328,8 +351,12 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
             val_ids = [s for s in val_ids if s not in set(unseen)]
         y_of = dict(zip(train_ids + val_ids, enc.transform([raw[pos[s]] for s in train_ids + val_ids]), strict=True))
     else:
-        transform = tgt.TargetTransform.from_dict(pre.target_transform) if pre.target_transform else \
-            tgt.TargetTransform(kw["target_transform"]).fit(raw_train.astype(np.float64), col)
+        if pre.target_transform:
+            transform = tgt.transform_from_dict(pre.target_transform)
+        elif len(cols) > 1:
+            transform = tgt.ColumnTransforms.fit(kw["target_transform"], raw_train, cols)
+        else:
+            transform = tgt.TargetTransform(kw["target_transform"]).fit(raw_train.astype(np.float64), col)
         pre.target_transform = transform.to_dict()
         y_of = dict(zip(ids, transform.transform(raw.astype(np.float64)), strict=True))
         denorm = transform.inverse_transform
@@ -359,7 +386,7 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
         mcfg = dataclasses.replace(
             base, kind="predictor", kernels=kw["kernels"], dropout=_dropout(kw, 0.1),
             gradient_checkpointing=kw["gradient_checkpointing"],
-            out_dim=1, n_classes=len(class_labels) if class_labels else 0,
+            out_dim=len(cols), n_classes=len(class_labels) if class_labels else 0,
             quantiles=LossConfig(loss_type=kw["loss_type"], quantiles=_floats(kw["quantiles"])).quantiles
             if kw["loss_type"] == "quantile" and not kw["classifier"] else [],
             count_prediction=kw["count_prediction"], count_target=kw["count_target"], count_heads=heads,
@@ -394,11 +421,13 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
     best = kw["best_metric"]
     if best in ("accuracy", "f1") and not kw["classifier"] or best in ("r2", "mae") and kw["classifier"]:
         raise AAMError(f"--best-metric {best} does not apply to {'classification' if kw['classifier'] else 'regression'}")
+    if best == "mae" and len(cols) > 1:
+        raise AAMError(f"--best-metric mae mixes the units of {', '.join(cols)}; use r2 (their mean R2) or val_loss")
     info = {"kind": "train", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
     trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
                       _train_config(kw, best, resume), device, out, info,
                       task="classification" if class_labels else "regression", denormalize=denorm,
-                      class_labels=class_labels)
+                      class_labels=class_labels, target_names=cols if len(cols) > 1 else None)
     if kw["resume"]:
         trainer.resume(kw["resume"])
     history = trainer.fit()

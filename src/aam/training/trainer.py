@@ -157,14 +157,15 @@ class Trainer:
     """Fit a model on a train dataset, validate, checkpoint, plot.
 
     `checkpoint_info` holds `kind`, `model_config` and `preprocessing` copied into every checkpoint.
-    `denormalize` maps model-scale regression values to the original units; `class_labels` names classes.
+    `denormalize` maps model-scale regression values to the original units; `class_labels` names classes;
+    `target_names` names the columns of a multi-output regression.
     """
 
     def __init__(self, model: nn.Module, loss_fn: MultiTaskLoss, train_set: Dataset, val_set: Dataset | None,
                  collate_fn: Callable, config: TrainConfig, device: torch.device, output_dir: Path,
                  checkpoint_info: dict[str, Any], task: str = "pretrain",
                  denormalize: Callable[[np.ndarray], np.ndarray] | None = None,
-                 class_labels: list[str] | None = None) -> None:
+                 class_labels: list[str] | None = None, target_names: list[str] | None = None) -> None:
         if task not in TASKS:
             raise ValueError(task)
         self.config = config
@@ -177,6 +178,7 @@ class Trainer:
         self.info = checkpoint_info
         self.denormalize = denormalize or (lambda a: a)
         self.class_labels = class_labels
+        self.target_names = target_names
         self.quantiles = loss_fn.config.quantiles if loss_fn.config.loss_type == "quantile" else []
         self.rank, self.world = distributed_info()
         self.is_main = self.rank == 0
@@ -585,6 +587,8 @@ class Trainer:
             return M.classification_metrics(y.long().numpy(), pred.argmax(1).numpy(), n_classes)
         p = self.denormalize(point_prediction(pred, self.quantiles).double().numpy())
         t = self.denormalize(y.double().numpy())
+        if self.target_names:
+            return M.multi_regression_metrics(t, p, self.target_names)
         return M.regression_metrics(t, p)
 
     def write_validation_outputs(self) -> None:
@@ -615,10 +619,18 @@ class Trainer:
             else:
                 p = self.denormalize(point_prediction(res["pred"], self.quantiles).double().numpy())
                 t = self.denormalize(res["y"].double().numpy())
-                w.writerow(["sample_id", "prediction", "actual"])
-                for sid, a, b in zip(res["sample_ids"], p, t, strict=True):
-                    w.writerow([sid, f"{a:.6g}", f"{b:.6g}"])
-                plots.predicted_vs_true(t, p, self.plot_dir / "pred_vs_true.png", title)
+                if self.target_names:  # multi-output: a prediction and an actual column, and a plot, per target
+                    w.writerow(["sample_id", *[f"{k}_{n}" for n in self.target_names for k in ("prediction", "actual")]])
+                    for sid, a, b in zip(res["sample_ids"], p, t, strict=True):
+                        w.writerow([sid, *[f"{v:.6g}" for pair in zip(a, b, strict=True) for v in pair]])
+                    for j, name in enumerate(self.target_names):
+                        plots.predicted_vs_true(t[:, j], p[:, j], self.plot_dir / f"pred_vs_true_{plots.file_safe(name)}.png",
+                                                f"{name}: {title}")
+                else:
+                    w.writerow(["sample_id", "prediction", "actual"])
+                    for sid, a, b in zip(res["sample_ids"], p, t, strict=True):
+                        w.writerow([sid, f"{a:.6g}", f"{b:.6g}"])
+                    plots.predicted_vs_true(t, p, self.plot_dir / "pred_vs_true.png", title)
         os.replace(tmp, path)
 
     def _log_epoch(self, row: dict[str, float], improved: bool) -> None:

@@ -162,3 +162,15 @@ def test_multi_regression_metrics_per_column():
     assert m["a_mae"] == pytest.approx(1 / 3) and m["b_mae"] == pytest.approx(10 / 3)
     assert m["r2"] == pytest.approx((regression_metrics(t[:, 0], p[:, 0])["r2"]
                                      + regression_metrics(t[:, 1], p[:, 1])["r2"]) / 2)
+
+
+def test_resume_continues_with_the_same_columns_only(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--table", str(data["table"]), "--metadata", str(data["md2"]), "--output-dir", str(out), *TRAIN]
+    assert main([*base, "--metadata-column", "age,bmi"]) == 0
+    last = str(out / "checkpoints/last.pt")
+    err = run_err(capsys, [*base, "--metadata-column", "age", "--epochs", "3", "--resume", last])
+    assert "predicts --metadata-column age,bmi, not age" in err
+    assert main([*base, "--metadata-column", "age,bmi", "--epochs", "3", "--resume", last]) == 0
+    hist = torch.load(out / "checkpoints/last.pt", weights_only=True)["trainer_state"]["history"]
+    assert [r["epoch"] for r in hist] == [1, 2, 3] and "val_bmi_r2" in hist[-1]

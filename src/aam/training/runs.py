@@ -321,6 +321,9 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
     md = meta.load_metadata(kw["metadata"])
     cols = target_columns(kw)
     col = ",".join(cols)
+    if resume and pre.target_column and pre.target_column != col:
+        raise AAMError(f"--resume {kw['resume']}: that run predicts --metadata-column {pre.target_column}, not {col}; "
+                       "resume with the same columns (or start a new run)")
     meta.require_columns(md, cols, kw["metadata"])
     cat_cols = [c.strip() for c in (kw["categorical_columns"] or "").split(",") if c.strip()]
     prepared = prepare_table(kw["table"], kw["sequences"], pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)

@@ -66,3 +66,45 @@ def split_samples(
             f"{len(val)} validation samples; use more samples (or groups) or change --val-fraction"
         )
     return train, val
+
+
+def kfold_samples(
+    sample_ids: Sequence[str],
+    k: int,
+    seed: int,
+    groups: Sequence[object] | None = None,
+    stratify: Sequence[object] | None = None,
+) -> list[list[str]]:
+    """K test folds (each in input order) that cover every sample once: seeded, whole groups per fold (a
+    missing group value makes the sample its own group), and with `stratify` each fold keeps the label mix."""
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    ids = np.array([str(s) for s in sample_ids], dtype=object)
+    if k < 2:
+        raise AAMError(f"--folds must be at least 2, got {k}")
+    g = None
+    if groups is not None:
+        s = pd.Series(list(groups), dtype=object)
+        g = s.where(s.notna(), pd.Series([f"\0sample:{i}" for i in range(len(ids))])).astype(str).to_numpy()
+    units = len(set(g)) if g is not None else len(ids)
+    if units < k:
+        what = "groups" if g is not None else "samples"
+        raise InputError(f"{k} folds need at least {k} {what}; there are {units}. Use fewer --folds")
+    y = None if stratify is None else np.array([str(v) for v in stratify])
+    if g is not None and y is not None:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    elif g is not None:  # GroupKFold shuffles only in newer scikit-learn: permute the groups' order instead
+        rng = np.random.default_rng(seed)
+        names = np.unique(g)
+        order = dict(zip(names, rng.permutation(len(names)), strict=True))
+        g = np.array([order[x] for x in g])
+        splitter = GroupKFold(n_splits=k)
+    elif y is not None:
+        if np.unique(y, return_counts=True)[1].min() < k:
+            splitter = KFold(n_splits=k, shuffle=True, random_state=seed)  # a class too small to stratify
+        else:
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = [ids[np.sort(test)].tolist() for _, test in splitter.split(ids, y, g)]
+    return folds

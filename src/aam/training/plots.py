@@ -69,6 +69,25 @@ def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title:
     return _save(fig, path)
 
 
+def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Out-of-fold predictions against the truth, one panel per method, with each method's R2."""
+    from aam.training.metrics import regression_metrics
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(preds), figsize=(4.2 * len(preds), 4.2), squeeze=False, sharex=True, sharey=True)
+    lo = float(min(np.min(y_true), *(np.nanmin(p) for p in preds.values())))
+    hi = float(max(np.max(y_true), *(np.nanmax(p) for p in preds.values())))
+    for ax, (name, p) in zip(axes.flat, preds.items(), strict=True):
+        ok = np.isfinite(p)
+        ax.scatter(y_true[ok], p[ok], s=8, alpha=0.6)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_title(f"{name}: R2 {regression_metrics(y_true[ok], p[ok]).get('r2', float('nan')):.3f}")
+        ax.set_xlabel("true")
+    axes.flat[0].set_ylabel("predicted (out of fold)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1 + 0.6 * len(labels)))

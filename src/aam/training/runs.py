@@ -331,6 +331,10 @@ def run_train(kw: dict[str, Any]) -> dict[str, Any]:
     table_ids = [str(s) for s in prepared.table.ids(axis="sample")]
     meta.require_samples(md, table_ids, kw["metadata"])  # before any split
     ids, raw = _targets(kw, md, table_ids, cols)
+    if kw.get("holdout_samples"):  # `aam cv`: the test fold never enters training or validation
+        held = set(kw["holdout_samples"])
+        keep = np.array([s not in held for s in ids], dtype=bool)
+        ids, raw = [s for s, k in zip(ids, keep, strict=True) if k], raw[keep]
     groups = None
     if kw["group_column"]:
         meta.require_columns(md, [kw["group_column"]], kw["metadata"])

@@ -1,0 +1,45 @@
+"""`aam cv`: K-fold cross-validation of `aam train` next to a random forest and a constant, on the same folds."""
+
+from __future__ import annotations
+
+import click
+
+from aam.cli import options as O
+from aam.cli.train import train as train_command
+
+
+def _cv(**kw) -> int:
+    """Cross-validate: per fold, train on the other folds, predict the held-out fold, and fit the random forest
+    of `aam rf-baseline` on the same samples. Takes every option of `aam train`; rerunning the same command
+    resumes (finished folds are kept)."""
+    from aam.training.cv import run_cv
+
+    if kw["rf_trees"] < 1:
+        raise click.UsageError("--rf-trees must be >= 1")
+    res = run_cv(kw)
+    click.echo(f"{res['folds']}-fold cross-validation of {res['n_samples']} samples: {res['metrics']}, "
+               f"{res['predictions']}" + (f", plots {', '.join(res['plots'])}" if res["plots"] else ""))
+    for row in res["summary"]:
+        if row["fold"] != "mean":
+            continue
+        sd = next(r for r in res["summary"] if r["fold"] == "sd" and r["target"] == row["target"]
+                  and r["method"] == row["method"])
+        shown = ", ".join(f"{k} {row[k]:.4g} ± {sd[k]:.2g}" for k in ("mae", "rmse", "r2", "accuracy", "f1")
+                          if k in row)
+        click.echo(f"  {row['target']:>12}  {row['method']:<13}  {shown}")
+    return 0
+
+
+_own = [
+    O.GroupedOption(["--folds"], type=int, default=5, show_default=True, section="Data",
+                    help="Number of folds; with --group-column whole groups go to one fold, and --classifier "
+                         "keeps the class mix in every fold."),
+    O.GroupedOption(["--rf-trees"], type=int, default=500, show_default=True, section="Other",
+                    help="Trees of the random-forest baseline fitted on each fold's training samples."),
+    O.GroupedOption(["--output-dir"], required=True, type=click.Path(file_okay=False), section="Output",
+                    help="fold<k>/ (each fold's `aam train` run and test predictions), oof_predictions.tsv, "
+                         "cv_metrics.tsv (per fold, mean and SD), cv_summary.json and cv_<column>.png."),
+]
+_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume")]
+
+cv = O.GroupedCommand("cv", callback=_cv, params=[*_from_train, *_own], help=_cv.__doc__)

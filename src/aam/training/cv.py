@@ -1,0 +1,191 @@
+"""`aam cv`: K-fold cross-validation of `aam train` against a random forest and a constant, on the same folds.
+
+Each fold trains aam on the other folds (its own validation split picks best.pt), predicts the held-out fold,
+and fits the random forest of `aam rf-baseline` on exactly the same training samples. Out-of-fold predictions,
+per-fold metrics with their mean and SD, and plots go to --output-dir; a killed run resumes fold by fold
+(finished folds are kept, an unfinished fold continues from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aam.data import metadata as meta
+from aam.data.biom_io import load_table
+from aam.data.split import kfold_samples
+from aam.errors import InputError
+from aam.training.inference import write_tsv
+from aam.training.metrics import classification_metrics, regression_metrics
+
+log = logging.getLogger("aam")
+
+METHODS = ("aam", "random_forest", "constant")
+
+
+def _fold_ids(kw: dict[str, Any], cols: list[str]) -> tuple[list[list[str]], Any]:
+    """Samples of the table with a value in every target column, cut into folds; and the metadata."""
+    md = meta.load_metadata(kw["metadata"])
+    meta.require_columns(md, cols + ([kw["group_column"]] if kw["group_column"] else []), kw["metadata"])
+    in_table = [str(s) for s in load_table(kw["table"]).ids(axis="sample")]
+    ids = [s for s in in_table if s in md.index]
+    if not ids:
+        raise InputError(f"no sample of {kw['table']} is in {kw['metadata']}; check that the sample IDs match")
+    if kw["classifier"]:
+        labels, ok = meta.categorical_values(md, cols[0], ids)
+    else:
+        ok = np.logical_and.reduce([meta.numeric_target(md, c, ids, kw["metadata"])[1] for c in cols])
+        labels = None
+    ids = [s for s, k in zip(ids, ok, strict=True) if k]
+    groups = md[kw["group_column"]].reindex(ids).tolist() if kw["group_column"] else None
+    strat = [str(v) for v, k in zip(labels, ok, strict=True) if k] if labels is not None else None
+    return kfold_samples(ids, kw["folds"], kw["seed"], groups, strat), md
+
+
+def _check_folds(out: Path, folds: list[list[str]]) -> None:
+    """A resumed CV must cut the same folds; folds.json records them."""
+    path = out / "folds.json"
+    if path.is_file():
+        if json.loads(path.read_text()) != folds:
+            raise InputError(f"{out} holds a cross-validation with other folds (other samples, --folds, --seed "
+                             "or --group-column); use a new --output-dir")
+        return
+    from aam.cli.common import write_json
+
+    write_json(path, folds)
+
+
+def _train_fold(kw: dict[str, Any], fold_dir: Path, test: list[str]) -> Path:
+    """Train on everything but `test` (resuming an unfinished fold); the predictions TSV of the test fold."""
+    from aam.cli.predict import predict as predict_command
+    from aam.training.inference import run_predict
+    from aam.training.runs import run_train
+
+    pred_path = fold_dir / "test_predictions.tsv"
+    if pred_path.is_file():
+        log.info("%s: already done, kept", fold_dir.name)
+        return pred_path
+    last = fold_dir / "checkpoints/last.pt"
+    run_train({**kw, "output_dir": str(fold_dir), "holdout_samples": test,
+               "resume": str(last) if last.is_file() else None})
+    argv = ["--model", str(fold_dir / "checkpoints/best.pt"), "--table", kw["table"], "--metadata", kw["metadata"],
+            "--output", str(fold_dir / "all_predictions.tsv"), "--device", kw["device"], "--kernels", kw["kernels"],
+            "--batch-size", str(kw["batch_size"])]
+    if kw.get("sequences"):
+        argv += ["--sequences", kw["sequences"]]
+    run_predict(predict_command.make_context("predict", argv).params)
+    rows = _read_tsv(fold_dir / "all_predictions.tsv")
+    held = set(test)
+    header = list(rows[0]) if rows else ["sample_id", "prediction"]
+    write_tsv(pred_path, header, [[r[h] for h in header] for r in rows if r["sample_id"] in held])
+    return pred_path
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _score(classifier: bool, truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
+    if classifier:
+        index = {c: i for i, c in enumerate(classes)}
+        known = np.array([t in index for t in truth])
+        return classification_metrics(np.array([index[t] for t in truth[known]], dtype=np.int64),
+                                      np.array([index[p] for p in pred[known]], dtype=np.int64), len(classes))
+    return regression_metrics(truth.astype(np.float64), pred.astype(np.float64))
+
+
+def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
+    from aam.cli.common import setup_logging, write_json
+    from aam.training import plots
+    from aam.training.baseline import random_forest_baseline
+    from aam.training.runs import target_columns
+
+    cols = target_columns(kw)
+    out = Path(kw["output_dir"])
+    setup_logging(out, "cv.log")
+    folds, md = _fold_ids(kw, cols)
+    _check_folds(out, folds)
+    everyone = [s for f in folds for s in f]
+    log.info("%d-fold cross-validation of %d samples%s: fold sizes %s", len(folds), len(everyone),
+             f", grouped by {kw['group_column']}" if kw["group_column"] else "", [len(f) for f in folds])
+    rows: list[dict[str, Any]] = []
+    oof: list[list[str]] = []
+    scatter: dict[str, dict[str, list[np.ndarray]]] = {c: {m: [] for m in METHODS} for c in cols}
+    truth_all: dict[str, list[np.ndarray]] = {c: [] for c in cols}
+    for k, test in enumerate(folds, start=1):
+        fold_dir = out / f"fold{k}"
+        log.info("fold %d/%d: %d test samples", k, len(folds), len(test))
+        pred = {r["sample_id"]: r for r in _read_tsv(_train_fold(kw, fold_dir, test))}
+        setup_logging(out, "cv.log")  # the fold's run logged to its own training.log
+        train = [s for s in everyone if s not in set(test)]
+        tested = [s for s in test if s in pred]  # rarefaction may skip a few
+        for col in cols:
+            pcol = "prediction" if len(cols) == 1 else f"prediction_{col}"
+            if kw["classifier"]:
+                truth, _ = meta.categorical_values(md, col, tested)
+                truth = truth.astype(str)
+            else:
+                truth = meta.numeric_target(md, col, tested, kw["metadata"])[0]
+            rf = random_forest_baseline(kw["table"], kw["metadata"], col, train, tested, classifier=kw["classifier"],
+                                        n_estimators=kw["rf_trees"], seed=kw["seed"], n_jobs=-1)
+            rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))
+            train_truth = (meta.categorical_values(md, col, train)[0].astype(str) if kw["classifier"] else
+                           meta.numeric_target(md, col, train, kw["metadata"])[0])
+            if kw["classifier"]:
+                values, counts = np.unique(train_truth, return_counts=True)
+                constant = values[np.argmax(counts)]
+                classes = sorted(set(train_truth) | set(truth))
+            else:
+                constant, classes = float(np.mean(train_truth)), []
+            preds = {"aam": np.array([pred[s][pcol] for s in tested]),
+                     "random_forest": np.array([rf_of.get(s, np.nan) if not kw["classifier"] else rf_of.get(s, "")
+                                                for s in tested]),
+                     "constant": np.array([constant] * len(tested))}
+            for method, p in preds.items():
+                rows.append({"target": col, "method": method, "fold": k, "n_test": len(tested),
+                             **_score(kw["classifier"], truth, p, classes)})
+                if not kw["classifier"]:
+                    scatter[col][method].append(p.astype(np.float64))
+            truth_all[col].append(truth)
+            shown = str if kw["classifier"] else (lambda x: f"{float(x):.6g}")
+            oof += [[s, str(k), col, shown(t), *[shown(preds[m][i]) for m in METHODS]] for i, (s, t) in
+                    enumerate(zip(tested, truth, strict=True))]
+    summary = _summarize(rows)
+    write_tsv(out / "oof_predictions.tsv", ["sample_id", "fold", "target", "actual", *METHODS], oof)
+    metric_keys = sorted({k for r in rows for k in r} - {"target", "method", "fold", "n_test"})
+    write_tsv(out / "cv_metrics.tsv", ["target", "method", "fold", "n_test", *metric_keys],
+              [[r["target"], r["method"], str(r["fold"]), str(r["n_test"]),
+                *[f"{r[m]:.6g}" if m in r else "" for m in metric_keys]] for r in rows + summary])
+    plot_paths = []
+    if not kw["classifier"]:
+        for col in cols:
+            t = np.concatenate(truth_all[col]).astype(np.float64)
+            plot_paths.append(str(plots.cv_predictions(
+                t, {m: np.concatenate(scatter[col][m]) for m in ("aam", "random_forest")},
+                out / f"cv_{plots.file_safe(col)}.png", f"{col}: {len(folds)}-fold out-of-fold predictions")))
+    result = {"folds": len(folds), "n_samples": len(everyone), "targets": cols, "summary": summary,
+              "metrics": str(out / "cv_metrics.tsv"), "predictions": str(out / "oof_predictions.tsv"),
+              "plots": plot_paths}
+    write_json(out / "cv_summary.json", result)
+    return result
+
+
+def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and SD over folds of each metric, per target and method."""
+    out = []
+    keys = sorted({k for r in rows for k in r} - {"target", "method", "fold", "n_test"})
+    for target in dict.fromkeys(r["target"] for r in rows):
+        for method in METHODS:
+            sel = [r for r in rows if r["target"] == target and r["method"] == method]
+            n = sum(r["n_test"] for r in sel)
+            for stat, fn in (("mean", np.mean), ("sd", np.std)):
+                out.append({"target": target, "method": method, "fold": stat, "n_test": n,
+                            **{k: float(fn([r[k] for r in sel if k in r])) for k in keys if any(k in r for r in sel)}})
+    return out

@@ -116,6 +116,27 @@ def test_fasta_and_qza_mapping(tmp_path: Path) -> None:
         load_sequences(bad)
 
 
+def test_qza_tree_and_taxonomy_read_directly(tmp_path: Path) -> None:
+    """QIIME 2's rooted-tree.qza and taxonomy.qza are read as they are (no `qiime tools export`)."""
+    from aam.data.newick import load_tree
+    from aam.data.taxonomy import load_taxonomy
+
+    tsv = "Feature ID\tTaxon\tConfidence\nh1\tk__Bacteria; g__A\t0.9\nh2\tk__Bacteria; g__B\t0.8\n"
+    (tmp_path / "taxonomy.tsv").write_text(tsv)
+    tree_qza, tax_qza = tmp_path / "rooted-tree.qza", tmp_path / "taxonomy.qza"
+    with zipfile.ZipFile(tree_qza, "w") as zf:
+        zf.writestr("u1/metadata.yaml", "uuid: u1\n")
+        zf.writestr("u1/data/tree.nwk", "((h1:0.1,h2:0.2):0.05,h3:0.3);\n")
+    with zipfile.ZipFile(tax_qza, "w") as zf:
+        zf.writestr("u2/data/taxonomy.tsv", tsv)
+    tree = load_tree(tree_qza)
+    assert sorted(tree.tip_index()) == ["h1", "h2", "h3"] and tree.source == str(tree_qza)
+    assert load_taxonomy(tax_qza) == load_taxonomy(tmp_path / "taxonomy.tsv") == {
+        "h1": "k__Bacteria; g__A", "h2": "k__Bacteria; g__B"}
+    with pytest.raises(InputError, match="holds no Newick tree"):
+        load_tree(tax_qza)
+
+
 def test_corrupt_hdf5(tmp_path: Path) -> None:
     p = tmp_path / "c.biom"
     with h5py.File(p, "w") as f:

@@ -13,7 +13,7 @@ from aam.cli import options as O
 @O.opt("Data", "--samples", type=click.Path(dir_okay=False), default=None,
        help="Explain only the sample IDs listed in this file, one per line (e.g. a run's val_samples.txt).")
 @O.opt("Data", "--taxonomy", type=click.Path(dir_okay=False), default=None,
-       help="QIIME 2 taxonomy TSV (Feature ID, Taxon): adds each ASV's taxon to the outputs and plot labels.")
+       help="QIIME 2 taxonomy TSV (Feature ID, Taxon) or taxonomy.qza: adds each ASV's taxon to the outputs and plot labels.")
 @O.opt("Data", "--target-class", default=None,
        help="Classifiers: attribute the probability of this class (default: the last class of the model).")
 @O.opt("Data", "--target-column", default=None,

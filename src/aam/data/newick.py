@@ -84,8 +84,12 @@ def parse_newick(text: str | bytes, source: str = "<newick>") -> Tree:
 
 
 def read_tree(path: str | Path) -> Tree:
-    """Read a Newick file."""
+    """Read a Newick file or a QIIME 2 Phylogeny .qza (e.g. rooted-tree.qza)."""
     path = Path(path)
+    if path.suffix.lower() == ".qza":
+        from aam.data.sequences import read_qza_tree
+
+        return parse_newick(read_qza_tree(path).encode("utf-8"), source=str(path))
     return parse_newick(path.read_bytes(), source=str(path))
 
 

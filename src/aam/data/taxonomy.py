@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from aam.errors import InputError
 
 
 def load_taxonomy(path: str | Path) -> dict[str, str]:
-    """Feature ID -> taxon string. The header must name the ID column (`Feature ID`, `feature-id` or `id`)
-    and `Taxon`; a `.qza` must be exported first."""
+    """Feature ID -> taxon string from a QIIME 2 taxonomy TSV or FeatureData[Taxonomy] .qza. The header must
+    name the ID column (`Feature ID`, `feature-id` or `id`) and `Taxon`."""
     path = Path(path)
-    if path.suffix == ".qza":
-        raise InputError(f"{path}: export the taxonomy first (qiime tools export --input-path {path.name} "
-                         "--output-path tax) and pass tax/taxonomy.tsv")
     if not path.is_file():
         raise InputError(f"taxonomy file not found: {path}")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))
+    if path.suffix.lower() == ".qza":
+        from aam.data.biom_io import _qza_member
+
+        text = _qza_member(path, ("taxonomy.tsv", ".tsv"), "taxonomy TSV").decode("utf-8")
+    else:
+        text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
     if not rows:
         raise InputError(f"taxonomy file {path} is empty")
     header = [h.strip().lower() for h in rows[0]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -78,13 +79,21 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), world, device
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to `<path>.tmp` and rename, so a killed run never leaves a half-written file behind."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{x}\n" for x in lines))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+def write_lines(path: Path, lines: list[str]) -> None:
+    write_text_atomic(path, "".join(f"{x}\n" for x in lines))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def summarize(history: list[dict[str, float]], keys: list[str]) -> str:

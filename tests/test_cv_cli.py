@@ -113,6 +113,7 @@ def test_classifier_cv_reports_accuracy_and_f1(data, tmp_path):
         part = oof[oof["fold"] == k]
         row = metrics[(metrics["fold"] == str(k)) & (metrics["method"] == "aam")].iloc[0]
         assert row["accuracy"] == pytest.approx((part["aam"] == part["actual"]).mean())
+    assert (out / "cv_group.png").stat().st_size > 0  # confusion matrices of aam and the forest
     folds = json.loads((out / "folds.json").read_text())
     md = pd.read_csv(data["md"], sep="\t", index_col=0)
     for f in folds:  # stratified: both classes in every fold

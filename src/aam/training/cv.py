@@ -117,7 +117,7 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
              f", grouped by {kw['group_column']}" if kw["group_column"] else "", [len(f) for f in folds])
     rows: list[dict[str, Any]] = []
     oof: list[list[str]] = []
-    scatter: dict[str, dict[str, list[np.ndarray]]] = {c: {m: [] for m in METHODS} for c in cols}
+    oof_pred: dict[str, dict[str, list[np.ndarray]]] = {c: {m: [] for m in METHODS} for c in cols}
     truth_all: dict[str, list[np.ndarray]] = {c: [] for c in cols}
     for k, test in enumerate(folds, start=1):
         fold_dir = out / f"fold{k}"
@@ -151,8 +151,7 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
             for method, p in preds.items():
                 rows.append({"target": col, "method": method, "fold": k, "n_test": len(tested),
                              **_score(kw["classifier"], truth, p, classes)})
-                if not kw["classifier"]:
-                    scatter[col][method].append(p.astype(np.float64))
+                oof_pred[col][method].append(p)
             truth_all[col].append(truth)
             shown = str if kw["classifier"] else (lambda x: f"{float(x):.6g}")
             oof += [[s, str(k), col, shown(t), *[shown(preds[m][i]) for m in METHODS]] for i, (s, t) in
@@ -164,12 +163,15 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
               [[r["target"], r["method"], str(r["fold"]), str(r["n_test"]),
                 *[f"{r[m]:.6g}" if m in r else "" for m in metric_keys]] for r in rows + summary])
     plot_paths = []
-    if not kw["classifier"]:
-        for col in cols:
-            t = np.concatenate(truth_all[col]).astype(np.float64)
-            plot_paths.append(str(plots.cv_predictions(
-                t, {m: np.concatenate(scatter[col][m]) for m in ("aam", "random_forest")},
-                out / f"cv_{plots.file_safe(col)}.png", f"{col}: {len(folds)}-fold out-of-fold predictions")))
+    for col in cols:  # out-of-fold predictions of aam and the forest: scatter, or confusion matrices
+        t = np.concatenate(truth_all[col])
+        p = {m: np.concatenate(oof_pred[col][m]) for m in ("aam", "random_forest")}
+        path, title = out / f"cv_{plots.file_safe(col)}.png", f"{col}: {len(folds)}-fold out-of-fold predictions"
+        if kw["classifier"]:
+            plot_paths.append(str(plots.cv_confusion(t, p, path, title)))
+        else:
+            plot_paths.append(str(plots.cv_predictions(t.astype(np.float64), {m: v.astype(np.float64)
+                                                                              for m, v in p.items()}, path, title)))
     result = {"folds": len(folds), "n_samples": len(everyone), "targets": cols, "summary": summary,
               "metrics": str(out / "cv_metrics.tsv"), "predictions": str(out / "oof_predictions.tsv"),
               "plots": plot_paths}

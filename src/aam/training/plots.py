@@ -88,9 +88,7 @@ def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path,
     return _save(fig, path)
 
 
-def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1 + 0.6 * len(labels)))
+def _confusion_axes(ax, cm: np.ndarray, labels: list[str], title: str) -> None:
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -100,6 +98,30 @@ def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+
+
+def confusion_matrix_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1 + 0.6 * len(labels)))
+    _confusion_axes(ax, cm, labels, title)
+    return _save(fig, path)
+
+
+def cv_confusion(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Out-of-fold confusion matrices, one panel per method, with each method's accuracy."""
+    from aam.training.metrics import confusion_matrix
+
+    labels = sorted({str(x) for x in y_true} | {str(x) for p in preds.values() for x in p})
+    index = {lab: i for i, lab in enumerate(labels)}
+    truth = np.array([index[str(x)] for x in y_true], dtype=np.int64)
+    plt = _plt()
+    side = 1.2 + 0.6 * len(labels)
+    fig, axes = plt.subplots(1, len(preds), figsize=(side * len(preds), side), squeeze=False)
+    for ax, (name, p) in zip(axes.flat, preds.items(), strict=True):
+        guess = np.array([index[str(x)] for x in p], dtype=np.int64)
+        _confusion_axes(ax, confusion_matrix(truth, guess, len(labels)), labels,
+                        f"{name}: accuracy {float((guess == truth).mean()) if len(truth) else float('nan'):.3f}")
+    fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -61,7 +61,6 @@ def _check_folds(out: Path, folds: list[list[str]]) -> None:
 
 def _train_fold(kw: dict[str, Any], fold_dir: Path, test: list[str]) -> Path:
     """Train on everything but `test` (resuming an unfinished fold); the predictions TSV of the test fold."""
-    from aam.cli.predict import predict as predict_command
     from aam.training.inference import run_predict
     from aam.training.runs import run_train
 
@@ -72,12 +71,10 @@ def _train_fold(kw: dict[str, Any], fold_dir: Path, test: list[str]) -> Path:
     last = fold_dir / "checkpoints/last.pt"
     run_train({**kw, "output_dir": str(fold_dir), "holdout_samples": test,
                "resume": str(last) if last.is_file() else None})
-    argv = ["--model", str(fold_dir / "checkpoints/best.pt"), "--table", kw["table"], "--metadata", kw["metadata"],
-            "--output", str(fold_dir / "all_predictions.tsv"), "--device", kw["device"], "--kernels", kw["kernels"],
-            "--batch-size", str(kw["batch_size"])]
-    if kw.get("sequences"):
-        argv += ["--sequences", kw["sequences"]]
-    run_predict(predict_command.make_context("predict", argv).params)
+    run_predict({"model": str(fold_dir / "checkpoints/best.pt"), "table": kw["table"], "sequences": kw.get("sequences"),
+                 "metadata": kw["metadata"], "metadata_column": None, "rarefy": True,
+                 "output": str(fold_dir / "all_predictions.tsv"), "batch_size": kw["batch_size"],
+                 "device": kw["device"], "kernels": kw["kernels"], "num_workers": kw.get("num_workers", 0)})
     rows = _read_tsv(fold_dir / "all_predictions.tsv")
     held = set(test)
     header = list(rows[0]) if rows else ["sample_id", "prediction"]

@@ -22,7 +22,8 @@ def data(tmp_path_factory):
     d = write_tiny(tmp_path_factory.mktemp("tiny"), seed=11)
     md = pd.read_csv(d["md"], sep="\t", index_col=0)
     md["bmi"] = 25.0 + 0.2 * (md["age"] - 40.0) ** 2 / 10.0  # another column, other units
-    md.loc["S3", "bmi"] = np.nan  # S3 has an age but no bmi: left out of the two-column model
+    md.loc["S3", "bmi"] = np.nan  # S3 has an age but no bmi: it still trains the age output
+    md.loc["S4", ["age", "bmi"]] = np.nan  # S4 has neither: left out
     d["md2"] = d["md"].with_name("md2.tsv")
     md.to_csv(d["md2"], sep="\t", na_rep="not provided")
     return d
@@ -46,9 +47,9 @@ def test_checkpoint_has_one_output_and_one_transform_per_column(model, data):
     md = pd.read_csv(data["md2"], sep="\t", index_col=0, na_values=["not provided"])
     train = [s.strip() for s in (model / "train_samples.txt").read_text().split()]
     val = [s.strip() for s in (model / "val_samples.txt").read_text().split()]
-    assert "S3" not in train + val  # no bmi
+    assert "S3" in train + val and "S4" not in train + val  # S3 lacks one column, S4 both
     for j, col in enumerate(["age", "bmi"]):  # each column z-scored with its own training mean and SD
-        y = md.loc[train, col].to_numpy(dtype=np.float64)
+        y = md.loc[train, col].dropna().to_numpy(dtype=np.float64)
         assert transform.transforms[j].shift == pytest.approx(y.mean())
         assert transform.transforms[j].scale == pytest.approx(y.std())
 
@@ -67,7 +68,8 @@ def test_validation_metrics_plots_and_predictions_per_column(model):
     for col in ("age", "bmi"):
         t = np.array([float(r[f"actual_{col}"]) for r in rows])
         p = np.array([float(r[f"prediction_{col}"]) for r in rows])
-        assert regression_metrics(t, p)["mae"] == pytest.approx(best[f"val_{col}_mae"], rel=1e-3)
+        ok = np.isfinite(t)  # a missing value is written as nan and left out of that column's metrics
+        assert regression_metrics(t[ok], p[ok])["mae"] == pytest.approx(best[f"val_{col}_mae"], rel=1e-3)
 
 
 def test_predict_writes_every_target_and_scores_the_named_one(model, data, tmp_path):
@@ -84,7 +86,7 @@ def test_predict_writes_every_target_and_scores_the_named_one(model, data, tmp_p
     import json
 
     ev = json.loads(out.with_name("pred.metrics.json").read_text())
-    assert ev["column"] == "bmi" and ev["n_without_value"] == 1  # S3
+    assert ev["column"] == "bmi" and ev["n_without_value"] == 2  # S3, S4
     md = pd.read_csv(data["md2"], sep="\t", index_col=0, na_values=["not provided"])["bmi"].dropna()
     pred = np.array([float(rows[s]["prediction_bmi"]) for s in md.index if s in rows])
     assert ev["metrics"]["mae"] == pytest.approx(regression_metrics(md[[s for s in md.index if s in rows]].to_numpy(),
@@ -142,6 +144,23 @@ def test_column_transforms_round_trip_numpy_and_torch():
     np.testing.assert_allclose(back.numpy(), y, rtol=1e-12)
     single = TargetTransform("minmax").fit(y[:, 0])
     assert isinstance(transform_from_dict(single.to_dict()), TargetTransform)
+
+
+@pytest.mark.parametrize("kind", ["huber", "mse", "mae", "asymmetric"])
+def test_missing_values_are_left_out_of_the_loss_and_get_no_gradient(kind):
+    g = torch.Generator().manual_seed(1)
+    pred = (torch.randn(8, 2, generator=g) * 2).requires_grad_()
+    y = torch.randn(8, 2, generator=g)
+    y[[1, 4], 1] = float("nan")
+    y[6, 0] = float("nan")
+    loss = regression_loss(pred, y, kind, over_penalty=2.0)
+    ok = torch.isfinite(y)
+    per_entry = torch.stack([regression_loss(pred[i:i + 1, j:j + 1], y[i:i + 1, j], kind, over_penalty=2.0)
+                             for i, j in ok.nonzero().tolist()])
+    assert loss.item() == pytest.approx(per_entry.mean().item(), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all()
+    assert (pred.grad[~ok] == 0).all() and (pred.grad[ok] != 0).any()
 
 
 @pytest.mark.parametrize("kind", ["huber", "mse", "mae", "asymmetric"])

@@ -13,8 +13,8 @@ from aam.cli import options as O
        help="Sample metadata TSV (first column: sample IDs).")
 @O.opt("Data", "--metadata-column", required=True,
        help="Column to predict; several comma-separated numeric columns (e.g. 'ph,temperature') train one "
-            "multi-output regressor (each column scaled on its own, equal loss weights; a sample needs every "
-            "column).")
+            "multi-output regressor (each column scaled on its own, equal loss weights; a value missing in one "
+            "column leaves only that output of the sample out of the loss).")
 @O.opt("Data", "--categorical-columns", default=None,
        help="Comma-separated metadata columns that condition the prediction (e.g. 'country,sex').")
 @O.opt("Data", "--group-column", default=None,

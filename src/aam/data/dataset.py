@@ -99,7 +99,8 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.targets is not None:
             if self.targets.shape[0] != n_samples:
                 raise AAMError(f"targets has {self.targets.shape[0]} values for {n_samples} samples")
-            finite = np.isfinite(self.targets.reshape(n_samples, -1)).all(1) if self.targets.dtype.kind == "f" else None
+            # several target columns may miss some values (NaN, left out of the loss), but not all of a sample's
+            finite = np.isfinite(self.targets.reshape(n_samples, -1)).any(1) if self.targets.dtype.kind == "f" else None
             if finite is not None and not finite.all():
                 bad = [self.sample_ids[i] for i in np.flatnonzero(~finite)[:10]]
                 raise InputError(f"targets are missing for samples {', '.join(bad)}; exclude them before training")

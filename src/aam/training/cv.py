@@ -28,7 +28,8 @@ METHODS = ("aam", "random_forest", "constant")
 
 
 def _fold_ids(kw: dict[str, Any], cols: list[str]) -> tuple[list[list[str]], Any]:
-    """Samples of the table with a value in every target column, cut into folds; and the metadata."""
+    """Samples of the table with a target value (in at least one of several columns), cut into folds; and the
+    metadata."""
     md = meta.load_metadata(kw["metadata"])
     meta.require_columns(md, cols + ([kw["group_column"]] if kw["group_column"] else []), kw["metadata"])
     in_table = [str(s) for s in load_table(kw["table"]).ids(axis="sample")]
@@ -38,7 +39,7 @@ def _fold_ids(kw: dict[str, Any], cols: list[str]) -> tuple[list[list[str]], Any
     if kw["classifier"]:
         labels, ok = meta.categorical_values(md, cols[0], ids)
     else:
-        ok = np.logical_and.reduce([meta.numeric_target(md, c, ids, kw["metadata"])[1] for c in cols])
+        ok = np.logical_or.reduce([meta.numeric_target(md, c, ids, kw["metadata"])[1] for c in cols])
         labels = None
     ids = [s for s, k in zip(ids, ok, strict=True) if k]
     groups = md[kw["group_column"]].reindex(ids).tolist() if kw["group_column"] else None
@@ -122,19 +123,22 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
         pred = {r["sample_id"]: r for r in _read_tsv(_train_fold(kw, fold_dir, test))}
         setup_logging(out, "cv.log")  # the fold's run logged to its own training.log
         train = [s for s in everyone if s not in set(test)]
-        tested = [s for s in test if s in pred]  # rarefaction may skip a few
+        predicted = [s for s in test if s in pred]  # rarefaction may skip a few
         for col in cols:
             pcol = "prediction" if len(cols) == 1 else f"prediction_{col}"
             if kw["classifier"]:
-                truth, _ = meta.categorical_values(md, col, tested)
+                truth, has = meta.categorical_values(md, col, predicted)
                 truth = truth.astype(str)
             else:
-                truth = meta.numeric_target(md, col, tested, kw["metadata"])[0]
+                truth, has = meta.numeric_target(md, col, predicted, kw["metadata"])
+            tested = [s for s, h in zip(predicted, has, strict=True) if h]  # with several columns, some lack one
+            truth = truth[has]
             rf = random_forest_baseline(kw["table"], kw["metadata"], col, train, tested, classifier=kw["classifier"],
                                         n_estimators=kw["rf_trees"], seed=kw["seed"], n_jobs=-1)
             rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))
-            train_truth = (meta.categorical_values(md, col, train)[0].astype(str) if kw["classifier"] else
-                           meta.numeric_target(md, col, train, kw["metadata"])[0])
+            values, has = (meta.categorical_values(md, col, train) if kw["classifier"] else
+                           meta.numeric_target(md, col, train, kw["metadata"]))
+            train_truth = values[has].astype(str) if kw["classifier"] else values[has]
             if kw["classifier"]:
                 values, counts = np.unique(train_truth, return_counts=True)
                 constant = values[np.argmax(counts)]

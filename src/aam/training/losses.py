@@ -72,24 +72,30 @@ def count_loss(pred: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor, ta
 def regression_loss(pred: torch.Tensor, y: torch.Tensor, kind: str, quantiles: list[float] | None = None,
                     over_penalty: float = 1.0, under_penalty: float = 1.0) -> torch.Tensor:
     """pred [B, out] (quantile: [B, Q]); y [B] or [B, T] (T outputs, out = T). huber uses beta 1 on the
-    transformed target scale; several outputs weigh equally."""
+    transformed target scale; several outputs weigh equally. NaN in y (a sample without a value in one of
+    several target columns) is left out of the mean, with zero gradient."""
     pred = pred.float()
     y = y.float()
-    y = y.unsqueeze(1) if y.dim() == 1 else y
+    y = (y.unsqueeze(1) if y.dim() == 1 else y).expand_as(pred) if kind != "quantile" else y.reshape(-1, 1)
+    valid = torch.isfinite(y)
+    y = torch.where(valid, y, torch.zeros_like(y))
     if kind == "huber":
-        return F.smooth_l1_loss(pred, y.expand_as(pred), beta=1.0)
-    if kind == "mse":
-        return F.mse_loss(pred, y.expand_as(pred))
-    if kind == "mae":
-        return F.l1_loss(pred, y.expand_as(pred))
-    if kind == "quantile":
+        err = F.smooth_l1_loss(pred, y, beta=1.0, reduction="none")
+    elif kind == "mse":
+        err = (pred - y) ** 2
+    elif kind == "mae":
+        err = (pred - y).abs()
+    elif kind == "quantile":
         tau = torch.tensor(quantiles or [0.5], device=pred.device, dtype=pred.dtype)
         e = y - pred
         return torch.maximum(tau * e, (tau - 1) * e).mean()
-    if kind == "asymmetric":
+    elif kind == "asymmetric":
         d = pred - y
-        return (over_penalty * d.clamp_min(0) + under_penalty * (-d).clamp_min(0)).mean()
-    raise AAMError(f"--loss-type must be one of {REGRESSION_LOSSES}, got {kind!r}")
+        err = over_penalty * d.clamp_min(0) + under_penalty * (-d).clamp_min(0)
+    else:
+        raise AAMError(f"--loss-type must be one of {REGRESSION_LOSSES}, got {kind!r}")
+    v = valid.to(err.dtype)
+    return (err * v).sum() / v.sum().clamp_min(1.0)
 
 
 def point_prediction(pred: torch.Tensor, quantiles: list[float] | None) -> torch.Tensor:

@@ -18,10 +18,12 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def multi_regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Per column `<name>_mae`, `<name>_rmse`, `<name>_r2` of [N, T] arrays, and `r2`: the mean of the R2s."""
+    """Per column `<name>_mae`, `<name>_rmse`, `<name>_r2` of [N, T] arrays (over the rows where that column's
+    truth is not NaN), and `r2`: the mean of the R2s."""
     out: dict[str, float] = {}
     for j, name in enumerate(names):
-        out.update({f"{name}_{k}": v for k, v in regression_metrics(y_true[:, j], y_pred[:, j]).items()})
+        ok = np.isfinite(y_true[:, j])
+        out.update({f"{name}_{k}": v for k, v in regression_metrics(y_true[ok, j], y_pred[ok, j]).items()})
     r2 = [out[f"{n}_r2"] for n in names if f"{n}_r2" in out]
     if r2:
         out["r2"] = float(np.mean(r2))

@@ -278,25 +278,26 @@ def target_columns(kw: dict[str, Any]) -> list[str]:
 
 
 def _targets(kw: dict[str, Any], md, ids: list[str], cols: list[str]) -> tuple[list[str], np.ndarray]:
-    """Samples with a value in every target column, and the raw values (float [N] or [N, T], or label strings)."""
+    """Samples with a target value, and the raw values (float [N], label strings, or float [N, T] for several
+    columns, where a sample needs a value in at least one column and a missing one is NaN)."""
     if kw["classifier"]:
         values, mask = meta.categorical_values(md, cols[0], ids)
     else:
         per_col = [meta.numeric_target(md, c, ids, kw["metadata"]) for c in cols]
-        values = np.stack([v for v, _ in per_col], axis=1) if len(cols) > 1 else per_col[0][0]
-        mask = np.logical_and.reduce([m for _, m in per_col])
+        values = np.stack([np.where(m, v, np.nan) for v, m in per_col], axis=1) if len(cols) > 1 else per_col[0][0]
+        mask = np.logical_or.reduce([m for _, m in per_col])
         for c, (_, m) in zip(cols, per_col, strict=True):
-            if len(cols) > 1 and not m.all():
-                log.warning("%d sample(s) have no value in column %r", int((~m).sum()), c)
+            if len(cols) > 1 and not (m | ~mask).all():
+                log.info("%d sample(s) have no value in column %r: their other columns still train", int((~m & mask).sum()), c)
     if not mask.all():
         missing = [s for s, m in zip(ids, mask, strict=True) if not m]
-        what = f"column {cols[0]!r}" if len(cols) == 1 else f"at least one of columns {', '.join(cols)}"
+        what = f"column {cols[0]!r}" if len(cols) == 1 else f"any of the columns {', '.join(cols)}"
         log.warning("%d sample(s) have no value in %s and are left out (e.g. %s)", len(missing), what,
                     ", ".join(missing[:10]))
     keep = [s for s, m in zip(ids, mask, strict=True) if m]
     if not keep:
         raise InputError(f"column(s) {', '.join(map(repr, cols))} of {kw['metadata']} have no value for any table "
-                         "sample" + (" (a sample needs a value in every column)" if len(cols) > 1 else ""))
+                         "sample")
     return keep, values[mask]
 
 

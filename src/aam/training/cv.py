@@ -133,6 +133,9 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
                 truth, has = meta.numeric_target(md, col, predicted, kw["metadata"])
             tested = [s for s, h in zip(predicted, has, strict=True) if h]  # with several columns, some lack one
             truth = truth[has]
+            if not tested:
+                log.warning("fold %d: no test sample has a value in column %r; the fold is not scored on it", k, col)
+                continue
             rf = random_forest_baseline(kw["table"], kw["metadata"], col, train, tested, classifier=kw["classifier"],
                                         n_estimators=kw["rf_trees"], seed=kw["seed"], n_jobs=-1)
             rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))

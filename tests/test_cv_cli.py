@@ -134,3 +134,23 @@ def test_kfold_samples_grouped_stratified_and_errors():
         kfold_samples(ids, 6, 0, groups=groups)
     with pytest.raises(Exception, match="at least 2"):
         kfold_samples(ids, 1, 0)
+
+
+def test_fold_without_values_in_one_column_is_not_scored_on_it(data, tmp_path):
+    """Several columns: a fold whose test samples all lack `bmi` is scored on `age` only (and says so)."""
+    md = pd.read_csv(data["md"], sep="\t", index_col=0)
+    md["bmi"] = 20.0 + md["age"] / 4.0
+    ids = [str(s) for s in md.index]
+    third = kfold_samples(ids, 3, 42)[2]  # the folds aam cv cuts (table order, --seed 42)
+    md.loc[third, "bmi"] = np.nan
+    path = tmp_path / "md.tsv"
+    md.to_csv(path, sep="\t", na_rep="not provided")
+    out = tmp_path / "cv"
+    assert main(["cv", "--table", str(data["table"]), "--metadata", str(path), "--metadata-column", "age,bmi",
+                 "--output-dir", str(out), "--seed", "42", *CV]) == 0
+    assert json.loads((out / "folds.json").read_text())[2] == third
+    metrics = pd.read_csv(out / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
+    scored = metrics[metrics["fold"].isin(["1", "2", "3"])]
+    assert sorted(set(scored[scored["target"] == "bmi"]["fold"])) == ["1", "2"]
+    assert sorted(set(scored[scored["target"] == "age"]["fold"])) == ["1", "2", "3"]
+    assert "fold 3: no test sample has a value in column 'bmi'" in (out / "cv.log").read_text()

@@ -108,11 +108,18 @@ def test_classifier_cv_reports_accuracy_and_f1(data, tmp_path):
                  "--classifier", "--output-dir", str(out), *CV]) == 0
     metrics = pd.read_csv(out / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
     oof = pd.read_csv(out / "oof_predictions.tsv", sep="\t")
-    assert {"accuracy", "f1"} <= set(metrics.columns)
+    assert {"accuracy", "f1", "auc"} <= set(metrics.columns)
+    from sklearn.metrics import roc_auc_score
+
     for k in (1, 2, 3):
         part = oof[oof["fold"] == k]
         row = metrics[(metrics["fold"] == str(k)) & (metrics["method"] == "aam")].iloc[0]
         assert row["accuracy"] == pytest.approx((part["aam"] == part["actual"]).mean())
+        prob_b = {r["sample_id"]: float(r["prob_b"]) for r in read_tsv(out / f"fold{k}/test_predictions.tsv")}
+        want = roc_auc_score(part["actual"] == "b", [prob_b[s] for s in part["sample_id"]])
+        assert row["auc"] == pytest.approx(want, rel=1e-5)
+        constant = metrics[(metrics["fold"] == str(k)) & (metrics["method"] == "constant")].iloc[0]
+        assert constant["auc"] == pytest.approx(0.5)  # one score for everyone
     assert (out / "cv_group.png").stat().st_size > 0  # confusion matrices of aam and the forest
     folds = json.loads((out / "folds.json").read_text())
     md = pd.read_csv(data["md"], sep="\t", index_col=0)

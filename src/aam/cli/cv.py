@@ -24,7 +24,7 @@ def _cv(**kw) -> int:
             continue
         sd = next(r for r in res["summary"] if r["fold"] == "sd" and r["target"] == row["target"]
                   and r["method"] == row["method"])
-        shown = ", ".join(f"{k} {row[k]:.4g} ± {sd[k]:.2g}" for k in ("mae", "rmse", "r2", "accuracy", "f1")
+        shown = ", ".join(f"{k} {row[k]:.4g} ± {sd[k]:.2g}" for k in ("mae", "rmse", "r2", "accuracy", "f1", "auc")
                           if k in row)
         click.echo(f"  {row['target']:>12}  {row['method']:<13}  {shown}")
     return 0

@@ -90,6 +90,20 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
+def _auc(truth: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """ROC AUC from class probabilities [n, len(classes)]: binary, or macro one-vs-rest when every class occurs
+    in the fold; nothing when the fold holds a single class."""
+    from sklearn.metrics import roc_auc_score
+
+    present = set(truth)
+    if len(present) < 2 or (len(classes) > 2 and present != set(classes)):
+        return {}
+    if len(classes) == 2:
+        return {"auc": float(roc_auc_score(truth == classes[1], probs[:, 1]))}
+    p = probs / np.clip(probs.sum(1, keepdims=True), 1e-12, None)
+    return {"auc": float(roc_auc_score(truth, p, multi_class="ovr", average="macro", labels=classes))}
+
+
 def _score(classifier: bool, truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
     if classifier:
         index = {c: i for i, c in enumerate(classes)}
@@ -152,9 +166,19 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
                      "random_forest": np.array([rf_of.get(s, np.nan) if not kw["classifier"] else rf_of.get(s, "")
                                                 for s in tested]),
                      "constant": np.array([constant] * len(tested))}
+            probs = {}
+            if kw["classifier"]:  # class probabilities, columns in `classes` order, for the AUC
+                probs["aam"] = np.array([[float(pred[s].get(f"prob_{c}") or 0.0) for c in classes] for s in tested])
+                rf_p = dict(zip(rf.sample_ids, rf.probabilities, strict=True))
+                rf_col = [rf.classes.index(c) if c in rf.classes else None for c in classes]
+                probs["random_forest"] = np.array([[rf_p[s][j] if j is not None else 0.0 for j in rf_col]
+                                                   for s in tested])
+                freq = np.array([float(np.mean(train_truth == c)) for c in classes])
+                probs["constant"] = np.tile(freq, (len(tested), 1))
             for method, p in preds.items():
                 rows.append({"target": col, "method": method, "fold": k, "n_test": len(tested),
-                             **_score(kw["classifier"], truth, p, classes)})
+                             **_score(kw["classifier"], truth, p, classes),
+                             **(_auc(truth, probs[method], classes) if probs else {})})
                 oof_pred[col][method].append(p)
             truth_all[col].append(truth)
             shown = str if kw["classifier"] else (lambda x: f"{float(x):.6g}")

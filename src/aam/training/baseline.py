@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,23 +46,25 @@ def parse_max_features(value: str) -> str | float | int | None:
 
 
 def random_forest_baseline(
-    table_path: str | Path, metadata_path: str | Path, column: str, train_ids: list[str], val_ids: list[str],
-    classifier: bool = False, n_estimators: int = 500, max_features: str | float | int | None = "sqrt",
-    seed: int = 42, n_jobs: int = -1,
+    table_path: str | Path | Any, metadata_path: str | Path | Any, column: str, train_ids: list[str],
+    val_ids: list[str], classifier: bool = False, n_estimators: int = 500,
+    max_features: str | float | int | None = "sqrt", seed: int = 42, n_jobs: int = -1,
 ) -> BaselineResult:
-    """Fit on `train_ids`, predict `val_ids`; samples missing from the table or the target are skipped."""
+    """Fit on `train_ids`, predict `val_ids`; samples missing from the table or the target are skipped.
+    The table and metadata are paths, or an already loaded biom.Table / metadata DataFrame (`aam cv` fits one
+    forest per fold and column)."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 
-    table = load_table(table_path)
-    md = load_metadata(metadata_path)
+    table = load_table(table_path) if isinstance(table_path, (str, Path)) else table_path
+    md = load_metadata(metadata_path) if isinstance(metadata_path, (str, Path)) else metadata_path
     in_table = set(table.ids(axis="sample"))
     ids = [s for s in train_ids + val_ids if s in in_table]
     if classifier:
         y, ok = categorical_values(md, column, ids)
         y = y.astype(str)
     else:
-        y, ok = numeric_target(md, column, ids, metadata_path)
+        y, ok = numeric_target(md, column, ids, metadata_path if isinstance(metadata_path, (str, Path)) else None)
     keep = {s: k for k, s in enumerate(ids) if ok[k]}
     train = [s for s in train_ids if s in keep]
     val = [s for s in val_ids if s in keep]

@@ -27,12 +27,10 @@ log = logging.getLogger("aam")
 METHODS = ("aam", "random_forest", "constant")
 
 
-def _fold_ids(kw: dict[str, Any], cols: list[str]) -> tuple[list[list[str]], Any]:
-    """Samples of the table with a target value (in at least one of several columns), cut into folds; and the
-    metadata."""
-    md = meta.load_metadata(kw["metadata"])
+def _fold_ids(kw: dict[str, Any], cols: list[str], table: Any, md: Any) -> list[list[str]]:
+    """Samples of the table with a target value (in at least one of several columns), cut into folds."""
     meta.require_columns(md, cols + ([kw["group_column"]] if kw["group_column"] else []), kw["metadata"])
-    in_table = [str(s) for s in load_table(kw["table"]).ids(axis="sample")]
+    in_table = [str(s) for s in table.ids(axis="sample")]
     ids = [s for s in in_table if s in md.index]
     if not ids:
         raise InputError(f"no sample of {kw['table']} is in {kw['metadata']}; check that the sample IDs match")
@@ -44,7 +42,7 @@ def _fold_ids(kw: dict[str, Any], cols: list[str]) -> tuple[list[list[str]], Any
     ids = [s for s, k in zip(ids, ok, strict=True) if k]
     groups = md[kw["group_column"]].reindex(ids).tolist() if kw["group_column"] else None
     strat = [str(v) for v, k in zip(labels, ok, strict=True) if k] if labels is not None else None
-    return kfold_samples(ids, kw["folds"], kw["seed"], groups, strat), md
+    return kfold_samples(ids, kw["folds"], kw["seed"], groups, strat)
 
 
 def _check_folds(out: Path, folds: list[list[str]]) -> None:
@@ -105,24 +103,69 @@ def _auc(truth: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, 
 
 
 def _score(classifier: bool, truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Regression metrics, or classification metrics over `classes` (every true and predicted label)."""
     if classifier:
         index = {c: i for i, c in enumerate(classes)}
-        known = np.array([t in index for t in truth])
-        return classification_metrics(np.array([index[t] for t in truth[known]], dtype=np.int64),
-                                      np.array([index[p] for p in pred[known]], dtype=np.int64), len(classes))
+        return classification_metrics(np.array([index[t] for t in truth], dtype=np.int64),
+                                      np.array([index[p] for p in pred], dtype=np.int64), len(classes))
     return regression_metrics(truth.astype(np.float64), pred.astype(np.float64))
+
+
+def _score_column(kw: dict[str, Any], table: Any, md: Any, col: str, pcol: str, k: int, train: list[str],
+                  predicted: list[str], pred: dict[str, dict[str, str]]
+                  ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """One fold, one target column: (scored samples, truth, predictions per method, metric rows). The forest and
+    the constant are fitted on `train`; samples without a value in the column are not scored."""
+    from aam.training.baseline import random_forest_baseline
+
+    if kw["classifier"]:
+        truth, has = meta.categorical_values(md, col, predicted)
+        truth = truth.astype(str)
+    else:
+        truth, has = meta.numeric_target(md, col, predicted, kw["metadata"])
+    tested = [s for s, h in zip(predicted, has, strict=True) if h]  # with several columns, some lack one
+    truth = truth[has]
+    if not tested:
+        return [], truth, {}, []
+    rf = random_forest_baseline(table, md, col, train, tested, classifier=kw["classifier"],
+                                n_estimators=kw["rf_trees"], seed=kw["seed"], n_jobs=-1)
+    rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))
+    values, has = (meta.categorical_values(md, col, train) if kw["classifier"] else
+                   meta.numeric_target(md, col, train, kw["metadata"]))
+    train_truth = values[has].astype(str) if kw["classifier"] else values[has]
+    if kw["classifier"]:
+        values, counts = np.unique(train_truth, return_counts=True)
+        constant = values[np.argmax(counts)]
+        classes = sorted(set(train_truth) | set(truth))
+    else:
+        constant, classes = float(np.mean(train_truth)), []
+    preds = {"aam": np.array([pred[s][pcol] for s in tested]),
+             "random_forest": np.array([rf_of.get(s, "" if kw["classifier"] else np.nan) for s in tested]),
+             "constant": np.array([constant] * len(tested))}
+    probs = {}
+    if kw["classifier"]:  # class probabilities, columns in `classes` order, for the AUC
+        probs["aam"] = np.array([[float(pred[s].get(f"prob_{c}") or 0.0) for c in classes] for s in tested])
+        rf_p = dict(zip(rf.sample_ids, rf.probabilities, strict=True))
+        rf_col = [rf.classes.index(c) if c in rf.classes else None for c in classes]
+        probs["random_forest"] = np.array([[rf_p[s][j] if j is not None else 0.0 for j in rf_col] for s in tested])
+        freq = np.array([float(np.mean(train_truth == c)) for c in classes])
+        probs["constant"] = np.tile(freq, (len(tested), 1))
+    rows = [{"target": col, "method": method, "fold": k, "n_test": len(tested),
+             **_score(kw["classifier"], truth, p, classes), **(_auc(truth, probs[method], classes) if probs else {})}
+            for method, p in preds.items()]
+    return tested, truth, preds, rows
 
 
 def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
     from aam.cli.common import setup_logging, write_json
     from aam.training import plots
-    from aam.training.baseline import random_forest_baseline
     from aam.training.runs import target_columns
 
     cols = target_columns(kw)
     out = Path(kw["output_dir"])
     setup_logging(out, "cv.log")
-    folds, md = _fold_ids(kw, cols)
+    table, md = load_table(kw["table"]), meta.load_metadata(kw["metadata"])  # once, for the folds and the forests
+    folds = _fold_ids(kw, cols, table, md)
     _check_folds(out, folds)
     everyone = [s for f in folds for s in f]
     log.info("%d-fold cross-validation of %d samples%s: fold sizes %s", len(folds), len(everyone),
@@ -131,62 +174,30 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
     oof: list[list[str]] = []
     oof_pred: dict[str, dict[str, list[np.ndarray]]] = {c: {m: [] for m in METHODS} for c in cols}
     truth_all: dict[str, list[np.ndarray]] = {c: [] for c in cols}
+    shown = str if kw["classifier"] else (lambda x: f"{float(x):.6g}")
     for k, test in enumerate(folds, start=1):
         fold_dir = out / f"fold{k}"
         log.info("fold %d/%d: %d test samples", k, len(folds), len(test))
         pred = {r["sample_id"]: r for r in _read_tsv(_train_fold(kw, fold_dir, test))}
         setup_logging(out, "cv.log")  # the fold's run logged to its own training.log
-        train = [s for s in everyone if s not in set(test)]
+        held = set(test)
+        train = [s for s in everyone if s not in held]
         predicted = [s for s in test if s in pred]  # rarefaction may skip a few
         for col in cols:
             pcol = "prediction" if len(cols) == 1 else f"prediction_{col}"
-            if kw["classifier"]:
-                truth, has = meta.categorical_values(md, col, predicted)
-                truth = truth.astype(str)
-            else:
-                truth, has = meta.numeric_target(md, col, predicted, kw["metadata"])
-            tested = [s for s, h in zip(predicted, has, strict=True) if h]  # with several columns, some lack one
-            truth = truth[has]
+            tested, truth, preds, col_rows = _score_column(kw, table, md, col, pcol, k, train, predicted, pred)
             if not tested:
                 log.warning("fold %d: no test sample has a value in column %r; the fold is not scored on it", k, col)
                 continue
-            rf = random_forest_baseline(kw["table"], kw["metadata"], col, train, tested, classifier=kw["classifier"],
-                                        n_estimators=kw["rf_trees"], seed=kw["seed"], n_jobs=-1)
-            rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))
-            values, has = (meta.categorical_values(md, col, train) if kw["classifier"] else
-                           meta.numeric_target(md, col, train, kw["metadata"]))
-            train_truth = values[has].astype(str) if kw["classifier"] else values[has]
-            if kw["classifier"]:
-                values, counts = np.unique(train_truth, return_counts=True)
-                constant = values[np.argmax(counts)]
-                classes = sorted(set(train_truth) | set(truth))
-            else:
-                constant, classes = float(np.mean(train_truth)), []
-            preds = {"aam": np.array([pred[s][pcol] for s in tested]),
-                     "random_forest": np.array([rf_of.get(s, np.nan) if not kw["classifier"] else rf_of.get(s, "")
-                                                for s in tested]),
-                     "constant": np.array([constant] * len(tested))}
-            probs = {}
-            if kw["classifier"]:  # class probabilities, columns in `classes` order, for the AUC
-                probs["aam"] = np.array([[float(pred[s].get(f"prob_{c}") or 0.0) for c in classes] for s in tested])
-                rf_p = dict(zip(rf.sample_ids, rf.probabilities, strict=True))
-                rf_col = [rf.classes.index(c) if c in rf.classes else None for c in classes]
-                probs["random_forest"] = np.array([[rf_p[s][j] if j is not None else 0.0 for j in rf_col]
-                                                   for s in tested])
-                freq = np.array([float(np.mean(train_truth == c)) for c in classes])
-                probs["constant"] = np.tile(freq, (len(tested), 1))
+            rows += col_rows
             for method, p in preds.items():
-                rows.append({"target": col, "method": method, "fold": k, "n_test": len(tested),
-                             **_score(kw["classifier"], truth, p, classes),
-                             **(_auc(truth, probs[method], classes) if probs else {})})
                 oof_pred[col][method].append(p)
             truth_all[col].append(truth)
-            shown = str if kw["classifier"] else (lambda x: f"{float(x):.6g}")
             oof += [[s, str(k), col, shown(t), *[shown(preds[m][i]) for m in METHODS]] for i, (s, t) in
                     enumerate(zip(tested, truth, strict=True))]
-    summary = _summarize(rows)
-    write_tsv(out / "oof_predictions.tsv", ["sample_id", "fold", "target", "actual", *METHODS], oof)
     metric_keys = sorted({k for r in rows for k in r} - {"target", "method", "fold", "n_test"})
+    summary = _summarize(rows, metric_keys)
+    write_tsv(out / "oof_predictions.tsv", ["sample_id", "fold", "target", "actual", *METHODS], oof)
     write_tsv(out / "cv_metrics.tsv", ["target", "method", "fold", "n_test", *metric_keys],
               [[r["target"], r["method"], str(r["fold"]), str(r["n_test"]),
                 *[f"{r[m]:.6g}" if m in r else "" for m in metric_keys]] for r in rows + summary])
@@ -207,10 +218,9 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and SD over folds of each metric, per target and method."""
+def _summarize(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """Mean and SD over folds of each metric in `keys`, per target and method."""
     out = []
-    keys = sorted({k for r in rows for k in r} - {"target", "method", "fold", "n_test"})
     for target in dict.fromkeys(r["target"] for r in rows):
         for method in METHODS:
             sel = [r for r in rows if r["target"] == target and r["method"] == method]

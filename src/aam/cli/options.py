@@ -102,8 +102,8 @@ def tree_options() -> list[Callable]:
     """--tree and its UniFrac settings: batch targets computed on the fly (an alternative to --unifrac-matrix)."""
     return [
         opt("Data", "--tree", type=click.Path(dir_okay=False), default=None,
-            help="Newick tree (or QIIME 2 rooted-tree.qza) whose tips are the table's features: UniFrac targets are computed per batch on the "
-                 "rarefied table (no N x N matrix). Use instead of --unifrac-matrix."),
+            help="Newick tree (or QIIME 2 rooted-tree.qza) whose tips are the table's features: UniFrac targets "
+                 "are computed per batch on the rarefied table (no N x N matrix). Use instead of --unifrac-matrix."),
         opt("Data", "--unifrac-metric", type=click.Choice([*UNIFRAC_METRICS, *METRIC_ALIASES]),
             default=None, show_default="unweighted", callback=_metric,
             help="UniFrac of --tree targets; 'unifrac' and 'weighted' (the reference AAM's names) mean "

@@ -51,7 +51,8 @@ def write_faith_pd(path: Path, ids: list[str], values: np.ndarray) -> None:
 
 @click.command("unifrac")
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="BIOM table.")
-@click.option("--tree", "tree_path", required=True, type=click.Path(dir_okay=False), help="Newick tree with branch lengths (or QIIME 2 rooted-tree.qza).")
+@click.option("--tree", "tree_path", required=True, type=click.Path(dir_okay=False),
+              help="Newick tree with branch lengths (or QIIME 2 rooted-tree.qza).")
 @click.option("--metric", type=click.Choice(METRIC_CHOICES), default="unweighted", show_default=True)
 @click.option("--output", required=True, type=click.Path(dir_okay=False),
               help=".h5/.hdf5 (matrix + order) or .tsv; faith_pd: .h5 (faith_pd + order) or a two-column TSV.")

@@ -239,9 +239,9 @@ def _aam_setup(data: dict):
     from aam.data.batching import packed_layout
     from aam.data.dataset import SampleDataset, collate
     from aam.models import ModelConfig, build_model
+    from aam.training.config import TrainConfig
     from aam.training.losses import LossConfig, MultiTaskLoss, mask_nucleotides
     from aam.training.optim import make_optimizer
-    from aam.training.trainer import TrainConfig
 
     tc = TrainConfig()
     counts, dist = data["counts"], data["dist"]

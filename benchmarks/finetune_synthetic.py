@@ -56,7 +56,8 @@ def main() -> int:
     import torch
 
     from aam.data import synthetic
-    from aam.training.baseline import random_forest_baseline, read_ids
+    from aam.data.split import read_ids
+    from aam.workflows.baselines import random_forest_baseline
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -12,8 +12,8 @@ import pytest
 
 from aam.cli.main import main
 from aam.data.split import kfold_samples
-from aam.training.baseline import random_forest_baseline
 from aam.training.metrics import regression_metrics
+from aam.workflows.baselines import random_forest_baseline
 from test_e2e_cli import MODEL, read_tsv, run_err, write_tiny
 
 CV = ["--epochs", "1", "--rarefy-depth", "300", "--folds", "3", "--rf-trees", "20", *MODEL]

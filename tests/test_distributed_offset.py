@@ -5,7 +5,7 @@ import torch
 
 from aam.data.distances import DistanceMatrix
 from aam.training.losses import LossConfig, MultiTaskLoss
-from aam.training.runs import _pairwise_hook
+from aam.workflows.runs import pairwise_hook
 
 
 def test_ddp_hook_matches_local_loss_with_offset():
@@ -17,7 +17,7 @@ def test_ddp_hook_matches_local_loss_with_offset():
     emb = torch.randn(9, 6, generator=g)
     results = []
     # the hook with world=2 is what DDP runs; without an initialised process group it scores the local batch
-    for pairwise_fn in (None, _pairwise_hook(2, dm)):
+    for pairwise_fn in (None, pairwise_hook(2, dm)):
         loss_fn = MultiTaskLoss(LossConfig(kernels="math"), pairwise_fn=pairwise_fn)
         offset = torch.zeros(())
         x = emb.clone().requires_grad_(True)

@@ -19,10 +19,11 @@ from aam.cli.main import main
 from aam.cli.pretrain import pretrain
 from aam.data import synthetic
 from aam.data.dataset import collate
+from aam.data.prepare import Preprocessing, make_dataset, prepare_table
 from aam.data.tree_distances import TreeDistances
 from aam.ops.unifrac import unifrac
-from aam.training.data_setup import Preprocessing, make_dataset, prepare_table
-from aam.training.runs import _load_distances
+from aam.workflows import distances
+from aam.workflows.requests import DistanceOptions
 
 DEPTH, SEED, MAX_BP = 150, 42, 32
 MODEL = ["--embedding-dim", "16", "--attention-heads", "2", "--attention-layers", "1", "--device", "cpu",
@@ -44,11 +45,11 @@ def prepared(data):
     return prepare_table(data["table"], None, DEPTH, SEED, MAX_BP)
 
 
-def _kw(data, **extra) -> dict:
-    kw = {"table": str(data["table"]), "tree": str(data["tree"]), "unifrac_matrix": None, "unifrac_ids": None,
-          "unifrac_metric": "unweighted", "unifrac_alpha": None, "drop_missing_features": False, "num_workers": 0}
-    kw.update(extra)
-    return kw
+def _load(table, tree, ids, prepared, pre, num_workers: int = 0, unifrac_targets: str = "all", **options):
+    """The run's distance source for --tree (resolved as the CLI resolves it); all ASVs unless told."""
+    opts = DistanceOptions(tree=str(tree), unifrac_targets=unifrac_targets, **options)
+    opts = distances.resolve(opts, "abundance", required=True)
+    return distances.load(opts, str(table), num_workers, ids, prepared, pre)
 
 
 def _one_error_line(capsys, only: bool = False) -> str:
@@ -65,7 +66,7 @@ def _one_error_line(capsys, only: bool = False) -> str:
 def test_collate_targets_equal_full_matrix(data, prepared, metric, alpha):
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     pre = Preprocessing(rarefy_depth=DEPTH, max_bp=MAX_BP, token_limit=16)
-    source = _load_distances(_kw(data, unifrac_metric=metric, unifrac_alpha=alpha), ids, prepared, pre)
+    source = _load(data["table"], data["tree"], ids, prepared, pre, unifrac_metric=metric, unifrac_alpha=alpha)
     assert isinstance(source, TreeDistances) and source.ids == ids
     assert pre.extra["unifrac"]["source"] == "tree" and pre.extra["unifrac"]["metric"] == metric
     assert pre.extra["unifrac"]["alpha"] == alpha
@@ -86,7 +87,8 @@ def test_targets_in_dataloader_workers(data, prepared):
     """The collate function runs in a worker process (threads=1 there) and still gives the exact blocks."""
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     pre = Preprocessing(rarefy_depth=DEPTH, max_bp=MAX_BP, token_limit=16)
-    source = _load_distances(_kw(data, unifrac_metric="weighted_normalized", num_workers=1), ids, prepared, pre)
+    source = _load(data["table"], data["tree"], ids, prepared, pre, num_workers=1,
+                   unifrac_metric="weighted_normalized")
     assert source.threads == 1
     full = unifrac(prepared.table, data["tree"], "weighted_normalized")
     loader = torch.utils.data.DataLoader(make_dataset(prepared, ids, pre), batch_size=8, shuffle=True,
@@ -159,7 +161,7 @@ def test_visible_targets_count_only_the_asvs_the_model_sees(data, prepared, metr
     limit = 3
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     pre = Preprocessing(rarefy_depth=DEPTH, max_bp=MAX_BP, token_limit=limit)
-    source = _load_distances(_kw(data, unifrac_metric=metric, unifrac_targets="visible"), ids, prepared, pre)
+    source = _load(data["table"], data["tree"], ids, prepared, pre, unifrac_metric=metric, unifrac_targets="visible")
     assert pre.extra["unifrac"]["targets"] == "visible"
     dataset = make_dataset(prepared, ids, pre)
     assert dataset.n_asvs().min() > limit  # every sample loses ASVs to the limit (richness 4-15 here)
@@ -275,12 +277,11 @@ def test_ibd_tree_targets(ibd_dir):
     subset = [str(s) for s in biom.load_table(str(ibd_dir / "table.biom")).ids()[:120]]
     prepared = prepare_table(ibd_dir / "table.biom", None, 1000, SEED, 100, sample_ids=subset)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    kw = {"table": str(ibd_dir / "table.biom"), "tree": str(ibd_dir / "tree.nwk"), "unifrac_metric": "unweighted",
-          "num_workers": 0}
-    with pytest.raises(InputError, match=r"table\.biom: \d+ of \d+ features are not tips .*--drop-missing-features"):
-        _load_distances({**kw, "drop_missing_features": False}, ids, prepared)
     pre = Preprocessing(rarefy_depth=1000, max_bp=100, token_limit=64)
-    source = _load_distances({**kw, "drop_missing_features": True}, ids, prepared, pre)
+    table, tree = ibd_dir / "table.biom", ibd_dir / "tree.nwk"
+    with pytest.raises(InputError, match=r"table\.biom: \d+ of \d+ features are not tips .*--drop-missing-features"):
+        _load(table, tree, ids, prepared, pre)
+    source = _load(table, tree, ids, prepared, pre, drop_missing_features=True)
     full = unifrac(prepared.table, ibd_dir / "tree.nwk", "unweighted", drop_missing_features=True)
     dataset = make_dataset(prepared, ids, pre)
     batch = collate([dataset[i] for i in range(0, len(ids), 3)], distances=source)

@@ -7,7 +7,7 @@ import pytest
 
 from aam.cli.main import main
 from aam.data import synthetic
-from aam.training.baseline import parse_max_features
+from aam.workflows.baselines import parse_max_features
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,11 @@ from aam.errors import AAMError, InputError
 from aam.models import ModelConfig, build_model
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
+from aam.training.batches import EpochSampler
+from aam.training.config import TrainConfig
 from aam.training.losses import LossConfig, MultiTaskLoss
 from aam.training.optim import make_optimizer, make_scheduler, param_groups
-from aam.training.trainer import EpochSampler, TrainConfig, Trainer
+from aam.training.trainer import Trainer
 
 
 class Dist:
@@ -231,11 +233,12 @@ def test_compile_skipped_on_rocm(tmp_path, monkeypatch):
 
 
 def test_base_lr_scale_default_follows_the_pretrained_encoder_and_resume():
-    from aam.training.runs import _base_lr_scale
+    from aam.workflows.requests import HeadOptions
+    from aam.workflows.train import base_lr_scale
 
-    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": "pre/best.pt"}) == 0.1
-    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}) == 1.0  # from scratch: one rate
-    assert _base_lr_scale({"base_lr_scale": 0.5, "pretrained_encoder": "pre/best.pt"}) == 0.5
+    assert base_lr_scale(HeadOptions(pretrained_encoder="pre/best.pt")) == 0.1
+    assert base_lr_scale(HeadOptions()) == 1.0  # from scratch: one rate
+    assert base_lr_scale(HeadOptions(base_lr_scale=0.5, pretrained_encoder="pre/best.pt")) == 0.5
     resumed = {"trainer_state": {"train_config": {"base_lr_scale": 0.1}}}
-    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}, resumed) == 0.1
-    assert _base_lr_scale({"base_lr_scale": None, "pretrained_encoder": None}, {"trainer_state": {}}) == 1.0
+    assert base_lr_scale(HeadOptions(), resumed) == 0.1
+    assert base_lr_scale(HeadOptions(), {"trainer_state": {}}) == 1.0

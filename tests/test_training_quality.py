@@ -15,8 +15,10 @@ from aam.data.tokenizer import tokenize
 from aam.models import ModelConfig, build_model
 from aam.ops.unifrac import unifrac
 from aam.training import metrics as M
+from aam.training.batches import EpochSampler
+from aam.training.config import TrainConfig
 from aam.training.losses import LossConfig, MultiTaskLoss
-from aam.training.trainer import EpochSampler, TrainConfig, Trainer
+from aam.training.trainer import Trainer
 
 
 @pytest.mark.slow

@@ -6,17 +6,19 @@ import click
 
 from aam.cli import options as O
 from aam.cli.train import train as train_command
+from aam.workflows.requests import CVRequest, TrainRequest, default_of
 
 
-def _cv(**kw) -> int:
+def _cv(**options) -> int:
     """Cross-validate: per fold, train on the other folds, predict the held-out fold, and fit the random forest
     of `aam rf-baseline` on the same samples. Takes every option of `aam train`; rerunning the same command
     resumes (finished folds are kept)."""
-    from aam.training.cv import run_cv
+    from aam.workflows.cv import run_cv
 
-    if kw["rf_trees"] < 1:
+    if options["rf_trees"] < 1:
         raise click.UsageError("--rf-trees must be >= 1")
-    res = run_cv(kw)
+    train = TrainRequest.from_options({**options, "resume": None})
+    res = run_cv(CVRequest(train=train, folds=options["folds"], rf_trees=options["rf_trees"]))
     click.echo(f"{res['folds']}-fold cross-validation of {res['n_samples']} samples: {res['metrics']}, "
                f"{res['predictions']}" + (f", plots {', '.join(res['plots'])}" if res["plots"] else ""))
     for row in res["summary"]:
@@ -31,10 +33,11 @@ def _cv(**kw) -> int:
 
 
 _own = [
-    O.GroupedOption(["--folds"], type=int, default=5, show_default=True, section="Data",
+    O.GroupedOption(["--folds"], type=int, default=default_of(CVRequest, "folds"), show_default=True, section="Data",
                     help="Number of folds; with --group-column whole groups go to one fold, and --classifier "
                          "keeps the class mix in every fold."),
-    O.GroupedOption(["--rf-trees"], type=int, default=500, show_default=True, section="Other",
+    O.GroupedOption(["--rf-trees"], type=int, default=default_of(CVRequest, "rf_trees"), show_default=True,
+                    section="Other",
                     help="Trees of the random-forest baseline fitted on each fold's training samples."),
     O.GroupedOption(["--output-dir"], required=True, type=click.Path(file_okay=False), section="Output",
                     help="fold<k>/ (each fold's `aam train` run and test predictions), oof_predictions.tsv, "

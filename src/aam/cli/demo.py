@@ -83,7 +83,8 @@ def demo(output_dir: str, samples: int, pretrain_epochs: int, train_epochs: int,
     last5 = [r["val_r2"] for r in torch.load(out / "train/checkpoints/last.pt", weights_only=True)["trainer_state"]
              ["history"][-5:]]
     click.echo(f"         last epoch R2 {last5[-1]:.3f}, mean of the last {len(last5)} epochs {sum(last5) / len(last5):.3f}")
-    from aam.training.baseline import random_forest_baseline, read_ids
+    from aam.data.split import read_ids
+    from aam.workflows.baselines import random_forest_baseline
 
     rf = random_forest_baseline(paths["table"], paths["metadata"], "ph", read_ids(out / "train/train_samples.txt"),
                                 read_ids(out / "train/val_samples.txt"), n_estimators=200, seed=seed)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from aam.cli import options as O
+from aam.workflows.requests import EmbedRequest, group_defaults
+
+D = group_defaults(EmbedRequest)
 
 
 @click.command(cls=O.GroupedCommand)
@@ -12,19 +15,19 @@ from aam.cli import options as O
                                "Metadata TSV holding --metadata-column."))
 @O.opt("Data", "--metadata-column", default=None,
        help="Colour the PCA plot <output>.png of the embeddings by this column (numeric or categorical).")
-@O.opt("Training", "--batch-size", type=int, default=8, help="Samples per batch.")
-@O.apply(O.hardware_options(training=False))
+@O.apply(O.inference_options(D.run))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
        help="Embeddings TSV: sample_id, e0 ... e<D-1>. Skipped samples go to <output>.skipped.tsv.")
 @O.opt("Output", "--distance-matrix", type=click.Path(dir_okay=False), default=None,
        help="Also write the distances a pretrained model predicts between the samples (its UniFrac estimate, "
             "no tree needed) as a scikit-bio TSV distance matrix.")
-def embed(**kw) -> int:
+def embed(**options) -> int:
     """Embed every sample of --table with a saved encoder (preprocessed as in training)."""
-    from aam.training.inference import run_embed
+    from aam.workflows.inference import run_embed
 
-    O.check_inference_options(kw)
-    res = run_embed(kw)
+    req = EmbedRequest.from_options(options)
+    O.check_inference_options(req.run, req.source.metadata, req.metadata_column)
+    res = run_embed(req)
     click.echo(f"wrote {res['n_embedded']} x {res['dim']} embeddings to {res['output']}"
                + (f"; distances to {res['distance_matrix']}" if "distance_matrix" in res else "")
                + (f"; plot {res['plot']}" if "plot" in res else "")

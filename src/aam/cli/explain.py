@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from aam.cli import options as O
+from aam.workflows.requests import ExplainRequest, group_defaults
+
+D = group_defaults(ExplainRequest)
 
 
 @click.command(cls=O.GroupedCommand)
@@ -18,19 +21,19 @@ from aam.cli import options as O
        help="Classifiers: attribute the probability of this class (default: the last class of the model).")
 @O.opt("Data", "--target-column", default=None,
        help="Multi-output regressors: attribute the prediction of this target column (default: the first).")
-@O.opt("Training", "--batch-size", type=int, default=256,
-       help="Sample variants (the sample minus one ASV) per forward pass; with at least the sample's ASV count "
-            "+ 1, each ASV sequence is encoded once per sample.")
-@O.apply(O.hardware_options(training=False))
+@O.apply(O.inference_options(
+    D.run, "Sample variants (the sample minus one ASV) per forward pass; with at least the sample's ASV count + 1, "
+           "each ASV sequence is encoded once per sample."))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
        help="Attributions TSV (sample_id, feature_id, count, prediction, attribution, taxon); also writes "
             "<output>.summary.tsv (per ASV, most important first) and <output>.png (top ASVs).")
-def explain(**kw) -> int:
+def explain(**options) -> int:
     """Attribute each prediction to the sample's ASVs: the change of the prediction when one ASV is removed."""
-    from aam.training.explain import run_explain
+    from aam.workflows.explain import run_explain
 
-    O.check_inference_options(kw)
-    res = run_explain(kw)
+    req = ExplainRequest.from_options(options)
+    O.check_inference_options(req.run, req.source.metadata, None)
+    res = run_explain(req)
     click.echo(f"explained {res['n_samples']} samples ({res['n_features']} ASVs; attribution = {res['unit']} with "
                f"the ASV - without it): {res['output']}, {res['summary']}, {res['plot']}")
     for fid, importance, mean, n, taxon in res["top"]:

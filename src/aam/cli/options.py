@@ -1,4 +1,7 @@
-"""Shared click options, shown in `--help` under headings (Data, Model, Loss, Training, Hardware, Output)."""
+"""Shared click options, shown in `--help` under headings (Data, Model, Loss, Training, Hardware, Output).
+
+Defaults come from the typed requests (`aam.workflows.requests`): each function takes the option group whose
+field defaults it shows, so a default is written once."""
 
 from __future__ import annotations
 
@@ -7,6 +10,17 @@ from collections.abc import Callable
 import click
 
 from aam.ops import BACKEND_CHOICES
+from aam.workflows.requests import (
+    DistanceOptions,
+    Hardware,
+    InferenceOptions,
+    LossOptions,
+    ModelOptions,
+    Preprocess,
+    SavedModelInput,
+    TrainingOptions,
+    default_of,
+)
 
 SECTIONS = ("Data", "Model", "Loss", "Training", "Hardware", "Output", "Other")
 
@@ -61,30 +75,37 @@ def saved_model_options(model_help: str, metadata_help: str) -> list[Callable]:
         opt("Data", "--model", required=True, type=click.Path(dir_okay=False), help=model_help),
         *table_options(),
         opt("Data", "--metadata", type=click.Path(dir_okay=False), default=None, help=metadata_help),
-        opt("Data", "--rarefy/--no-rarefy", default=True,
+        opt("Data", "--rarefy/--no-rarefy", default=default_of(SavedModelInput, "rarefy"),
             help="Rarefy to the training depth with the training seed (samples under it are skipped and reported)."),
     ]
 
 
-def check_inference_options(kw: dict) -> None:
+def check_inference_options(run: InferenceOptions, metadata: str | None, metadata_column: str | None) -> None:
     """--batch-size >= 1, and --metadata with --metadata-column."""
-    if kw["batch_size"] < 1:
+    if run.batch_size < 1:
         raise click.UsageError("--batch-size must be >= 1")
-    if kw.get("metadata_column") and not kw["metadata"]:
+    if metadata_column and not metadata:
         raise click.UsageError("--metadata-column needs --metadata (the file holding that column)")
 
 
-def preprocessing_options() -> list[Callable]:
+def inference_options(d: InferenceOptions, batch_help: str = "Samples per batch.") -> list[Callable]:
+    """--batch-size, --device, --kernels, --num-workers of predict, embed and explain."""
+    return [opt("Training", "--batch-size", type=int, default=d.batch_size, help=batch_help),
+            *hardware_options(Hardware(device=d.device, kernels=d.kernels, num_workers=d.num_workers),
+                              training=False)]
+
+
+def preprocessing_options(d: Preprocess) -> list[Callable]:
     return [
-        opt("Data", "--rarefy-depth", type=int, default=None, show_default="auto",
+        opt("Data", "--rarefy-depth", type=int, default=d.rarefy_depth, show_default="auto",
             help="Reads per sample after rarefaction; default min(5000, 10th percentile of sample depths); "
                  "0 = no rarefaction (table already rarefied)."),
-        opt("Data", "--max-bp", type=int, default=150, help="Bases kept per ASV (longer reads are truncated, reported)."),
-        opt("Data", "--token-limit", type=int, default=1024, help="Most ASVs per sample (the most abundant are kept)."),
-        opt("Data", "--asv-sampling", type=click.Choice(["abundance", "random", "first"]), default="abundance",
+        opt("Data", "--max-bp", type=int, default=d.max_bp, help="Bases kept per ASV (longer reads are truncated, reported)."),
+        opt("Data", "--token-limit", type=int, default=d.token_limit, help="Most ASVs per sample (the most abundant are kept)."),
+        opt("Data", "--asv-sampling", type=click.Choice(["abundance", "random", "first"]), default=d.asv_sampling,
             help="Which ASVs a sample over --token-limit keeps: most abundant, a seeded random subset per epoch, "
                  "or table order."),
-        opt("Data", "--test-size", type=float, default=0.2, help="Fraction of samples held out for validation."),
+        opt("Data", "--test-size", type=float, default=d.test_size, help="Fraction of samples held out for validation."),
     ]
 
 
@@ -98,21 +119,21 @@ def _metric(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     return METRIC_ALIASES.get(value, value) if value is not None else None
 
 
-def tree_options() -> list[Callable]:
+def tree_options(d: DistanceOptions) -> list[Callable]:
     """--tree and its UniFrac settings: batch targets computed on the fly (an alternative to --unifrac-matrix)."""
     return [
-        opt("Data", "--tree", type=click.Path(dir_okay=False), default=None,
+        opt("Data", "--tree", type=click.Path(dir_okay=False), default=d.tree,
             help="Newick tree (or QIIME 2 rooted-tree.qza) whose tips are the table's features: UniFrac targets "
                  "are computed per batch on the rarefied table (no N x N matrix). Use instead of --unifrac-matrix."),
         opt("Data", "--unifrac-metric", type=click.Choice([*UNIFRAC_METRICS, *METRIC_ALIASES]),
-            default=None, show_default="unweighted", callback=_metric,
+            default=d.unifrac_metric, show_default="unweighted", callback=_metric,
             help="UniFrac of --tree targets; 'unifrac' and 'weighted' (the reference AAM's names) mean "
                  "unweighted and weighted_normalized."),
-        opt("Data", "--unifrac-alpha", type=float, default=None, show_default="0.5",
+        opt("Data", "--unifrac-alpha", type=float, default=d.unifrac_alpha, show_default="0.5",
             help="Generalized UniFrac alpha in [0, 1] (--unifrac-metric generalized only)."),
-        opt("Data", "--drop-missing-features", is_flag=True, default=False,
+        opt("Data", "--drop-missing-features", is_flag=True, default=d.drop_missing_features,
             help="Ignore table features that are not tips of --tree (default: error naming them)."),
-        opt("Data", "--unifrac-targets", type=click.Choice(UNIFRAC_TARGETS), default=None,
+        opt("Data", "--unifrac-targets", type=click.Choice(UNIFRAC_TARGETS), default=d.unifrac_targets,
             show_default="visible; all with --asv-sampling random",
             help="Which ASVs the --tree targets count: only the 'visible' ones the model is given (the "
                  "--token-limit most abundant), so input and target agree when samples hold more ASVs than "
@@ -120,81 +141,83 @@ def tree_options() -> list[Callable]:
     ]
 
 
-def model_options() -> list[Callable]:
+def model_options(d: ModelOptions) -> list[Callable]:
     return [
-        opt("Model", "--embedding-dim", type=int, default=128, help="Width D of every transformer stack."),
-        opt("Model", "--attention-heads", type=int, default=4, help="Heads per attention layer."),
-        opt("Model", "--attention-layers", type=int, default=4,
+        opt("Model", "--embedding-dim", type=int, default=d.embedding_dim, help="Width D of every transformer stack."),
+        opt("Model", "--attention-heads", type=int, default=d.attention_heads, help="Heads per attention layer."),
+        opt("Model", "--attention-layers", type=int, default=d.attention_layers,
             help="Layers of every transformer stack (ASV, sample, encoder, count, target)."),
-        opt("Model", "--asv-layers", type=int, default=None, show_default="--attention-layers",
+        opt("Model", "--asv-layers", type=int, default=d.asv_layers, show_default="--attention-layers",
             help="Layers of the nucleotide-level (ASV) stack, the most expensive one."),
-        opt("Model", "--dropout", type=float, default=None, show_default="0 in pretrain, 0.1 in train",
-            help="Dropout in every block. Pretraining defaults to 0: dropout noise adds to every embedding "
-                 "distance, and the pairwise loss then fits the noise instead of the samples."),
-        opt("Model", "--count-embedding/--no-count-embedding", default=False,
+        opt("Model", "--dropout", type=float, default=d.dropout,
+            help="Dropout in every block (pretraining defaults to 0: dropout noise adds to every embedding "
+                 "distance, and the pairwise loss then fits the noise instead of the samples)."),
+        opt("Model", "--count-embedding/--no-count-embedding", default=d.count_embedding,
             help="Feed log1p(read counts) of each ASV into the sample encoder."),
-        opt("Model", "--count-embedding-method", type=click.Choice(["add", "film"]), default="add",
+        opt("Model", "--count-embedding-method", type=click.Choice(["add", "film"]), default=d.count_embedding_method,
             help="How counts enter: added projection or FiLM (scale and shift)."),
-        opt("Model", "--gradient-checkpointing/--no-gradient-checkpointing", default=False,
+        opt("Model", "--gradient-checkpointing/--no-gradient-checkpointing", default=d.gradient_checkpointing,
             help="Recompute activations in backward (less memory, ~25% slower)."),
     ]
 
 
-def loss_options() -> list[Callable]:
+def loss_options(d: LossOptions) -> list[Callable]:
     return [
-        opt("Loss", "--penalty", type=float, default=1.0, help="Weight of the pairwise UniFrac loss."),
-        opt("Loss", "--nuc-penalty", type=float, default=1.0, help="Weight of the masked-nucleotide loss."),
-        opt("Loss", "--nuc-mask-ratio", type=float, default=0.15, help="Fraction of bases masked."),
-        opt("Loss", "--nuc-mask-strategy", type=click.Choice(["random", "span"]), default="random",
+        opt("Loss", "--penalty", type=float, default=d.penalty, help="Weight of the pairwise UniFrac loss."),
+        opt("Loss", "--nuc-penalty", type=float, default=d.nuc_penalty, help="Weight of the masked-nucleotide loss."),
+        opt("Loss", "--nuc-mask-ratio", type=float, default=d.nuc_mask_ratio, help="Fraction of bases masked."),
+        opt("Loss", "--nuc-mask-strategy", type=click.Choice(["random", "span"]), default=d.nuc_mask_strategy,
             help="Mask single bases or spans of 3-5."),
-        opt("Loss", "--nuc-asv-fraction", type=float, default=0.25,
+        opt("Loss", "--nuc-asv-fraction", type=float, default=d.nuc_asv_fraction,
             help="Fraction of a batch's unique ASVs that get a masked copy for the nucleotide task (a separate "
                  "ASV-encoder pass; the embeddings always see clean sequences)."),
-        opt("Loss", "--unifrac-transform", type=click.Choice(["identity", "tanh"]), default="identity",
+        opt("Loss", "--unifrac-transform", type=click.Choice(["identity", "tanh"]), default=d.unifrac_transform,
             help="Embedding distance compared to UniFrac: raw (UniFrac lies in [0, 1]; the model learns the "
                  "scale) or tanh(d / --unifrac-scale)."),
-        opt("Loss", "--unifrac-scale", type=float, default=10.0, help="Scale s of tanh(d / s)."),
+        opt("Loss", "--unifrac-scale", type=float, default=d.unifrac_scale, help="Scale s of tanh(d / s)."),
     ]
 
 
-def training_options() -> list[Callable]:
+def training_options(d: TrainingOptions, best_metrics: tuple[str, ...]) -> list[Callable]:
     return [
-        opt("Training", "--epochs", type=int, default=100, help="Passes over the training split."),
-        opt("Training", "--batch-size", type=int, default=8,
+        opt("Training", "--epochs", type=int, default=d.epochs, help="Passes over the training split."),
+        opt("Training", "--batch-size", type=int, default=d.batch_size,
             help="Samples per batch (>= 2 for the pairwise UniFrac loss; odd sizes are fine)."),
-        opt("Training", "--lr", type=float, default=1e-4, help="Peak learning rate (AdamW)."),
-        opt("Training", "--weight-decay", type=float, default=0.01,
+        opt("Training", "--lr", type=float, default=d.lr, help="Peak learning rate (AdamW)."),
+        opt("Training", "--weight-decay", type=float, default=d.weight_decay,
             help="AdamW weight decay (not applied to biases, norms, embeddings)."),
-        opt("Training", "--warmup-steps", type=int, default=None, show_default="5% of the optimizer steps",
+        opt("Training", "--warmup-steps", type=int, default=d.warmup_steps, show_default="5% of the optimizer steps",
             help="Linear warmup steps before the cosine decay."),
-        opt("Training", "--patience", type=int, default=10, help="Epochs without improvement before stopping (0 = off)."),
-        opt("Training", "--gradient-accumulation-steps", type=int, default=1, help="Micro-batches per optimizer step."),
-        opt("Training", "--max-grad-norm", type=float, default=1.0, help="Gradient clipping norm (0 = off)."),
-        opt("Training", "--seed", type=int, default=42, help="Seed of rarefaction, split, initialisation and masking."),
-        opt("Training", "--resume", type=click.Path(dir_okay=False), default=None,
+        opt("Training", "--patience", type=int, default=d.patience, help="Epochs without improvement before stopping (0 = off)."),
+        opt("Training", "--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps, help="Micro-batches per optimizer step."),
+        opt("Training", "--max-grad-norm", type=float, default=d.max_grad_norm, help="Gradient clipping norm (0 = off)."),
+        opt("Training", "--seed", type=int, default=d.seed, help="Seed of rarefaction, split, initialisation and masking."),
+        opt("Training", "--resume", type=click.Path(dir_okay=False), default=d.resume,
             help="Continue a run from its checkpoints/last.pt (or best.pt)."),
-        opt("Training", "--checkpoint-every", type=int, default=0,
+        opt("Training", "--checkpoint-every", type=int, default=d.checkpoint_every,
             help="Also write last.pt every N optimizer steps (mid-epoch resume); 0 = once per epoch."),
-        opt("Training", "--max-steps", type=int, default=None,
+        opt("Training", "--max-steps", type=int, default=d.max_steps,
             help="Stop after N optimizer steps in total (the LR schedule still spans --epochs)."),
-        opt("Training", "--log-every", type=int, default=10, help="Optimizer steps between progress/TensorBoard updates."),
+        opt("Training", "--log-every", type=int, default=d.log_every, help="Optimizer steps between progress/TensorBoard updates."),
+        opt("Training", "--best-metric", type=click.Choice(best_metrics), default=d.best_metric,
+            help="Validation metric that selects best.pt and drives early stopping."),
     ]
 
 
-def hardware_options(training: bool = True) -> list[Callable]:
+def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
     out = [
-        opt("Hardware", "--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N."),
-        opt("Hardware", "--kernels", type=click.Choice(list(BACKEND_CHOICES)), default="auto",
+        opt("Hardware", "--device", default=d.device, help="auto (cuda if available), cpu, cuda or cuda:N."),
+        opt("Hardware", "--kernels", type=click.Choice(list(BACKEND_CHOICES)), default=d.kernels,
             help="Kernel backend of attention and the UniFrac loss."),
-        opt("Hardware", "--num-workers", type=int, default=0, help="DataLoader worker processes."),
+        opt("Hardware", "--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes."),
     ]
     if training:
-        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]), default="none",
+        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]), default=d.mixed_precision,
                        help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU)."))
-        out.append(opt("Hardware", "--compile-model", is_flag=True, default=False,
+        out.append(opt("Hardware", "--compile-model", is_flag=True, default=d.compile_model,
                        help="torch.compile the training forward (skipped on ROCm; falls back to eager if "
                             "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))
-        out.append(opt("Hardware", "--tf32", is_flag=True, default=False,
+        out.append(opt("Hardware", "--tf32", is_flag=True, default=d.tf32,
                        help="Allow TF32 tensor-core float32 matmuls (CUDA only; no effect on CPU)."))
     return out
 

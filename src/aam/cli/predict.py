@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from aam.cli import options as O
+from aam.workflows.requests import PredictRequest, group_defaults
+
+D = group_defaults(PredictRequest)
 
 
 @click.command(cls=O.GroupedCommand)
@@ -13,17 +16,17 @@ from aam.cli import options as O
 @O.opt("Data", "--metadata-column", default=None,
        help="Evaluate: compare the predictions with this column of --metadata; writes <output>.metrics.json "
             "and a plot <output>.png (predicted vs true, or a confusion matrix).")
-@O.opt("Training", "--batch-size", type=int, default=8, help="Samples per batch.")
-@O.apply(O.hardware_options(training=False))
+@O.apply(O.inference_options(D.run))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
        help="Predictions TSV: sample_id, prediction (original units or class label)[, prob_<class>...]. "
             "Skipped samples go to <output>.skipped.tsv.")
-def predict(**kw) -> int:
+def predict(**options) -> int:
     """Predict every sample of --table with a trained model, preprocessing it as in training."""
-    from aam.training.inference import run_predict
+    from aam.workflows.inference import run_predict
 
-    O.check_inference_options(kw)
-    res = run_predict(kw)
+    req = PredictRequest.from_options(options)
+    O.check_inference_options(req.run, req.source.metadata, req.metadata_column)
+    res = run_predict(req)
     click.echo(f"wrote {res['n_predicted']} predictions to {res['output']}"
                + (f"; {len(res['skipped'])} sample(s) skipped (see the log)" if res["skipped"] else ""))
     if "evaluation" in res:

@@ -26,8 +26,9 @@ def rf_baseline(table: str, metadata: str, metadata_column: str, train_samples: 
     """Random-forest baseline on the same split as an aam run: the number to beat."""
     import pandas as pd
 
-    from aam.training.baseline import parse_max_features, random_forest_baseline, read_ids
+    from aam.data.split import read_ids
     from aam.training.plots import predicted_vs_true
+    from aam.workflows.baselines import parse_max_features, random_forest_baseline
 
     res = random_forest_baseline(table, metadata, metadata_column, read_ids(train_samples), read_ids(val_samples),
                                  classifier=classifier, n_estimators=n_estimators,

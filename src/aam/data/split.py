@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,3 +109,11 @@ def kfold_samples(
         splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
     folds = [ids[np.sort(test)].tolist() for _, test in splitter.split(ids, y, g)]
     return folds
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Sample IDs listed one per line (a run's train_samples.txt / val_samples.txt, or any such list)."""
+    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not ids:
+        raise InputError(f"{path} lists no sample IDs; pass the train_samples.txt / val_samples.txt of a run")
+    return ids

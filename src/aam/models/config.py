@@ -13,6 +13,8 @@ COUNT_TARGETS = ("log", "relative")
 FUSIONS = ("concat", "add", "gmu")
 TARGET_INPUTS = ("tokens", "embedding", "both")
 ASV_READOUTS = ("none", "presence", "abundance")
+# Config keys that older checkpoints lack, with the behaviour those checkpoints were trained with.
+ADDED_LATER: dict[str, Any] = {"target_input": "tokens", "asv_readout": "none"}
 
 
 @dataclass
@@ -32,11 +34,11 @@ class ModelConfig:
     attention_dropout: float = 0.0
     ffn_ratio: int = 4
     asv_heads: int = 4
-    asv_layers: int = 2
+    asv_layers: int = 4
     sample_heads: int = 4
-    sample_layers: int = 2
+    sample_layers: int = 4
     encoder_heads: int = 4
-    encoder_layers: int = 2
+    encoder_layers: int = 4
     count_embedding: str = "none"
     kmer_size: int = 4
     predict_nucleotides: bool = True
@@ -53,11 +55,11 @@ class ModelConfig:
     count_heads: int = 4
     count_layers: int = 1
     target_heads: int = 4
-    target_layers: int = 2
+    target_layers: int = 4
     target_layer_norm: bool = True
     # What the target head reads: "tokens" (target transformer over the ASV slots, attention-pooled),
     # "embedding" (the base's pooled, pretrained sample embedding) or "both" (the two concatenated).
-    target_input: str = "tokens"
+    target_input: str = "both"
     # Additive per-ASV readout added to the target head's output: each ASV slot's embedding -> a score,
     # averaged over the sample's ASVs ("presence": equal weights; "abundance": relative-abundance weights).
     asv_readout: str = "none"
@@ -104,9 +106,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild from `to_dict` output; unknown keys are an error (a checkpoint from another version)."""
+        """Rebuild from `to_dict` output; unknown keys are an error (a checkpoint from another version).
+        Keys added after a checkpoint was written take the value that reproduces the model it holds."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise AAMError(f"model config has unknown keys {unknown}; the checkpoint comes from another aam version")
-        return cls(**data)
+        return cls(**{**ADDED_LATER, **data})

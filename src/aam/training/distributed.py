@@ -16,6 +16,7 @@ DDP/FSDP averaging (e.g. summing gradients by hand), divide by the world size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,10 +25,37 @@ import torch
 import torch.distributed as dist
 
 from aam.ops.pairwise_loss import pairwise_unifrac_loss
+from aam.utils.runtime import resolve_device
 
 
 class DistanceSource(Protocol):
     def pairs(self, sample_ids: list[str]) -> np.ndarray: ...
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1) start the process group (NCCL on GPUs, gloo on the CPU); returns
+    (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, resolve_device(device_name)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and device_name in ("auto", "cuda"):
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        device = resolve_device(device_name)
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_rank(), world, device
 
 
 def is_distributed(group: Any = None) -> bool:

@@ -45,3 +45,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_st
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def scale_base_lr(optimizer: torch.optim.Optimizer, model: nn.Module, scale: float) -> None:
+    """Split each param group into base_model / other parameters; the base ones get lr * scale."""
+    base = {id(p) for name, p in model.named_parameters() if "base_model." in name}
+    groups = []
+    for group in optimizer.param_groups:
+        params = group.pop("params")
+        for in_base in (False, True):
+            sub = [p for p in params if (id(p) in base) == in_base]
+            if sub:
+                groups.append({**group, "params": sub, "lr": group["lr"] * (scale if in_base else 1.0)})
+    optimizer.param_groups.clear()
+    for g in groups:
+        optimizer.add_param_group(g)

@@ -9,13 +9,11 @@ exactly, including mid-epoch (`checkpoint_every`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,130 +26,14 @@ from aam.errors import AAMError
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
-from aam.training.losses import (
-    EVAL_MASK_SEED,
-    MultiTaskLoss,
-    embedding_distances,
-    mask_nucleotides,
-    point_prediction,
-)
-from aam.training.optim import default_warmup, make_optimizer, make_scheduler
+from aam.training.batches import EpochSampler, LayoutCollate
+from aam.training.config import TASKS, TENSOR_KEYS, TrainConfig
+from aam.training.distributed import distributed_info
+from aam.training.losses import EVAL_MASK_SEED, MultiTaskLoss, embedding_distances, mask_nucleotides
+from aam.training.optim import default_warmup, make_optimizer, make_scheduler, scale_base_lr
+from aam.training.validation import ValidationReport
 
 log = logging.getLogger("aam")
-
-TASKS = ("pretrain", "regression", "classification")
-BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
-PRECISIONS = ("none", "bf16", "fp16")
-TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",
-               "entry_pos")
-
-
-class LayoutCollate:
-    """Wraps a collate_fn: adds the padded layout of the packed entries (computed on the host, pinned and
-    copied with the batch) so the forward pass has no device-to-host sync."""
-
-    def __init__(self, collate_fn: Callable) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, items: list) -> dict[str, Any]:
-        from aam.data.batching import packed_layout
-
-        batch = self.collate_fn(items)
-        batch["entry_sample"], batch["entry_pos"], batch["max_slots"] = packed_layout(batch["offsets"])
-        return batch
-
-
-def _scale_base_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> None:
-    """Split each param group into base_model / other parameters; the base ones get lr * scale."""
-    base = {id(p) for name, p in model.named_parameters() if "base_model." in name}
-    groups = []
-    for group in optimizer.param_groups:
-        params = group.pop("params")
-        for in_base in (False, True):
-            sub = [p for p in params if (id(p) in base) == in_base]
-            if sub:
-                groups.append({**group, "params": sub, "lr": group["lr"] * (scale if in_base else 1.0)})
-    optimizer.param_groups.clear()
-    for g in groups:
-        optimizer.add_param_group(g)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    # LR of a SequencePredictor's pretrained `base_model` relative to `lr` (the new heads): fine-tuning at the
-    # heads' rate with still-random heads degrades the pretrained features.
-    base_lr_scale: float = 1.0
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "none"
-    compile_model: bool = False
-    compile_backend: str = field(default_factory=lambda: os.environ.get("AAM_COMPILE_BACKEND", "inductor"))
-    tf32: bool = False
-    patience: int = 10
-    best_metric: str = "val_loss"
-    nuc_mask_ratio: float = 0.15
-    nuc_mask_strategy: str = "random"
-    nuc_asv_fraction: float = 0.25
-    log_every: int = 10
-    checkpoint_every: int = 0
-    max_steps: int | None = None
-    seed: int = 42
-    num_workers: int = 0
-    progress: bool = True
-    tensorboard: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise AAMError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.gradient_accumulation_steps < 1:
-            raise AAMError("--gradient-accumulation-steps must be >= 1")
-        if self.mixed_precision not in PRECISIONS:
-            raise AAMError(f"--mixed-precision must be one of {PRECISIONS}")
-        if self.best_metric not in BEST_METRICS:
-            raise AAMError(f"--best-metric must be one of {BEST_METRICS}")
-        if self.base_lr_scale < 0:
-            raise AAMError(f"--base-lr-scale must be >= 0, got {self.base_lr_scale}")
-        if self.epochs < 1:
-            raise AAMError("--epochs must be >= 1")
-
-
-class EpochSampler(Sampler[int]):
-    """Shuffled (or ordered) indices, reproducible from (seed, epoch), sharded across ranks like
-    DistributedSampler, and able to start mid-epoch (`skip` indices already consumed on this rank)."""
-
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
-        self.epoch = 0
-        self.skip = 0
-
-    def indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        per_rank = math.ceil(self.n / self.world)
-        order += order[: per_rank * self.world - self.n]  # pad like DistributedSampler
-        return order[self.rank :: self.world]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.skip :])
-
-    def __len__(self) -> int:
-        return max(0, math.ceil(self.n / self.world) - self.skip)
-
-
-def distributed_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
 
 class Trainer:
     """Fit a model on a train dataset, validate, checkpoint, plot.
@@ -176,10 +58,8 @@ class Trainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.plot_dir = self.output_dir / "plots"
         self.info = checkpoint_info
-        self.denormalize = denormalize or (lambda a: a)
-        self.class_labels = class_labels
-        self.target_names = target_names
-        self.quantiles = loss_fn.config.quantiles if loss_fn.config.loss_type == "quantile" else []
+        quantiles = loss_fn.config.quantiles if loss_fn.config.loss_type == "quantile" else []
+        self.report = ValidationReport(task, denormalize or (lambda a: a), quantiles, class_labels, target_names)
         self.rank, self.world = distributed_info()
         self.is_main = self.rank == 0
 
@@ -212,7 +92,7 @@ class Trainer:
 
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
         if config.base_lr_scale != 1.0:
-            _scale_base_lr(self.optimizer, self.model, config.base_lr_scale)
+            scale_base_lr(self.optimizer, self.model, config.base_lr_scale)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         amp = config.mixed_precision
         if amp != "none" and device.type == "cpu" and amp == "fp16":
@@ -482,13 +362,14 @@ class Trainer:
         row["train_samples_per_s"] = samples * self.world / elapsed
         return row, stopped
 
-    def _reduce(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
-        """Device sums -> host means (one sync); nucleotide accuracy from its counters."""
+    def _reduce(self, sums: dict[str, torch.Tensor], n: int, across_ranks: bool = True) -> dict[str, float]:
+        """Device sums -> host means (one sync; summed over ranks unless told not to); nucleotide accuracy
+        from its counters."""
         if not sums:
             return {}
         keys = list(sums)
         vals = torch.stack([sums[k] for k in keys])
-        if self.world > 1:
+        if across_ranks and self.world > 1:
             torch.distributed.all_reduce(vals)
             n *= self.world
         host = dict(zip(keys, vals.tolist(), strict=True))
@@ -562,7 +443,7 @@ class Trainer:
             return {}
         loader = self._loader(self.val_set, EpochSampler(len(self.val_set), False, 0), drop_last=False)
         res = self.predict_loader(loader)
-        row = {f"val_{k}": v for k, v in self._reduce_val(res["sums"], res["n"]).items()}
+        row = {f"val_{k}": v for k, v in self._reduce(res["sums"], res["n"], across_ranks=False).items()}
         if "pair_pred" in res:
             r = M.regression_metrics(res["pair_true"], res["pair_pred"])
             row.update({"val_unifrac_r2": r["r2"], "val_unifrac_mae": r["mae"]})
@@ -571,67 +452,14 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in self._target_metrics(res).items()})
         return row
 
-    def _reduce_val(self, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
-        keys = list(sums)
-        host = dict(zip(keys, torch.stack([sums[k] for k in keys]).tolist(), strict=True)) if keys else {}
-        out = {("loss" if k == "total" else k): v / max(n, 1) for k, v in host.items()
-               if k not in ("nuc_correct", "nuc_total")}
-        if host.get("nuc_total"):
-            out["nuc_accuracy"] = host["nuc_correct"] / host["nuc_total"]
-        return out
-
     def _target_metrics(self, res: dict[str, Any]) -> dict[str, float]:
-        pred, y = res["pred"], res["y"]
-        if self.task == "classification":
-            n_classes = pred.shape[1]
-            return M.classification_metrics(y.long().numpy(), pred.argmax(1).numpy(), n_classes)
-        p = self.denormalize(point_prediction(pred, self.quantiles).double().numpy())
-        t = self.denormalize(y.double().numpy())
-        if self.target_names:
-            return M.multi_regression_metrics(t, p, self.target_names)
-        return M.regression_metrics(t, p)
+        return self.report.metrics(res["pred"], res["y"])
 
     def write_validation_outputs(self) -> None:
         """val_predictions.tsv and the predicted-vs-true / confusion-matrix / UniFrac plots of the last pass."""
         res = getattr(self, "_last_val", None)
-        if not self.is_main or res is None:
-            return
-        title = f"validation (epoch {self.best_epoch})"
-        if "pair_pred" in res:
-            plots.predicted_vs_true(res["pair_true"], res["pair_pred"], self.plot_dir / "unifrac_pred_vs_true.png",
-                                    title, "UniFrac distance", "embedding distance")
-        if res["pred"] is None or res["y"] is None:
-            return
-        path = self.output_dir / "val_predictions.tsv"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            if self.task == "classification":
-                labels = self.class_labels or [str(i) for i in range(res["pred"].shape[1])]
-                probs = torch.softmax(res["pred"], dim=1).numpy()
-                true = res["y"].long().numpy()
-                pred = probs.argmax(1)
-                w.writerow(["sample_id", "prediction", "actual", *[f"prob_{lab}" for lab in labels]])
-                for sid, p, t, pr in zip(res["sample_ids"], pred, true, probs, strict=True):
-                    w.writerow([sid, labels[p], labels[t], *[f"{x:.6g}" for x in pr]])
-                cm = M.confusion_matrix(true, pred, len(labels))
-                plots.confusion_matrix_plot(cm, labels, self.plot_dir / "confusion_matrix.png", title)
-            else:
-                p = self.denormalize(point_prediction(res["pred"], self.quantiles).double().numpy())
-                t = self.denormalize(res["y"].double().numpy())
-                if self.target_names:  # multi-output: a prediction and an actual column, and a plot, per target
-                    w.writerow(["sample_id", *[f"{k}_{n}" for n in self.target_names for k in ("prediction", "actual")]])
-                    for sid, a, b in zip(res["sample_ids"], p, t, strict=True):
-                        w.writerow([sid, *[f"{v:.6g}" for pair in zip(a, b, strict=True) for v in pair]])
-                    for j, name in enumerate(self.target_names):
-                        plots.predicted_vs_true(t[:, j], p[:, j], self.plot_dir / f"pred_vs_true_{plots.file_safe(name)}.png",
-                                                f"{name}: {title}")
-                else:
-                    w.writerow(["sample_id", "prediction", "actual"])
-                    for sid, a, b in zip(res["sample_ids"], p, t, strict=True):
-                        w.writerow([sid, f"{a:.6g}", f"{b:.6g}"])
-                    plots.predicted_vs_true(t, p, self.plot_dir / "pred_vs_true.png", title)
-        os.replace(tmp, path)
+        if self.is_main and res is not None:
+            self.report.write(res, self.output_dir, self.plot_dir, f"validation (epoch {self.best_epoch})")
 
     def _log_epoch(self, row: dict[str, float], improved: bool) -> None:
         if not self.is_main:

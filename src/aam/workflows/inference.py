@@ -1,9 +1,8 @@
-"""The work behind `aam predict` and `aam embed`: run a saved model over a table (click-free; options arrive
-as a dict)."""
+"""`aam predict` and `aam embed`: run a saved model over a table, preprocessed as in training."""
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -16,50 +15,52 @@ import torch
 from aam.data import metadata as meta
 from aam.data import targets as tgt
 from aam.data.dataset import collate
+from aam.data.prepare import PreparedTable, Preprocessing, make_dataset, prepare_table
 from aam.errors import AAMError, InputError
 from aam.models import ModelConfig, build_model
 from aam.training import checkpoint as ckpt
-from aam.training.data_setup import PreparedTable, Preprocessing, make_dataset, prepare_table
+from aam.training import plots
 from aam.training.losses import embedding_distances, point_prediction
+from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
+from aam.utils.io import write_json, write_tsv
+from aam.utils.runtime import resolve_device, setup_logging
+from aam.workflows.requests import EmbedRequest, InferenceOptions, PredictRequest, SavedModelInput
 
 log = logging.getLogger("aam")
 
 
 # ---------------------------------------------------------------------------------------------- shared
-def load_model(kw: dict[str, Any], kind: str | None) -> tuple[dict[str, Any], ModelConfig, Preprocessing,
-                                                              torch.nn.Module, torch.device]:
+def load_model(source: SavedModelInput, run: InferenceOptions, kind: str | None
+               ) -> tuple[dict[str, Any], ModelConfig, Preprocessing, torch.nn.Module, torch.device]:
     """Checkpoint --model -> (checkpoint dict, config, preprocessing, model in eval mode on --device)."""
-    from aam.cli.common import resolve_device, setup_logging
-
     setup_logging(None)
-    data = ckpt.load_checkpoint(kw["model"], kind)
-    mcfg = ModelConfig.from_dict(data["model_config"])
-    mcfg.kernels = kw["kernels"]
+    data = ckpt.load_checkpoint(source.model, kind)
+    mcfg = dataclasses.replace(ModelConfig.from_dict(data["model_config"]), kernels=run.kernels)
     pre = Preprocessing.from_dict(data["preprocessing"])
-    device = resolve_device(kw["device"])
+    device = resolve_device(run.device)
     model = build_model(mcfg)
     model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
     model.to(device).eval()
     return data, mcfg, pre, model, device
 
 
-def prepare(kw: dict[str, Any], mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
+def prepare(source: SavedModelInput, mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
     """--table preprocessed as in training (rarefied to the training depth unless --no-rarefy)."""
-    depth = pre.rarefy_depth if kw["rarefy"] else 0
-    if not kw["rarefy"] and pre.rarefy_depth and mcfg.count_embedding != "none":
+    depth = pre.rarefy_depth if source.rarefy else 0
+    if not source.rarefy and pre.rarefy_depth and mcfg.count_embedding != "none":
         log.warning("--no-rarefy with a model that embeds read counts: it was trained on counts rarefied to %d",
                     pre.rarefy_depth)
-    return prepare_table(kw["table"], kw["sequences"], depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
+    return prepare_table(source.table, source.sequences, depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
 
 
-def _batches(kw: dict[str, Any], prepared: PreparedTable, pre: Preprocessing, ids: list[str],
+def _batches(run: InferenceOptions, prepared: PreparedTable, pre: Preprocessing, ids: list[str],
              categorical: np.ndarray | None, desc: str) -> Iterator[dict[str, Any]]:
     """Batches of `ids` in table order, with a progress bar (AAM_NO_PROGRESS hides it)."""
     from tqdm.auto import tqdm
 
     dataset = make_dataset(prepared, ids, pre, None, categorical)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=kw["batch_size"], shuffle=False, collate_fn=collate,
-                                         num_workers=kw["num_workers"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=run.batch_size, shuffle=False, collate_fn=collate,
+                                         num_workers=run.num_workers)
     yield from tqdm(loader, desc=desc, unit="batch", leave=False,
                     disable=os.environ.get("AAM_NO_PROGRESS") is not None)
 
@@ -71,17 +72,6 @@ def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch
             "categorical": c.to(device) if c is not None else None}
 
 
-def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    """Write to `<path>.tmp` and rename: a killed run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
     if not prepared.dropped:
         return
@@ -91,36 +81,36 @@ def report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
                 ", ".join(sorted(prepared.dropped)[:20]))
 
 
-def categorical_codes(kw: dict[str, Any], pre: Preprocessing, ids: list[str]) -> tuple[Any, np.ndarray | None]:
+def categorical_codes(source: SavedModelInput, pre: Preprocessing, ids: list[str]) -> tuple[Any, np.ndarray | None]:
     """(--metadata or None, the model's categorical codes of `ids` or None when it uses no categorical column)."""
-    md = meta.load_metadata(kw["metadata"]) if kw["metadata"] else None
+    md = meta.load_metadata(source.metadata) if source.metadata else None
     if not pre.category_encoder:
         return md, None
     cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
     if md is None:
         raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
-    meta.require_columns(md, cenc.columns, kw["metadata"])
+    meta.require_columns(md, cenc.columns, source.metadata)
     absent = [s for s in ids if s not in md.index]
     if absent:
         log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
-                    len(absent), kw["metadata"], ", ".join(absent[:10]))
+                    len(absent), source.metadata, ", ".join(absent[:10]))
     return md, cenc.transform(md, ids)
 
 
 # ---------------------------------------------------------------------------------------------- predict
-def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
-    _, mcfg, pre, model, device = load_model(kw, "train")
-    prepared = prepare(kw, mcfg, pre)
+def run_predict(req: PredictRequest) -> dict[str, Any]:
+    _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
+    prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    md, cat = categorical_codes(kw, pre, ids)
-    output = Path(kw["output"])
+    md, cat = categorical_codes(req.source, pre, ids)
+    output = Path(req.output)
     rows: list[list[str]] = []
     header = ["sample_id", "prediction"]
     labels = None
     if ids:
         preds, out_ids = [], []
         with torch.no_grad():
-            for batch in _batches(kw, prepared, pre, ids, cat, "predict"):
+            for batch in _batches(req.run, prepared, pre, ids, cat, "predict"):
                 preds.append(model(**model_inputs(batch, device))["target"].float().cpu())
                 out_ids.extend(batch["sample_ids"])
         pred = torch.cat(preds)
@@ -142,8 +132,8 @@ def run_predict(kw: dict[str, Any]) -> dict[str, Any]:
     report_skipped(prepared, output, "predicted")
     log.info("wrote %d predictions to %s", len(rows), output)
     result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
-    if kw.get("metadata_column") and rows:
-        result["evaluation"] = _evaluate_predictions(kw, md, rows, labels, output, header)
+    if req.metadata_column and rows:
+        result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header)
     return result
 
 
@@ -153,18 +143,15 @@ def _require_some(mask: np.ndarray, column: str, path: str) -> None:
                          "column name and that its sample IDs match the table's")
 
 
-def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], labels: list[str] | None,
+def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], labels: list[str] | None,
                           output: Path, header: list[str]) -> dict[str, Any]:
     """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
 
     Samples without a value in the column are left out (and counted); for a classifier, so are samples
     whose label the model never saw in training (named in the log). A multi-output model is scored on the
     one target column named."""
-    from aam.cli.common import write_json
-    from aam.training import plots
-    from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
-
-    col = kw["metadata_column"].strip()
+    col = req.metadata_column.strip()
+    metadata = req.source.metadata
     ids = [r[0] for r in rows]
     if labels is None:
         where = 1
@@ -174,8 +161,8 @@ def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], la
                 raise InputError(f"--metadata-column {col!r}: this model predicts {', '.join(trained)}; name one "
                                  "of them to score it")
             where = 1 + trained.index(col)
-        truth, mask = meta.numeric_target(md, col, ids, kw["metadata"])
-        _require_some(mask, col, kw["metadata"])
+        truth, mask = meta.numeric_target(md, col, ids, metadata)
+        _require_some(mask, col, metadata)
         pred = np.array([float(r[where]) for r in rows])
         metrics = regression_metrics(truth[mask], pred[mask])
         plot = plots.predicted_vs_true(truth[mask], pred[mask], output.with_name(output.stem + ".png"),
@@ -189,7 +176,7 @@ def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], la
             log.warning("labels of column %r that the model never saw in training are left out of the "
                         "metrics: %s", col, ", ".join(unseen[:20]))
         mask = mask & np.array([str(t) in index for t in truth])
-        _require_some(mask, col, kw["metadata"])
+        _require_some(mask, col, metadata)
         y_true = np.array([index[str(t)] for t, m in zip(truth, mask, strict=True) if m], dtype=np.int64)
         y_pred = np.array([index[r[1]] for r, m in zip(rows, mask, strict=True) if m], dtype=np.int64)
         metrics = classification_metrics(y_true, y_pred, len(labels))
@@ -205,42 +192,42 @@ def _evaluate_predictions(kw: dict[str, Any], md: Any, rows: list[list[str]], la
 
 
 # ---------------------------------------------------------------------------------------------- embed
-def run_embed(kw: dict[str, Any]) -> dict[str, Any]:
+def run_embed(req: EmbedRequest) -> dict[str, Any]:
     """Sample embeddings of the (pretrained) encoder for every sample of --table; optionally the distances the
     pretrained model predicts between them (its estimate of the UniFrac distances it was trained on) and a
     PCA plot coloured by a metadata column."""
-    data, mcfg, pre, model, device = load_model(kw, None)
-    if kw["distance_matrix"] and data["kind"] != "pretrain":
-        raise InputError(f"--distance-matrix needs a checkpoint of `aam pretrain`; {kw['model']} was written by "
+    data, mcfg, pre, model, device = load_model(req.source, req.run, None)
+    if req.distance_matrix and data["kind"] != "pretrain":
+        raise InputError(f"--distance-matrix needs a checkpoint of `aam pretrain`; {req.source.model} was written by "
                          "`aam train`, whose encoder is no longer trained to match UniFrac distances. Drop "
                          "--distance-matrix or give the pretraining run's checkpoints/best.pt")
     md = None
-    if kw["metadata_column"]:
-        md = meta.load_metadata(kw["metadata"])
-        meta.require_columns(md, [kw["metadata_column"]], kw["metadata"])
+    if req.metadata_column:
+        md = meta.load_metadata(req.source.metadata)
+        meta.require_columns(md, [req.metadata_column], req.source.metadata)
     encoder = model if data["kind"] == "pretrain" else model.base_model
-    prepared = prepare(kw, mcfg, pre)
+    prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    if len(ids) < 2 and kw["distance_matrix"]:
-        raise InputError(f"{kw['table']}: {len(ids)} sample(s) left after preprocessing; distances need two or more")
+    if len(ids) < 2 and req.distance_matrix:
+        raise InputError(f"{req.source.table}: {len(ids)} sample(s) left after preprocessing; distances need two or more")
     embs, out_ids = [], []
     with torch.no_grad():
-        for batch in _batches(kw, prepared, pre, ids, None, "embed"):
+        for batch in _batches(req.run, prepared, pre, ids, None, "embed"):
             embs.append(encoder(**model_inputs(batch, device))["embeddings"].float().cpu())
             out_ids.extend(batch["sample_ids"])
     emb = torch.cat(embs) if embs else torch.zeros(0, mcfg.embedding_dim)
-    output = Path(kw["output"])
+    output = Path(req.output)
     write_tsv(output, ["sample_id", *[f"e{k}" for k in range(emb.shape[1])]],
                [[sid, *[f"{x:.6g}" for x in row]] for sid, row in zip(out_ids, emb.tolist(), strict=True)])
     report_skipped(prepared, output, "embedded")
     log.info("wrote %d x %d sample embeddings to %s", emb.shape[0], emb.shape[1], output)
     result: dict[str, Any] = {"n_embedded": len(out_ids), "dim": int(emb.shape[1]), "output": str(output),
                               "skipped": dict(prepared.dropped)}
-    if kw["distance_matrix"]:
+    if req.distance_matrix:
         result["distance_matrix"] = str(_write_predicted_distances(data, encoder, emb, out_ids,
-                                                                         Path(kw["distance_matrix"])))
+                                                                   Path(req.distance_matrix)))
     if md is not None and len(out_ids) >= 3:
-        result["plot"] = str(_embedding_plot(emb.numpy(), out_ids, md, kw, output))
+        result["plot"] = str(_embedding_plot(emb.numpy(), out_ids, md, req, output))
     return result
 
 
@@ -264,18 +251,16 @@ def _write_predicted_distances(data: dict[str, Any], encoder: torch.nn.Module, e
     return path
 
 
-def _embedding_plot(emb: np.ndarray, ids: list[str], md: Any, kw: dict[str, Any], output: Path) -> Path:
+def _embedding_plot(emb: np.ndarray, ids: list[str], md: Any, req: EmbedRequest, output: Path) -> Path:
     """PCA of the embeddings (first two axes) coloured by --metadata-column; numeric columns get a colour bar."""
-    from aam.training import plots
-
-    col = kw["metadata_column"].strip()
+    col = req.metadata_column.strip()
     x = emb.astype(np.float64) - emb.mean(axis=0, keepdims=True)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     axes = x @ vt[:2].T
     explained = s[:2] ** 2 / max(float((s**2).sum()), 1e-300)
-    values, mask, numeric = meta.column_values(md, col, ids, kw["metadata"])
+    values, mask, numeric = meta.column_values(md, col, ids, req.source.metadata)
     if not mask.any():
-        raise InputError(f"column {col!r} of {kw['metadata']} has no value for any embedded sample; check the column "
+        raise InputError(f"column {col!r} of {req.source.metadata} has no value for any embedded sample; check the column "
                          "name and that its sample IDs match the table's")
     return plots.embedding_scatter(axes, values, mask, numeric, output.with_name(output.stem + ".png"),
                                    f"sample embeddings coloured by {col}", col, explained)

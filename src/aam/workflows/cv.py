@@ -8,6 +8,7 @@ per-fold metrics with their mean and SD, and plots go to --output-dir; a killed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,30 +20,38 @@ from aam.data import metadata as meta
 from aam.data.biom_io import load_table
 from aam.data.split import kfold_samples
 from aam.errors import InputError
-from aam.training.inference import write_tsv
+from aam.training import plots
 from aam.training.metrics import classification_metrics, regression_metrics
+from aam.utils.io import read_tsv, write_json, write_tsv
+from aam.utils.runtime import setup_logging
+from aam.workflows.baselines import random_forest_baseline
+from aam.workflows.inference import run_predict
+from aam.workflows.requests import CVRequest, InferenceOptions, LabelOptions, PredictRequest, SavedModelInput
+from aam.workflows.train import run_train, target_columns
 
 log = logging.getLogger("aam")
 
 METHODS = ("aam", "random_forest", "constant")
 
 
-def _fold_ids(kw: dict[str, Any], cols: list[str], table: Any, md: Any) -> list[list[str]]:
+def _fold_ids(req: CVRequest, cols: list[str], table: Any, md: Any) -> list[list[str]]:
     """Samples of the table with a target value (in at least one of several columns), cut into folds."""
-    meta.require_columns(md, cols + ([kw["group_column"]] if kw["group_column"] else []), kw["metadata"])
+    lab = req.train.labels
+    meta.require_columns(md, cols + ([lab.group_column] if lab.group_column else []), lab.metadata)
     in_table = [str(s) for s in table.ids(axis="sample")]
     ids = [s for s in in_table if s in md.index]
     if not ids:
-        raise InputError(f"no sample of {kw['table']} is in {kw['metadata']}; check that the sample IDs match")
-    if kw["classifier"]:
+        raise InputError(f"no sample of {req.train.input.table} is in {lab.metadata}; check that the sample IDs "
+                         "match")
+    if lab.classifier:
         labels, ok = meta.categorical_values(md, cols[0], ids)
     else:
-        ok = np.logical_or.reduce([meta.numeric_target(md, c, ids, kw["metadata"])[1] for c in cols])
+        ok = np.logical_or.reduce([meta.numeric_target(md, c, ids, lab.metadata)[1] for c in cols])
         labels = None
     ids = [s for s, k in zip(ids, ok, strict=True) if k]
-    groups = md[kw["group_column"]].reindex(ids).tolist() if kw["group_column"] else None
+    groups = md[lab.group_column].reindex(ids).tolist() if lab.group_column else None
     strat = [str(v) for v, k in zip(labels, ok, strict=True) if k] if labels is not None else None
-    return kfold_samples(ids, kw["folds"], kw["seed"], groups, strat)
+    return kfold_samples(ids, req.folds, req.train.training.seed, groups, strat)
 
 
 def _check_folds(out: Path, folds: list[list[str]]) -> None:
@@ -53,39 +62,32 @@ def _check_folds(out: Path, folds: list[list[str]]) -> None:
             raise InputError(f"{out} holds a cross-validation with other folds (other samples, --folds, --seed "
                              "or --group-column); use a new --output-dir")
         return
-    from aam.cli.common import write_json
-
     write_json(path, folds)
 
 
-def _train_fold(kw: dict[str, Any], fold_dir: Path, test: list[str]) -> Path:
+def _train_fold(req: CVRequest, fold_dir: Path, test: list[str]) -> Path:
     """Train on everything but `test` (resuming an unfinished fold); the predictions TSV of the test fold."""
-    from aam.training.inference import run_predict
-    from aam.training.runs import run_train
-
     pred_path = fold_dir / "test_predictions.tsv"
     if pred_path.is_file():
         log.info("%s: already done, kept", fold_dir.name)
         return pred_path
     last = fold_dir / "checkpoints/last.pt"
-    run_train({**kw, "output_dir": str(fold_dir), "holdout_samples": test,
-               "resume": str(last) if last.is_file() else None})
-    run_predict({"model": str(fold_dir / "checkpoints/best.pt"), "table": kw["table"], "sequences": kw.get("sequences"),
-                 "metadata": kw["metadata"], "metadata_column": None, "rarefy": True,
-                 "output": str(fold_dir / "all_predictions.tsv"), "batch_size": kw["batch_size"],
-                 "device": kw["device"], "kernels": kw["kernels"], "num_workers": kw.get("num_workers", 0)})
-    rows = _read_tsv(fold_dir / "all_predictions.tsv")
+    train = req.train
+    run_train(dataclasses.replace(
+        train, output_dir=str(fold_dir), exclude_samples=tuple(test),
+        training=dataclasses.replace(train.training, resume=str(last) if last.is_file() else None)))
+    hw = train.hardware
+    run_predict(PredictRequest(
+        source=SavedModelInput(model=str(fold_dir / "checkpoints/best.pt"), table=train.input.table,
+                               sequences=train.input.sequences, metadata=train.labels.metadata),
+        output=str(fold_dir / "all_predictions.tsv"),
+        run=InferenceOptions(batch_size=train.training.batch_size, device=hw.device, kernels=hw.kernels,
+                             num_workers=hw.num_workers)))
+    rows = read_tsv(fold_dir / "all_predictions.tsv")
     held = set(test)
     header = list(rows[0]) if rows else ["sample_id", "prediction"]
     write_tsv(pred_path, header, [[r[h] for h in header] for r in rows if r["sample_id"] in held])
     return pred_path
-
-
-def _read_tsv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
 
 
 def _auc(truth: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
@@ -111,39 +113,38 @@ def _score(classifier: bool, truth: np.ndarray, pred: np.ndarray, classes: list[
     return regression_metrics(truth.astype(np.float64), pred.astype(np.float64))
 
 
-def _score_column(kw: dict[str, Any], table: Any, md: Any, col: str, pcol: str, k: int, train: list[str],
+def _score_column(req: CVRequest, table: Any, md: Any, col: str, pcol: str, k: int, train: list[str],
                   predicted: list[str], pred: dict[str, dict[str, str]]
                   ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], list[dict[str, Any]]]:
     """One fold, one target column: (scored samples, truth, predictions per method, metric rows). The forest and
     the constant are fitted on `train`; samples without a value in the column are not scored."""
-    from aam.training.baseline import random_forest_baseline
-
-    if kw["classifier"]:
+    lab: LabelOptions = req.train.labels
+    if lab.classifier:
         truth, has = meta.categorical_values(md, col, predicted)
         truth = truth.astype(str)
     else:
-        truth, has = meta.numeric_target(md, col, predicted, kw["metadata"])
+        truth, has = meta.numeric_target(md, col, predicted, lab.metadata)
     tested = [s for s, h in zip(predicted, has, strict=True) if h]  # with several columns, some lack one
     truth = truth[has]
     if not tested:
         return [], truth, {}, []
-    rf = random_forest_baseline(table, md, col, train, tested, classifier=kw["classifier"],
-                                n_estimators=kw["rf_trees"], seed=kw["seed"], n_jobs=-1)
+    rf = random_forest_baseline(table, md, col, train, tested, classifier=lab.classifier,
+                                n_estimators=req.rf_trees, seed=req.train.training.seed, n_jobs=-1)
     rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))
-    values, has = (meta.categorical_values(md, col, train) if kw["classifier"] else
-                   meta.numeric_target(md, col, train, kw["metadata"]))
-    train_truth = values[has].astype(str) if kw["classifier"] else values[has]
-    if kw["classifier"]:
+    values, has = (meta.categorical_values(md, col, train) if lab.classifier else
+                   meta.numeric_target(md, col, train, lab.metadata))
+    train_truth = values[has].astype(str) if lab.classifier else values[has]
+    if lab.classifier:
         values, counts = np.unique(train_truth, return_counts=True)
         constant = values[np.argmax(counts)]
         classes = sorted(set(train_truth) | set(truth))
     else:
         constant, classes = float(np.mean(train_truth)), []
     preds = {"aam": np.array([pred[s][pcol] for s in tested]),
-             "random_forest": np.array([rf_of.get(s, "" if kw["classifier"] else np.nan) for s in tested]),
+             "random_forest": np.array([rf_of.get(s, "" if lab.classifier else np.nan) for s in tested]),
              "constant": np.array([constant] * len(tested))}
     probs = {}
-    if kw["classifier"]:  # class probabilities, columns in `classes` order, for the AUC
+    if lab.classifier:  # class probabilities, columns in `classes` order, for the AUC
         probs["aam"] = np.array([[float(pred[s].get(f"prob_{c}") or 0.0) for c in classes] for s in tested])
         rf_p = dict(zip(rf.sample_ids, rf.probabilities, strict=True))
         rf_col = [rf.classes.index(c) if c in rf.classes else None for c in classes]
@@ -151,41 +152,38 @@ def _score_column(kw: dict[str, Any], table: Any, md: Any, col: str, pcol: str, 
         freq = np.array([float(np.mean(train_truth == c)) for c in classes])
         probs["constant"] = np.tile(freq, (len(tested), 1))
     rows = [{"target": col, "method": method, "fold": k, "n_test": len(tested),
-             **_score(kw["classifier"], truth, p, classes), **(_auc(truth, probs[method], classes) if probs else {})}
+             **_score(lab.classifier, truth, p, classes), **(_auc(truth, probs[method], classes) if probs else {})}
             for method, p in preds.items()]
     return tested, truth, preds, rows
 
 
-def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
-    from aam.cli.common import setup_logging, write_json
-    from aam.training import plots
-    from aam.training.runs import target_columns
-
-    cols = target_columns(kw)
-    out = Path(kw["output_dir"])
+def run_cv(req: CVRequest) -> dict[str, Any]:
+    lab = req.train.labels
+    cols = target_columns(lab, req.train.target_loss.loss_type)
+    out = Path(req.output_dir)
     setup_logging(out, "cv.log")
-    table, md = load_table(kw["table"]), meta.load_metadata(kw["metadata"])  # once, for the folds and the forests
-    folds = _fold_ids(kw, cols, table, md)
+    table, md = load_table(req.train.input.table), meta.load_metadata(lab.metadata)  # once: folds and forests
+    folds = _fold_ids(req, cols, table, md)
     _check_folds(out, folds)
     everyone = [s for f in folds for s in f]
     log.info("%d-fold cross-validation of %d samples%s: fold sizes %s", len(folds), len(everyone),
-             f", grouped by {kw['group_column']}" if kw["group_column"] else "", [len(f) for f in folds])
+             f", grouped by {lab.group_column}" if lab.group_column else "", [len(f) for f in folds])
     rows: list[dict[str, Any]] = []
     oof: list[list[str]] = []
     oof_pred: dict[str, dict[str, list[np.ndarray]]] = {c: {m: [] for m in METHODS} for c in cols}
     truth_all: dict[str, list[np.ndarray]] = {c: [] for c in cols}
-    shown = str if kw["classifier"] else (lambda x: f"{float(x):.6g}")
+    shown = str if lab.classifier else (lambda x: f"{float(x):.6g}")
     for k, test in enumerate(folds, start=1):
         fold_dir = out / f"fold{k}"
         log.info("fold %d/%d: %d test samples", k, len(folds), len(test))
-        pred = {r["sample_id"]: r for r in _read_tsv(_train_fold(kw, fold_dir, test))}
+        pred = {r["sample_id"]: r for r in read_tsv(_train_fold(req, fold_dir, test))}
         setup_logging(out, "cv.log")  # the fold's run logged to its own training.log
         held = set(test)
         train = [s for s in everyone if s not in held]
         predicted = [s for s in test if s in pred]  # rarefaction may skip a few
         for col in cols:
             pcol = "prediction" if len(cols) == 1 else f"prediction_{col}"
-            tested, truth, preds, col_rows = _score_column(kw, table, md, col, pcol, k, train, predicted, pred)
+            tested, truth, preds, col_rows = _score_column(req, table, md, col, pcol, k, train, predicted, pred)
             if not tested:
                 log.warning("fold %d: no test sample has a value in column %r; the fold is not scored on it", k, col)
                 continue
@@ -206,7 +204,7 @@ def run_cv(kw: dict[str, Any]) -> dict[str, Any]:
         t = np.concatenate(truth_all[col])
         p = {m: np.concatenate(oof_pred[col][m]) for m in ("aam", "random_forest")}
         path, title = out / f"cv_{plots.file_safe(col)}.png", f"{col}: {len(folds)}-fold out-of-fold predictions"
-        if kw["classifier"]:
+        if lab.classifier:
             plot_paths.append(str(plots.cv_confusion(t, p, path, title)))
         else:
             plot_paths.append(str(plots.cv_predictions(t.astype(np.float64), {m: v.astype(np.float64)

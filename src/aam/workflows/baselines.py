@@ -28,13 +28,6 @@ class BaselineResult:
     classes: list[str] | None = None
 
 
-def read_ids(path: str | Path) -> list[str]:
-    ids = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if not ids:
-        raise InputError(f"{path} lists no sample IDs; pass the train_samples.txt / val_samples.txt of a run")
-    return ids
-
-
 def parse_max_features(value: str) -> str | float | int | None:
     """'sqrt', 'log2', 'none', an integer count or a fraction in (0, 1]."""
     if value in ("sqrt", "log2"):

@@ -19,19 +19,15 @@ import torch
 
 from aam.data import targets as tgt
 from aam.data.dataset import collate
+from aam.data.prepare import make_dataset
+from aam.data.split import read_ids
 from aam.data.taxonomy import load_taxonomy, short_label
 from aam.errors import InputError
-from aam.training.baseline import read_ids
-from aam.training.data_setup import make_dataset
-from aam.training.inference import (
-    categorical_codes,
-    load_model,
-    model_inputs,
-    prepare,
-    report_skipped,
-    write_tsv,
-)
+from aam.training import plots
 from aam.training.losses import point_prediction
+from aam.utils.io import write_tsv
+from aam.workflows.inference import categorical_codes, load_model, model_inputs, prepare, report_skipped
+from aam.workflows.requests import ExplainRequest
 
 log = logging.getLogger("aam")
 
@@ -59,28 +55,28 @@ def occlusion(model: torch.nn.Module, item: dict[str, Any], device: torch.device
     return float(s[0]), s[1:]
 
 
-def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
+def run_explain(req: ExplainRequest) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    _, mcfg, pre, model, device = load_model(kw, "train")
-    prepared = prepare(kw, mcfg, pre)
+    _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
+    prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    if kw["samples"]:
-        wanted = read_ids(kw["samples"])
+    if req.samples:
+        wanted = read_ids(req.samples)
         present = set(ids)
         missing = [s for s in wanted if s not in present and s not in prepared.dropped]
         if missing:
-            raise InputError(f"{len(missing)} sample(s) of {kw['samples']} are not in {kw['table']}: "
+            raise InputError(f"{len(missing)} sample(s) of {req.samples} are not in {req.source.table}: "
                              f"{', '.join(missing[:10])}; list samples of that table")
         keep = set(wanted)
         ids = [s for s in ids if s in keep]
     if not ids:
-        raise InputError(f"{kw['table']}: no sample left to explain after preprocessing (see the log)")
-    _, cat = categorical_codes(kw, pre, ids)
-    taxonomy = load_taxonomy(kw["taxonomy"]) if kw["taxonomy"] else {}
+        raise InputError(f"{req.source.table}: no sample left to explain after preprocessing (see the log)")
+    _, cat = categorical_codes(req.source, pre, ids)
+    taxonomy = load_taxonomy(req.taxonomy) if req.taxonomy else {}
     if mcfg.is_classifier:
         classes = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
-        label = kw["target_class"] if kw["target_class"] is not None else classes[-1]
+        label = req.target_class if req.target_class is not None else classes[-1]
         if label not in classes:
             raise InputError(f"--target-class {label!r} is not a class of this model ({', '.join(classes)})")
         column = classes.index(label)
@@ -89,17 +85,17 @@ def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
         def score(out: torch.Tensor) -> np.ndarray:
             return torch.softmax(out, dim=1)[:, column].double().numpy()
     else:
-        if kw["target_class"] is not None:
+        if req.target_class is not None:
             raise InputError("--target-class applies to classifiers; this model is a regressor")
         transform = tgt.transform_from_dict(pre.target_transform)
         unit, column = "prediction", None
         if isinstance(transform, tgt.ColumnTransforms):
-            name = kw.get("target_column") or transform.columns[0]
+            name = req.target_column or transform.columns[0]
             if name not in transform.columns:
                 raise InputError(f"--target-column {name!r} is not a target of this model "
                                  f"({', '.join(transform.columns)})")
             unit, column = f"prediction of {name}", transform.columns.index(name)
-        elif kw.get("target_column") is not None:
+        elif req.target_column is not None:
             raise InputError("--target-column applies to multi-output regressors; this model predicts one target")
 
         def score(out: torch.Tensor) -> np.ndarray:
@@ -114,22 +110,20 @@ def run_explain(kw: dict[str, Any]) -> dict[str, Any]:
                disable=os.environ.get("AAM_NO_PROGRESS") is not None)
     for i in bar:
         item = dataset[i]
-        full, dropped = occlusion(model, item, device, kw["batch_size"], score)
+        full, dropped = occlusion(model, item, device, req.run.batch_size, score)
         for k, f in enumerate(item["features"]):
             fid = dataset.feature_ids[int(f)]
             attribution = full - float(dropped[k])
             per_feature.setdefault(fid, []).append(attribution)
             rows.append([item["sample_id"], fid, f"{item['counts'][k]:.6g}", f"{full:.6g}", f"{attribution:.6g}",
                          taxonomy.get(fid, "")])
-    output = Path(kw["output"])
+    output = Path(req.output)
     write_tsv(output, ["sample_id", "feature_id", "count", "prediction", "attribution", "taxon"], rows)
     report_skipped(prepared, output, "explained")
     summary = summarize(per_feature, len(dataset), taxonomy)
     summary_path = output.with_name(output.stem + ".summary.tsv")
     write_tsv(summary_path, ["feature_id", "importance", "mean_attribution", "n_samples", "taxon"],
               [[f, f"{imp:.6g}", f"{mean:.6g}", str(n), tax] for f, imp, mean, n, tax in summary])
-    from aam.training import plots
-
     top = summary[:TOP_PLOTTED]
     plot = plots.attribution_bars([short_label(f, tax) for f, _, _, _, tax in top],
                                   np.array([mean for _, _, mean, _, _ in top]), np.array([n for _, _, _, n, _ in top]),

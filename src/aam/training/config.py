@@ -1,0 +1,60 @@
+"""`TrainConfig`: how the trainer runs (schedule, precision, early stopping, checkpoints); stored in checkpoints."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from aam.errors import AAMError
+
+TASKS = ("pretrain", "regression", "classification")
+BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
+PRECISIONS = ("none", "bf16", "fp16")
+TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",
+               "entry_pos")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    # LR of a SequencePredictor's pretrained `base_model` relative to `lr` (the new heads): fine-tuning at the
+    # heads' rate with still-random heads degrades the pretrained features.
+    base_lr_scale: float = 1.0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "none"
+    compile_model: bool = False
+    compile_backend: str = field(default_factory=lambda: os.environ.get("AAM_COMPILE_BACKEND", "inductor"))
+    tf32: bool = False
+    patience: int = 10
+    best_metric: str = "val_loss"
+    nuc_mask_ratio: float = 0.15
+    nuc_mask_strategy: str = "random"
+    nuc_asv_fraction: float = 0.25
+    log_every: int = 10
+    checkpoint_every: int = 0
+    max_steps: int | None = None
+    seed: int = 42
+    num_workers: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise AAMError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise AAMError("--gradient-accumulation-steps must be >= 1")
+        if self.mixed_precision not in PRECISIONS:
+            raise AAMError(f"--mixed-precision must be one of {PRECISIONS}")
+        if self.best_metric not in BEST_METRICS:
+            raise AAMError(f"--best-metric must be one of {BEST_METRICS}")
+        if self.base_lr_scale < 0:
+            raise AAMError(f"--base-lr-scale must be >= 0, got {self.base_lr_scale}")
+        if self.epochs < 1:
+            raise AAMError("--epochs must be >= 1")

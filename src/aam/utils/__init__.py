@@ -1,0 +1,1 @@
+"""Utilities below every other layer: atomic file writes, logging, seeding, devices."""

@@ -1,0 +1,306 @@
+"""Typed run requests: what each command asks a workflow to do.
+
+The click commands build these from their options (`from_options`) and the workflows take them; `aam cv`
+builds a `TrainRequest` per fold with `dataclasses.replace`. Every default is defined once, at the lowest
+layer that uses it (`ModelConfig`, `TrainConfig`, `LossConfig`, `Preprocessing`), and read from there by
+the fields below; the CLI options read their defaults from these fields. `None` marks a default that
+depends on other options; the field's comment says how it is resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+from aam.data.prepare import Preprocessing
+from aam.models import ModelConfig
+from aam.training.config import TrainConfig
+from aam.training.losses import LossConfig
+
+_MODEL, _TRAIN, _LOSS, _PRE = ModelConfig(), TrainConfig(), LossConfig(), Preprocessing()
+
+PRETRAIN_DROPOUT = 0.0  # dropout noise adds to every embedding distance; the pairwise loss would fit it
+PRETRAINED_BASE_LR_SCALE = 0.1  # a pretrained encoder learns at 0.1 x --lr under new random heads
+DEFAULT_TEST_SIZE = 0.2
+DEFAULT_TARGET_TRANSFORM = "zscore"
+COUNT_EMBEDDING_METHOD = "add"
+
+G = TypeVar("G")
+
+
+def _group(cls: type[G], values: Mapping[str, Any]) -> G:
+    """The option group `cls` from a flat mapping of option values (the click callback's arguments)."""
+    return cls(**{f.name: values[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field `name` of dataclass `cls` (for options whose group has required fields)."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+def group_defaults(cls: type) -> SimpleNamespace:
+    """The default option groups of request `cls`, by field name (what each command's --help shows)."""
+    return SimpleNamespace(**{f.name: f.default_factory() for f in fields(cls) if f.default_factory is not MISSING})
+
+
+def flat_options(request: Any) -> dict[str, Any]:
+    """A request as the flat option mapping it came from (run_options.json)."""
+    out: dict[str, Any] = {}
+    for f in fields(request):
+        value = getattr(request, f.name)
+        if is_dataclass(value):
+            out.update(asdict(value))
+        else:
+            out[f.name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ option groups
+@dataclass(frozen=True, kw_only=True)
+class TableInput:
+    table: str
+    sequences: str | None = None  # FASTA / .qza mapping hashed feature IDs to sequences
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preprocess:
+    rarefy_depth: int | None = None  # None: min(5000, 10th percentile of sample depths); 0: no rarefaction
+    max_bp: int = _PRE.max_bp
+    token_limit: int = _PRE.token_limit
+    asv_sampling: str = _PRE.asv_sampling
+    test_size: float = DEFAULT_TEST_SIZE
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistanceOptions:
+    """Where pairwise UniFrac targets come from: a precomputed matrix or a tree (per batch), or neither."""
+
+    unifrac_matrix: str | None = None
+    unifrac_ids: str | None = None
+    tree: str | None = None
+    unifrac_metric: str | None = None  # None: unweighted with --tree
+    unifrac_alpha: float | None = None  # None: 0.5 for generalized UniFrac
+    drop_missing_features: bool = False
+    unifrac_targets: str | None = None  # None: visible ASVs, or all with --asv-sampling random
+
+    @property
+    def given(self) -> bool:
+        return bool(self.unifrac_matrix or self.tree)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelOptions:
+    embedding_dim: int = _MODEL.embedding_dim
+    attention_heads: int = _MODEL.encoder_heads
+    attention_layers: int = _MODEL.encoder_layers
+    asv_layers: int | None = None  # None: --attention-layers
+    dropout: float = _MODEL.dropout
+    count_embedding: bool = _MODEL.count_embedding != "none"
+    count_embedding_method: str = COUNT_EMBEDDING_METHOD
+    gradient_checkpointing: bool = _MODEL.gradient_checkpointing
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossOptions:
+    penalty: float = _LOSS.unifrac_weight
+    nuc_penalty: float = _LOSS.nuc_weight
+    nuc_mask_ratio: float = _TRAIN.nuc_mask_ratio
+    nuc_mask_strategy: str = _TRAIN.nuc_mask_strategy
+    nuc_asv_fraction: float = _TRAIN.nuc_asv_fraction
+    unifrac_transform: str = _LOSS.unifrac_transform
+    unifrac_scale: float = _LOSS.unifrac_scale
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingOptions:
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size
+    lr: float = _TRAIN.lr
+    weight_decay: float = _TRAIN.weight_decay
+    warmup_steps: int | None = None  # None: 5% of the optimizer steps
+    patience: int = _TRAIN.patience
+    gradient_accumulation_steps: int = _TRAIN.gradient_accumulation_steps
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    seed: int = _TRAIN.seed
+    resume: str | None = None
+    checkpoint_every: int = _TRAIN.checkpoint_every
+    max_steps: int | None = None
+    log_every: int = _TRAIN.log_every
+    best_metric: str = _TRAIN.best_metric
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hardware:
+    device: str = "auto"
+    kernels: str = _MODEL.kernels
+    num_workers: int = _TRAIN.num_workers
+    mixed_precision: str = _TRAIN.mixed_precision
+    compile_model: bool = _TRAIN.compile_model
+    tf32: bool = _TRAIN.tf32
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelOptions:
+    """What `aam train` predicts, from which metadata, and how samples are grouped."""
+
+    metadata: str
+    metadata_column: str  # one column, or several comma-separated numeric columns (multi-output regression)
+    categorical_columns: str | None = None  # comma-separated conditioning columns
+    group_column: str | None = None
+    classifier: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadOptions:
+    """The fine-tuning model on top of the (pretrained) encoder."""
+
+    pretrained_encoder: str | None = None
+    freeze_base: bool = False
+    base_lr_scale: float | None = None  # None: PRETRAINED_BASE_LR_SCALE with --pretrained-encoder, else 1
+    target_input: str = _MODEL.target_input
+    asv_readout: str = _MODEL.asv_readout
+    count_prediction: bool = _MODEL.count_prediction
+    count_target: str = _MODEL.count_target
+    categorical_fusion: str = _MODEL.categorical_fusion
+    categorical_embed_dim: int = _MODEL.categorical_embed_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetLossOptions:
+    loss_type: str = _LOSS.loss_type
+    quantiles: str | None = None  # comma-separated; None: 0.1,0.5,0.9 with --loss-type quantile
+    over_penalty: float = _LOSS.over_penalty
+    under_penalty: float = _LOSS.under_penalty
+    class_weights: str | None = None  # comma-separated, one per class in sorted label order
+    target_transform: str = DEFAULT_TARGET_TRANSFORM
+    target_penalty: float = _LOSS.target_weight
+    count_penalty: float = _LOSS.count_weight
+
+
+# ------------------------------------------------------------------------------------------ requests
+@dataclass(frozen=True, kw_only=True)
+class PretrainRequest:
+    output_dir: str
+    input: TableInput
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    distances: DistanceOptions = field(default_factory=DistanceOptions)
+    model: ModelOptions = field(default_factory=lambda: ModelOptions(dropout=PRETRAIN_DROPOUT))
+    loss: LossOptions = field(default_factory=LossOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    hardware: Hardware = field(default_factory=Hardware)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> PretrainRequest:
+        return cls(output_dir=values["output_dir"], input=_group(TableInput, values),
+                   preprocess=_group(Preprocess, values), distances=_group(DistanceOptions, values),
+                   model=_group(ModelOptions, values), loss=_group(LossOptions, values),
+                   training=_group(TrainingOptions, values), hardware=_group(Hardware, values))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    output_dir: str
+    input: TableInput
+    labels: LabelOptions
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    distances: DistanceOptions = field(default_factory=DistanceOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    head: HeadOptions = field(default_factory=HeadOptions)
+    loss: LossOptions = field(default_factory=LossOptions)
+    target_loss: TargetLossOptions = field(default_factory=TargetLossOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    hardware: Hardware = field(default_factory=Hardware)
+    # Samples kept out of training and validation altogether (`aam cv`: the fold's test samples).
+    exclude_samples: tuple[str, ...] = ()
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> TrainRequest:
+        return cls(output_dir=values["output_dir"], input=_group(TableInput, values),
+                   labels=_group(LabelOptions, values), preprocess=_group(Preprocess, values),
+                   distances=_group(DistanceOptions, values), model=_group(ModelOptions, values),
+                   head=_group(HeadOptions, values), loss=_group(LossOptions, values),
+                   target_loss=_group(TargetLossOptions, values), training=_group(TrainingOptions, values),
+                   hardware=_group(Hardware, values))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CVRequest:
+    """K-fold cross-validation of `train` (its output_dir is the CV folder; each fold gets fold<k>/)."""
+
+    train: TrainRequest
+    folds: int = 5
+    rf_trees: int = 500
+
+    @property
+    def output_dir(self) -> str:
+        return self.train.output_dir
+
+
+# ------------------------------------------------------------------------------------------ saved models
+@dataclass(frozen=True, kw_only=True)
+class SavedModelInput:
+    """A checkpoint and the table to run it on (predict, embed, explain)."""
+
+    model: str
+    table: str
+    sequences: str | None = None
+    metadata: str | None = None
+    rarefy: bool = True  # rarefy to the training depth with the training seed
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceOptions:
+    batch_size: int = 8
+    device: str = "auto"
+    kernels: str = _MODEL.kernels
+    num_workers: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictRequest:
+    source: SavedModelInput
+    output: str
+    metadata_column: str | None = None  # score the predictions against this column of --metadata
+    run: InferenceOptions = field(default_factory=InferenceOptions)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> PredictRequest:
+        return cls(source=_group(SavedModelInput, values), output=values["output"],
+                   metadata_column=values["metadata_column"], run=_group(InferenceOptions, values))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    source: SavedModelInput
+    output: str
+    metadata_column: str | None = None  # colours the PCA plot
+    distance_matrix: str | None = None  # also write the distances a pretrained model predicts
+    run: InferenceOptions = field(default_factory=InferenceOptions)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> EmbedRequest:
+        return cls(source=_group(SavedModelInput, values), output=values["output"],
+                   metadata_column=values["metadata_column"], distance_matrix=values["distance_matrix"],
+                   run=_group(InferenceOptions, values))
+
+
+EXPLAIN_BATCH_SIZE = 256  # sample variants per forward: each ASV sequence is then encoded once per sample
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExplainRequest:
+    source: SavedModelInput
+    output: str
+    samples: str | None = None  # file of sample IDs to explain
+    taxonomy: str | None = None
+    target_class: str | None = None
+    target_column: str | None = None
+    run: InferenceOptions = field(default_factory=lambda: InferenceOptions(batch_size=EXPLAIN_BATCH_SIZE))
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> ExplainRequest:
+        return cls(source=_group(SavedModelInput, values), output=values["output"], samples=values["samples"],
+                   taxonomy=values["taxonomy"], target_class=values["target_class"],
+                   target_column=values["target_column"], run=_group(InferenceOptions, values))

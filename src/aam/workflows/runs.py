@@ -1,0 +1,135 @@
+"""What every training run does around the trainer: the run folder, logging, seeding, distributed start-up,
+resuming, the trainer's and the encoder's configuration, and the closing report."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aam.data.prepare import Preprocessing
+from aam.errors import AAMError, InputError
+from aam.models import ModelConfig
+from aam.training import checkpoint as ckpt
+from aam.training.config import TrainConfig
+from aam.training.distributed import global_pairwise_loss, init_distributed
+from aam.training.trainer import Trainer
+from aam.utils.io import write_json, write_lines
+from aam.utils.runtime import seed_everything, setup_logging
+from aam.workflows.requests import (
+    Hardware,
+    LossOptions,
+    ModelOptions,
+    Preprocess,
+    TrainingOptions,
+    flat_options,
+)
+
+log = logging.getLogger("aam")
+
+
+@dataclass(frozen=True)
+class Run:
+    out: Path
+    device: torch.device
+    world: int
+
+
+def start_run(request: Any, hardware: Hardware, seed: int) -> Run:
+    """Process group (under torchrun), logging to <output_dir>/training.log, seeds, run_options.json."""
+    out = Path(request.output_dir)
+    rank, world, device = init_distributed(hardware.device)
+    setup_logging(out if rank == 0 else None)
+    seed_everything(seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run_options.json", flat_options(request))
+    log.info("device %s, kernels %s, seed %d%s", device, hardware.kernels, seed,
+             f", rank {rank}/{world}" if world > 1 else "")
+    return Run(out, device, world)
+
+
+def load_resume(path: str | None, kind: str) -> dict[str, Any] | None:
+    """The checkpoint --resume names, or None."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise InputError(f"--resume {path}: file not found; give the run's checkpoints/last.pt")
+    return ckpt.load_checkpoint(path, kind)
+
+
+def train_config(training: TrainingOptions, loss: LossOptions, hardware: Hardware, best_metric: str,
+                 base_lr_scale: float = 1.0) -> TrainConfig:
+    return TrainConfig(
+        epochs=training.epochs, batch_size=training.batch_size, lr=training.lr, weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_steps, gradient_accumulation_steps=training.gradient_accumulation_steps,
+        max_grad_norm=training.max_grad_norm or None, mixed_precision=hardware.mixed_precision,
+        patience=training.patience, compile_model=hardware.compile_model, tf32=hardware.tf32,
+        best_metric=best_metric, nuc_mask_ratio=loss.nuc_mask_ratio, nuc_mask_strategy=loss.nuc_mask_strategy,
+        nuc_asv_fraction=loss.nuc_asv_fraction, log_every=max(1, training.log_every),
+        checkpoint_every=training.checkpoint_every, max_steps=training.max_steps, seed=training.seed,
+        num_workers=hardware.num_workers, progress=os.environ.get("AAM_NO_PROGRESS") is None,
+        base_lr_scale=base_lr_scale,
+    )
+
+
+def preprocessing(opts: Preprocess, seed: int, kernels: str, task: str) -> Preprocessing:
+    if opts.token_limit < 1 or opts.max_bp < 1:
+        raise AAMError("--token-limit and --max-bp must be positive")
+    return Preprocessing(rarefy_depth=opts.rarefy_depth, rarefy_seed=seed, max_bp=opts.max_bp,
+                         token_limit=opts.token_limit, asv_sampling=opts.asv_sampling, seed=seed, kernels=kernels,
+                         task=task)
+
+
+def encoder_config(opts: ModelOptions, pre: Preprocessing, kernels: str) -> ModelConfig:
+    """The SequenceEncoder of --embedding-dim/--attention-*: one width, the same heads and layers per stack."""
+    heads, layers = opts.attention_heads, opts.attention_layers
+    return ModelConfig(
+        kind="encoder", max_bp=pre.max_bp, token_limit=pre.token_limit, embedding_dim=opts.embedding_dim,
+        dropout=opts.dropout, asv_heads=heads, asv_layers=opts.asv_layers if opts.asv_layers is not None else layers,
+        sample_heads=heads, sample_layers=layers, encoder_heads=heads, encoder_layers=layers,
+        count_embedding=opts.count_embedding_method if opts.count_embedding else "none",
+        gradient_checkpointing=opts.gradient_checkpointing, kernels=kernels,
+    )
+
+
+def pairwise_hook(world: int, dm: Any):
+    """Under DDP the UniFrac loss sees every rank's samples (cross-rank pairs)."""
+    if world <= 1 or dm is None:
+        return None
+
+    def pairwise(emb, batch, transform, scale, backend, adjust_target=None):
+        return global_pairwise_loss(emb.float(), list(batch["sample_ids"]), dm, transform=transform, scale=scale,
+                                    backend=backend, adjust_target=adjust_target)
+
+    return pairwise
+
+
+def check_batch_size(batch_size: int, pairwise: bool) -> None:
+    if batch_size < 1:
+        raise AAMError(f"--batch-size must be >= 1, got {batch_size}")
+    if pairwise and batch_size < 2:
+        raise AAMError("--batch-size must be >= 2 with the pairwise UniFrac loss (a batch of 1 has no pairs)")
+
+
+def write_split(out: Path, train_ids: list[str], val_ids: list[str]) -> None:
+    write_lines(out / "train_samples.txt", train_ids)
+    write_lines(out / "val_samples.txt", val_ids)
+
+
+def report(trainer: Trainer, history: list[dict[str, float]], keys: list[str]) -> dict[str, Any]:
+    """The run's summary (best epoch and its metrics, where the checkpoints and plots are), also logged."""
+    last = history[-1] if history else {}
+    best = next((row for row in history if row["epoch"] == trainer.best_epoch), last)
+    summary = {"epochs": len(history), "best_epoch": trainer.best_epoch,
+               "metrics": {k: best[k] for k in keys if k in best},
+               "best": str(trainer.checkpoint_dir / "best.pt"), "last": str(trainer.checkpoint_dir / "last.pt"),
+               "plots": str(trainer.plot_dir)}
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items())
+    log.info("done: best epoch %s: %s; checkpoints in %s, plots in %s", trainer.best_epoch, shown,
+             trainer.checkpoint_dir, trainer.plot_dir)
+    return summary

@@ -1,0 +1,317 @@
+"""`aam train`: fine-tune a SequencePredictor (or train one from scratch) on metadata columns.
+
+The stages, in order: the distance source and the run folder; preprocessing (the pretrained encoder fixes
+max_bp and token_limit); labelled samples and their split; fitted targets (label encoder or target
+transforms, on the training split only); categorical codes; the model; the loss; the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aam.data import metadata as meta
+from aam.data import targets as tgt
+from aam.data.dataset import SampleDataset, collate
+from aam.data.prepare import PreparedTable, Preprocessing, make_dataset, prepare_table, report_token_limit
+from aam.data.split import split_samples
+from aam.errors import AAMError, InputError
+from aam.models import ModelConfig, build_model, count_parameters
+from aam.training import checkpoint as ckpt
+from aam.training.distributed import finish_distributed
+from aam.training.losses import LossConfig, MultiTaskLoss
+from aam.training.trainer import Trainer
+from aam.workflows import distances
+from aam.workflows.requests import PRETRAINED_BASE_LR_SCALE, HeadOptions, LabelOptions, TrainRequest
+from aam.workflows.runs import (
+    check_batch_size,
+    encoder_config,
+    load_resume,
+    pairwise_hook,
+    preprocessing,
+    report,
+    start_run,
+    train_config,
+    write_split,
+)
+
+log = logging.getLogger("aam")
+
+
+def parse_list(text: str | None) -> list[str]:
+    """A comma-separated option as a list of its non-empty, stripped items."""
+    return [c.strip() for c in (text or "").split(",") if c.strip()]
+
+
+def parse_floats(text: str | None) -> list[float]:
+    try:
+        return [float(x) for x in parse_list(text)]
+    except ValueError as exc:
+        raise AAMError(f"expected a comma-separated list of numbers, got {text!r}") from exc
+
+
+def target_columns(labels: LabelOptions, loss_type: str) -> list[str]:
+    """--metadata-column as a list: one column, or several (comma-separated) for multi-output regression."""
+    cols = parse_list(labels.metadata_column)
+    if not cols:
+        raise AAMError("--metadata-column is empty; name the column to predict")
+    if len(set(cols)) < len(cols):
+        raise AAMError(f"--metadata-column names a column twice: {labels.metadata_column!r}")
+    if len(cols) > 1 and labels.classifier:
+        raise AAMError(f"--classifier takes one --metadata-column, got {len(cols)} ({', '.join(cols)}); "
+                       "several columns are for regression")
+    if len(cols) > 1 and loss_type == "quantile":
+        raise AAMError("--loss-type quantile takes one --metadata-column; use huber, mse, mae or asymmetric for "
+                       f"several ({', '.join(cols)})")
+    return cols
+
+
+def labelled_values(labels: LabelOptions, md: Any, ids: list[str], cols: list[str]) -> tuple[list[str], np.ndarray]:
+    """Samples with a target value, and the raw values (float [N], label strings, or float [N, T] for several
+    columns, where a sample needs a value in at least one column and a missing one is NaN)."""
+    if labels.classifier:
+        values, mask = meta.categorical_values(md, cols[0], ids)
+    else:
+        per_col = [meta.numeric_target(md, c, ids, labels.metadata) for c in cols]
+        values = np.stack([np.where(m, v, np.nan) for v, m in per_col], axis=1) if len(cols) > 1 else per_col[0][0]
+        mask = np.logical_or.reduce([m for _, m in per_col])
+        for c, (_, m) in zip(cols, per_col, strict=True):
+            if len(cols) > 1 and not (m | ~mask).all():
+                log.info("%d sample(s) have no value in column %r: their other columns still train",
+                         int((~m & mask).sum()), c)
+    if not mask.all():
+        missing = [s for s, m in zip(ids, mask, strict=True) if not m]
+        what = f"column {cols[0]!r}" if len(cols) == 1 else f"any of the columns {', '.join(cols)}"
+        log.warning("%d sample(s) have no value in %s and are left out (e.g. %s)", len(missing), what,
+                    ", ".join(missing[:10]))
+    keep = [s for s, m in zip(ids, mask, strict=True) if m]
+    if not keep:
+        raise InputError(f"column(s) {', '.join(map(repr, cols))} of {labels.metadata} have no value for any table "
+                         "sample")
+    return keep, values[mask]
+
+
+@dataclass
+class Labelled:
+    """The run's labelled samples: the prepared table, sample IDs with a target, raw values, the split."""
+
+    prepared: PreparedTable
+    md: Any
+    ids: list[str]
+    raw: np.ndarray
+    train_ids: list[str]
+    val_ids: list[str]
+
+    def raw_of(self, sample_ids: list[str]) -> np.ndarray:
+        pos = {s: i for i, s in enumerate(self.ids)}
+        return self.raw[[pos[s] for s in sample_ids]]
+
+
+@dataclass
+class Targets:
+    """Model-scale target per sample; class labels (classifier) or the map back to original units."""
+
+    y_of: dict[str, Any]
+    class_labels: list[str] | None
+    denormalize: Any
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _preprocessing(req: TrainRequest, resume: dict[str, Any] | None,
+                   pretrained: dict[str, Any] | None) -> Preprocessing:
+    if resume:
+        return Preprocessing.from_dict(resume["preprocessing"])
+    pre = preprocessing(req.preprocess, req.training.seed, req.hardware.kernels,
+                        "classification" if req.labels.classifier else "regression")
+    if pretrained:  # the encoder's position tables fix these
+        enc_pre = pretrained["preprocessing"]
+        for key in ("max_bp", "token_limit"):
+            if getattr(pre, key) != enc_pre[key]:
+                log.info("using %s=%s of the pretrained encoder (not %s)", key, enc_pre[key], getattr(pre, key))
+                setattr(pre, key, enc_pre[key])
+    return pre
+
+
+def _labelled(req: TrainRequest, pre: Preprocessing, cols: list[str]) -> Labelled:
+    """Load and prepare the table, keep samples with a target (minus --exclude_samples), split them."""
+    labels = req.labels
+    md = meta.load_metadata(labels.metadata)
+    meta.require_columns(md, cols, labels.metadata)
+    prepared = prepare_table(req.input.table, req.input.sequences, pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
+    pre.rarefy_depth = prepared.depth
+    table_ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    meta.require_samples(md, table_ids, labels.metadata)  # before any split
+    ids, raw = labelled_values(labels, md, table_ids, cols)
+    if req.exclude_samples:  # `aam cv`: the test fold never enters training or validation
+        held = set(req.exclude_samples)
+        keep = np.array([s not in held for s in ids], dtype=bool)
+        ids, raw = [s for s, k in zip(ids, keep, strict=True) if k], raw[keep]
+    groups = None
+    if labels.group_column:
+        meta.require_columns(md, [labels.group_column], labels.metadata)
+        groups = md[labels.group_column].reindex(ids).tolist()
+    stratify = list(raw) if labels.classifier else None
+    train_ids, val_ids = split_samples(ids, req.preprocess.test_size, pre.seed, groups=groups, stratify=stratify)
+    return Labelled(prepared, md, ids, raw, train_ids, val_ids)
+
+
+def _fit_targets(req: TrainRequest, pre: Preprocessing, data: Labelled, cols: list[str]) -> Targets:
+    """Label encoder (classifier) or target transform(s), fitted on the training split and recorded in `pre`.
+    Validation samples of classes absent from training are dropped from `data.val_ids`."""
+    raw_train = data.raw_of(data.train_ids)
+    col = ",".join(cols)
+    pre.target_column = col
+    if req.labels.classifier:
+        enc = tgt.LabelEncoder.from_dict(pre.label_encoder) if pre.label_encoder else \
+            tgt.LabelEncoder(column=col).fit(raw_train)
+        pre.label_encoder = enc.to_dict()
+        known = set(enc.classes)
+        unseen = [s for s, v in zip(data.val_ids, data.raw_of(data.val_ids), strict=True) if str(v) not in known]
+        if unseen:
+            log.warning("%d validation sample(s) have classes absent from training and are left out (e.g. %s)",
+                        len(unseen), ", ".join(unseen[:10]))
+            data.val_ids = [s for s in data.val_ids if s not in set(unseen)]
+        used = data.train_ids + data.val_ids
+        return Targets(dict(zip(used, enc.transform(list(data.raw_of(used))), strict=True)), enc.classes, None)
+    if pre.target_transform:
+        transform = tgt.transform_from_dict(pre.target_transform)
+    elif len(cols) > 1:
+        transform = tgt.ColumnTransforms.fit(req.target_loss.target_transform, raw_train, cols)
+    else:
+        transform = tgt.TargetTransform(req.target_loss.target_transform).fit(raw_train.astype(np.float64), col)
+    pre.target_transform = transform.to_dict()
+    y = transform.transform(data.raw.astype(np.float64))
+    return Targets(dict(zip(data.ids, y, strict=True)), None, transform.inverse_transform)
+
+
+def _category_codes(req: TrainRequest, pre: Preprocessing, data: Labelled) -> dict[str, np.ndarray] | None:
+    cat_cols = parse_list(req.labels.categorical_columns)
+    if not cat_cols and not pre.category_encoder:
+        return None
+    cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder) if pre.category_encoder else \
+        tgt.CategoryEncoder().fit(data.md.loc[data.train_ids], cat_cols)
+    pre.category_encoder = cenc.to_dict()
+    return dict(zip(data.ids, cenc.transform(data.md, data.ids), strict=True))
+
+
+def _predictor_config(req: TrainRequest, pre: Preprocessing, resume: dict[str, Any] | None,
+                      pretrained: dict[str, Any] | None, n_outputs: int, class_labels: list[str] | None) -> ModelConfig:
+    kernels = req.hardware.kernels
+    if resume:
+        return dataclasses.replace(ModelConfig.from_dict(resume["model_config"]), kernels=kernels)
+    base = ModelConfig.from_dict(pretrained["model_config"]) if pretrained else \
+        encoder_config(req.model, pre, kernels)
+    heads, layers, head, lt = base.encoder_heads, req.model.attention_layers, req.head, req.target_loss
+    quantiles = LossConfig(loss_type=lt.loss_type, quantiles=parse_floats(lt.quantiles)).quantiles \
+        if lt.loss_type == "quantile" and not req.labels.classifier else []
+    return dataclasses.replace(
+        base, kind="predictor", kernels=kernels, dropout=req.model.dropout,
+        gradient_checkpointing=req.model.gradient_checkpointing, out_dim=n_outputs,
+        n_classes=len(class_labels) if class_labels else 0, quantiles=quantiles,
+        count_prediction=head.count_prediction, count_target=head.count_target, count_heads=heads, count_layers=1,
+        target_heads=heads, target_layers=layers, target_input=head.target_input, asv_readout=head.asv_readout,
+        categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
+        if pre.category_encoder else [],
+        categorical_embed_dim=head.categorical_embed_dim, categorical_fusion=head.categorical_fusion)
+
+
+def base_lr_scale(head: HeadOptions, resume: dict[str, Any] | None = None) -> float:
+    """Fine-tuning a pretrained encoder: its LR is 0.1 x --lr by default (random new heads at the full rate
+    would otherwise degrade the pretrained features: with --target-input both, demo pH R2 over the last 5
+    epochs 0.38 -> 0.45 and 0.58 -> 0.63 on two generated datasets).
+    A resumed run keeps its own scale (its optimizer state has that many param groups)."""
+    if head.base_lr_scale is not None:
+        return head.base_lr_scale
+    if resume is not None:
+        return resume["trainer_state"].get("train_config", {}).get("base_lr_scale", 1.0)
+    return PRETRAINED_BASE_LR_SCALE if head.pretrained_encoder else 1.0
+
+
+def _loss(req: TrainRequest, mcfg: ModelConfig, dm: Any, frozen: bool, class_labels: list[str] | None,
+          world: int) -> MultiTaskLoss:
+    class_weights = parse_floats(req.target_loss.class_weights) or None
+    if class_weights and (not class_labels or len(class_weights) != len(class_labels)):
+        raise AAMError(f"--class-weights needs one weight per class ({len(class_labels or [])} classes)")
+    lo, lt = req.loss, req.target_loss
+    return MultiTaskLoss(LossConfig(
+        unifrac_weight=lo.penalty if dm is not None and not frozen else 0.0,
+        unifrac_transform=lo.unifrac_transform, unifrac_scale=lo.unifrac_scale,
+        nuc_weight=0.0 if frozen else lo.nuc_penalty, count_weight=lt.count_penalty,
+        count_target=req.head.count_target, target_weight=lt.target_penalty, loss_type=lt.loss_type,
+        quantiles=mcfg.quantiles, over_penalty=lt.over_penalty, under_penalty=lt.under_penalty,
+        class_weights=class_weights, classifier=bool(class_labels), kernels=req.hardware.kernels),
+        pairwise_fn=pairwise_hook(world, dm))
+
+
+def _check_best_metric(best: str, classifier: bool, cols: list[str]) -> None:
+    if best in ("accuracy", "f1") and not classifier or best in ("r2", "mae") and classifier:
+        raise AAMError(f"--best-metric {best} does not apply to {'classification' if classifier else 'regression'}")
+    if best == "mae" and len(cols) > 1:
+        raise AAMError(f"--best-metric mae mixes the units of {', '.join(cols)}; use r2 (their mean R2) or val_loss")
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run_train(req: TrainRequest) -> dict[str, Any]:
+    resume = load_resume(req.training.resume, "train")
+    dist_opts = distances.resolve(distances.from_resume(req.distances, resume), req.preprocess.asv_sampling,
+                                  required=False)
+    req = dataclasses.replace(req, distances=dist_opts)
+    use_dm = dist_opts.given and req.loss.penalty > 0
+    run = start_run(req, req.hardware, req.training.seed)
+    check_batch_size(req.training.batch_size, pairwise=use_dm)
+    encoder_path = req.head.pretrained_encoder
+    pretrained = ckpt.load_checkpoint(encoder_path, "pretrain") if encoder_path and not resume else None
+    pre = _preprocessing(req, resume, pretrained)
+    cols = target_columns(req.labels, req.target_loss.loss_type)
+    col = ",".join(cols)
+    if resume and pre.target_column and pre.target_column != col:
+        raise AAMError(f"--resume {req.training.resume}: that run predicts --metadata-column {pre.target_column}, "
+                       f"not {col}; resume with the same columns (or start a new run)")
+    data = _labelled(req, pre, cols)
+    targets = _fit_targets(req, pre, data, cols)
+    cat_codes = _category_codes(req, pre, data)
+    write_split(run.out, data.train_ids, data.val_ids)
+
+    def dataset(sample_ids: list[str]) -> SampleDataset:
+        y = np.asarray([targets.y_of[s] for s in sample_ids])
+        c = np.stack([cat_codes[s] for s in sample_ids]) if cat_codes is not None else None
+        return make_dataset(data.prepared, sample_ids, pre, y, c)
+
+    train_set, val_set = dataset(data.train_ids), dataset(data.val_ids)
+    report_token_limit(train_set, pre.token_limit)
+    mcfg = _predictor_config(req, pre, resume, pretrained, len(cols), targets.class_labels)
+    model = build_model(mcfg)
+    if pretrained:
+        model.base_model.load_state_dict(ckpt.strip_prefixes(pretrained["model_state"]))
+        log.info("loaded pretrained encoder %s", encoder_path)
+    frozen = req.head.freeze_base and (pretrained is not None or resume is not None)
+    if req.head.freeze_base and not frozen:
+        raise AAMError("--freeze-base needs --pretrained-encoder (there is nothing pretrained to freeze)")
+    if frozen:
+        model.freeze_base()
+    log.info("SequencePredictor: %d parameters (%d trainable); %d train / %d val samples", count_parameters(model),
+             count_parameters(model, trainable_only=True), len(data.train_ids), len(data.val_ids))
+    dm = distances.load(dist_opts, req.input.table, req.hardware.num_workers, data.ids, data.prepared, pre) \
+        if use_dm else None
+    loss = _loss(req, mcfg, dm, frozen, targets.class_labels, run.world)
+    best = req.training.best_metric
+    _check_best_metric(best, req.labels.classifier, cols)
+    info = {"kind": "train", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
+    trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
+                      train_config(req.training, req.loss, req.hardware, best, base_lr_scale(req.head, resume)),
+                      run.device, run.out, info, task="classification" if targets.class_labels else "regression",
+                      denormalize=targets.denormalize, class_labels=targets.class_labels,
+                      target_names=cols if len(cols) > 1 else None)
+    if req.training.resume:
+        trainer.resume(req.training.resume)
+    history = trainer.fit()
+    trainer.close()
+    finish_distributed()
+    keys = ["val_loss", "val_accuracy", "val_f1"] if targets.class_labels else \
+        ["val_loss", "val_mae", "val_rmse", "val_r2"]
+    return report(trainer, history, keys)

@@ -34,6 +34,15 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
        help="checkpoints/best.pt of `aam pretrain`; its architecture and max_bp/token_limit are used.")
 @O.opt("Model", "--freeze-base/--no-freeze-base", default=D.head.freeze_base,
        help="Train only the heads on a pretrained encoder.")
+@O.opt("Model", "--freeze-asv-encoder/--no-freeze-asv-encoder", default=D.head.freeze_asv_encoder,
+       help="Keep the pretrained nucleotide-level ASV encoder fixed (the sample encoder and heads still train): "
+            "each ASV is then encoded once per run instead of once per batch.")
+@O.opt("Model", "--asv-identity/--no-asv-identity", default=D.head.asv_identity,
+       help="Add a learned vector per ASV of the training split to its sequence embedding (ASVs never seen in "
+            "training keep the sequence embedding alone).")
+@O.opt("Model", "--asv-identity-dropout", type=float, default=D.head.asv_identity_dropout,
+       help="Fraction of a batch's ASVs whose identity vector is dropped in training (keeps the sequence path "
+            "useful for unseen ASVs).")
 @O.opt("Model", "--classifier", is_flag=True, default=default_of(LabelOptions, "classifier"),
        help="Classify the column's values (read as class labels) instead of regressing.")
 @O.apply(O.model_options(D.model))

@@ -40,6 +40,7 @@ class SampleDataset(torch.utils.data.Dataset):
     targets: optional [n_samples] float (regression, already transformed; [n_samples, T] for T outputs) or
         integer (class index) array.
     categorical: optional [n_samples, C] integer codes (0 = unknown).
+    asv_ids: optional [n_features] identity index of each feature (0 = none); batches then carry `asv_ids`.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class SampleDataset(torch.utils.data.Dataset):
         seed: int = 0,
         targets: np.ndarray | None = None,
         categorical: np.ndarray | None = None,
+        asv_ids: np.ndarray | None = None,
     ) -> None:
         if asv_selection not in SELECTION_MODES:
             raise AAMError(f"asv_selection must be one of {', '.join(SELECTION_MODES)} (got {asv_selection!r})")
@@ -107,6 +109,9 @@ class SampleDataset(torch.utils.data.Dataset):
         self.categorical = None if categorical is None else np.asarray(categorical, dtype=np.int64)
         if self.categorical is not None and self.categorical.shape[0] != n_samples:
             raise AAMError(f"categorical has {self.categorical.shape[0]} rows for {n_samples} samples")
+        self.asv_ids = None if asv_ids is None else np.asarray(asv_ids, dtype=np.int64)
+        if self.asv_ids is not None and self.asv_ids.shape != (n_features,):
+            raise AAMError(f"asv_ids has shape {self.asv_ids.shape} for {n_features} features")
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -167,6 +172,8 @@ class SampleDataset(torch.utils.data.Dataset):
             item["y"] = self.targets[i]
         if self.categorical is not None:
             item["categorical"] = self.categorical[i]
+        if self.asv_ids is not None:
+            item["asv_ids"] = self.asv_ids[features]
         return item
 
     def collate_fn(self, distances: DistanceSource | None = None) -> partial:
@@ -193,7 +200,10 @@ def collate(items: Sequence[dict[str, Any]], distances: DistanceSource | None = 
         "offsets": torch.from_numpy(offsets),
         "counts": torch.from_numpy(np.concatenate([it["counts"] for it in items]).astype(np.float32)),
         "sample_ids": [it["sample_id"] for it in items],
+        "asv_rows": torch.from_numpy(uniq.astype(np.int64)),
     }
+    if "asv_ids" in items[0]:
+        batch["asv_ids"] = torch.from_numpy(np.concatenate([it["asv_ids"] for it in items])[first])
     if distances is not None:
         batch["unifrac_target"] = torch.from_numpy(
             np.ascontiguousarray(distances.pairs(batch["sample_ids"]), dtype=np.float32)

@@ -38,6 +38,8 @@ class Preprocessing:
     target_transform: dict[str, Any] | None = None
     label_encoder: dict[str, Any] | None = None
     category_encoder: dict[str, Any] | None = None
+    # Sequences of the ASVs the model has an identity embedding for (row k + 1; 0 = unknown), or None.
+    asv_vocabulary: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class PreparedTable:
     tokens: np.ndarray  # [n_features, max_bp + 1] uint8, rows in table order
     dropped: dict[str, str] = field(default_factory=dict)  # sample ID -> reason
     depth: int = 0
+    sequences: list[str] = field(default_factory=list)  # the feature's sequence, rows in table order
 
 
 def _sequences_for(table: biom.Table, table_path: str | Path, sequences_path: str | Path | None,
@@ -118,16 +121,35 @@ def prepare_table(table_path: str | Path, sequences_path: str | Path | None, dep
         table, info = biom_io.rarefy(table, depth, seed, table_path)
         dropped.update({s: f"fewer than {depth} reads (rarefaction depth)" for s in info.dropped_ids})
     feature_ids = [str(f) for f in table.ids(axis="observation")]
-    tokens, _, report = tokenizer.tokenize([seq_of[f] for f in feature_ids], max_bp, ids=feature_ids)
+    feature_seqs = [seq_of[f] for f in feature_ids]
+    tokens, _, report = tokenizer.tokenize(feature_seqs, max_bp, ids=feature_ids)
     report.log()
-    return PreparedTable(table, tokens, dropped, depth)
+    return PreparedTable(table, tokens, dropped, depth, feature_seqs)
 
 
 def make_dataset(prepared: PreparedTable, sample_ids: list[str], pre: Preprocessing,
                  targets: np.ndarray | None = None, categorical: np.ndarray | None = None) -> SampleDataset:
     """SampleDataset over `sample_ids` (in that order) of a prepared table; the token rows stay aligned."""
     table = prepared.table.filter(sample_ids, axis="sample", inplace=False)
-    return SampleDataset(table, prepared.tokens, pre.token_limit, pre.asv_sampling, pre.seed, targets, categorical)
+    asv_ids = vocabulary_ids(pre.asv_vocabulary, prepared.sequences) if pre.asv_vocabulary is not None else None
+    return SampleDataset(table, prepared.tokens, pre.token_limit, pre.asv_sampling, pre.seed, targets, categorical,
+                         asv_ids)
+
+
+def asv_vocabulary(prepared: PreparedTable, sample_ids: list[str]) -> list[str]:
+    """Sequences of the ASVs that occur in `sample_ids` (the training samples), sorted: the ASVs that get an
+    identity embedding."""
+    table = prepared.table.filter(sample_ids, axis="sample", inplace=False)
+    present = np.asarray(table.matrix_data.sum(axis=1)).ravel() > 0
+    order = {f: i for i, f in enumerate(str(x) for x in prepared.table.ids(axis="observation"))}
+    rows = [order[str(f)] for f, p in zip(table.ids(axis="observation"), present, strict=True) if p]
+    return sorted({prepared.sequences[r] for r in rows})
+
+
+def vocabulary_ids(vocabulary: list[str], sequences: list[str]) -> np.ndarray:
+    """Identity index of each sequence: k + 1 for vocabulary[k], 0 for a sequence outside the vocabulary."""
+    index = {s: k + 1 for k, s in enumerate(vocabulary)}
+    return np.fromiter((index.get(s, 0) for s in sequences), dtype=np.int64, count=len(sequences))
 
 
 def report_token_limit(dataset: SampleDataset, token_limit: int) -> None:

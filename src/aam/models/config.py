@@ -63,6 +63,11 @@ class ModelConfig:
     # Additive per-ASV readout added to the target head's output: each ASV slot's embedding -> a score,
     # averaged over the sample's ASVs ("presence": equal weights; "abundance": relative-abundance weights).
     asv_readout: str = "none"
+    # ASV identity: a learned vector per ASV of the training vocabulary (Preprocessing.asv_vocabulary), added
+    # to the sequence embedding of that ASV; 0 = off. Identity dropout zeroes it for a random fraction of a
+    # batch's ASVs in training, so the sequence path keeps working for ASVs outside the vocabulary.
+    asv_vocab_size: int = 0
+    asv_identity_dropout: float = 0.0
     categorical_cardinalities: list[int] = field(default_factory=list)
     categorical_embed_dim: int = 16
     categorical_fusion: str = "concat"
@@ -89,6 +94,8 @@ class ModelConfig:
             (0 <= self.kmer_size <= 8, "kmer_size must be between 0 (off) and 8"),
             (self.n_classes != 1, "a classifier needs at least 2 classes"),
             (self.out_dim >= 1, "out_dim must be >= 1"),
+            (self.asv_vocab_size >= 0, "asv_vocab_size must be >= 0"),
+            (0.0 <= self.asv_identity_dropout < 1.0, "--asv-identity-dropout must be in [0, 1)"),
         ]
         for heads in (self.asv_heads, self.sample_heads, self.encoder_heads, self.count_heads, self.target_heads):
             checks.append((heads > 0 and d % heads == 0,

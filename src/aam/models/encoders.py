@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +47,24 @@ class ASVEncoder(nn.Module):
         if self.kmer:
             pooled = pooled + self.kmer_embedding(kmer_ids(tokens, self.kmer))
         return pooled, logits
+
+
+@torch.no_grad()
+def encode_token_table(encoder: ASVEncoder, token_table: np.ndarray | torch.Tensor, device: torch.device,
+                       chunk: int = 1024) -> torch.Tensor:
+    """Embeddings [n, D] of every row of a token table (uint8 [n, max_bp + 1], PAD 0), in eval mode and in
+    chunks: the cache of a frozen ASV encoder (each ASV encoded once per run instead of once per batch)."""
+    was_training = encoder.training
+    encoder.eval()
+    rows = torch.as_tensor(np.asarray(token_table), dtype=torch.long)
+    out = []
+    for lo in range(0, rows.shape[0], chunk):
+        part = rows[lo:lo + chunk]
+        width = int((part != PAD).sum(1).max()) if part.numel() else 1
+        out.append(encoder(part[:, :max(width, 1)].to(device), with_logits=False)[0].float())
+    encoder.train(was_training)
+    d = encoder.token_embedding.embedding_dim
+    return torch.cat(out) if out else torch.zeros(0, d, device=device)
 
 
 def kmer_ids(tokens: torch.Tensor, k: int) -> torch.Tensor:
@@ -96,8 +115,11 @@ class SampleEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None, nuc_tokens: torch.Tensor | None = None,
-                layout: Layout | None = None) -> dict[str, torch.Tensor | None]:
-        asv_emb, _ = self.asv_encoder(tokens, with_logits=False)
+                layout: Layout | None = None, asv_embeddings: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor | None]:
+        """`asv_embeddings` [U, D], when given, replaces the ASV encoder's output for the rows of `tokens`
+        (embeddings cached from a frozen ASV encoder, or with an identity vector added)."""
+        asv_emb = asv_embeddings if asv_embeddings is not None else self.asv_encoder(tokens, with_logits=False)[0]
         nuc_logits = self.asv_encoder(nuc_tokens)[1] if nuc_tokens is not None else None
         x, valid = pad_entries(asv_emb[asv_index], offsets, layout)
         if counts is None:

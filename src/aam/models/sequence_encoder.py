@@ -31,10 +31,15 @@ class SequenceEncoder(nn.Module):
         # the running mean of the per-batch optimum (set by MultiTaskLoss in training; see `unifrac_offset`).
         self.register_buffer("distance_offset", torch.zeros(()))
 
+    @property
+    def asv_encoder(self) -> nn.Module:
+        return self.sample_encoder.asv_encoder
+
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,
-                layout: tuple | None = None, **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens, layout)
+                layout: tuple | None = None, asv_embeddings: torch.Tensor | None = None,
+                **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens, layout, asv_embeddings)
         valid = out["valid"]
         x = self.encoder(out["sample_embeddings"], ~valid) * valid.unsqueeze(-1).to(out["sample_embeddings"].dtype)
         out["sample_embeddings"] = x

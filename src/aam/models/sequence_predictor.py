@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aam.models.config import ModelConfig
@@ -25,6 +26,24 @@ class CategoricalEmbedder(nn.Module):
             col = codes[:, i].clamp(0, emb.num_embeddings - 1)  # codes unseen at training time -> clamp
             parts.append(emb(col))
         return self.drop(torch.cat(parts, dim=-1))
+
+
+class ASVIdentity(nn.Module):
+    """A learned vector per vocabulary ASV (ids 1..V; 0 = outside the vocabulary -> zero vector), zero at the
+    start so a pretrained encoder begins unchanged. Weight decay applies (it is a [V+1, D] weight, not an
+    nn.Embedding). In training, `dropout` zeroes the vectors of a random fraction of the batch's ASVs."""
+
+    def __init__(self, vocab_size: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(vocab_size + 1, dim))
+        self.dropout = dropout
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = F.embedding(ids, self.weight, padding_idx=0)
+        if self.training and self.dropout > 0:
+            keep = torch.rand(ids.shape, device=ids.device) >= self.dropout
+            out = out * keep.unsqueeze(-1).to(out.dtype)
+        return out
 
 
 class SequencePredictor(nn.Module):
@@ -60,6 +79,8 @@ class SequencePredictor(nn.Module):
             self.asv_score = nn.Linear(d, self.output_width)
             nn.init.zeros_(self.asv_score.weight)
             nn.init.zeros_(self.asv_score.bias)
+        if config.asv_vocab_size:
+            self.asv_identity = ASVIdentity(config.asv_vocab_size, d, config.asv_identity_dropout)
         width = 2 * d if config.target_input == "both" else d
         self.target_head = nn.Linear(width, self.output_width)
         nn.init.xavier_uniform_(self.target_head.weight)
@@ -72,16 +93,35 @@ class SequencePredictor(nn.Module):
             return c.n_classes
         return c.out_dim * max(len(c.quantiles), 1)
 
+    @property
+    def asv_encoder(self) -> nn.Module:
+        return self.base_model.asv_encoder
+
     def freeze_base(self) -> None:
         """Stop gradients into the pretrained encoder (its dropout stays active only if train() is called)."""
         for p in self.base_model.parameters():
             p.requires_grad_(False)
 
+    def freeze_asv_encoder(self) -> None:
+        """Stop gradients into the nucleotide-level ASV encoder only (the sample encoder still trains); the
+        trainer then encodes each ASV once per run (a cache) instead of once per batch."""
+        for p in self.asv_encoder.parameters():
+            p.requires_grad_(False)
+
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, categorical: torch.Tensor | None = None,
                 nuc_tokens: torch.Tensor | None = None, layout: tuple | None = None,
+                asv_ids: torch.Tensor | None = None, asv_embeddings: torch.Tensor | None = None,
                 **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens, layout)
+        """`asv_ids` [U]: identity index of each row of `tokens` (needed with an ASV vocabulary);
+        `asv_embeddings` [U, D]: the ASV encoder's output for those rows, when cached."""
+        if self.config.asv_vocab_size:
+            if asv_ids is None:
+                raise ValueError("this model has ASV identity embeddings: the batch must carry asv_ids")
+            if asv_embeddings is None:
+                asv_embeddings = self.asv_encoder(tokens, with_logits=False)[0]
+            asv_embeddings = asv_embeddings + self.asv_identity(asv_ids).to(asv_embeddings.dtype)
+        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens, layout, asv_embeddings)
         x, valid = out["sample_embeddings"], out["valid"]
         keep = valid.unsqueeze(-1).to(x.dtype)
         if self.config.count_prediction:

@@ -12,7 +12,7 @@ TASKS = ("pretrain", "regression", "classification")
 BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
 PRECISIONS = ("none", "bf16", "fp16")
 TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",
-               "entry_pos")
+               "entry_pos", "asv_rows", "asv_ids")
 
 
 @dataclass

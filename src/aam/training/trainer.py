@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aam.errors import AAMError
+from aam.models.encoders import encode_token_table
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
@@ -100,6 +101,12 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
+        # A frozen ASV encoder gives the same embedding to an ASV in every batch: encode each once per run.
+        asv_encoder = getattr(self.model, "asv_encoder", None)
+        self.cache_asv = asv_encoder is not None and not any(p.requires_grad for p in asv_encoder.parameters())
+        self._asv_caches: dict[int, torch.Tensor] = {}
+        self._asv_cache: torch.Tensor | None = None
+
         self.epoch = 0
         self.batch_in_epoch = 0
         self.global_step = 0
@@ -158,9 +165,20 @@ class Trainer:
                 self.compiled_model = None
         return self._forward(self.ddp_model, batch)
 
+    def _use_asv_cache(self, dataset: Dataset) -> None:
+        """Point the forward at the cached ASV embeddings of `dataset`'s token table (built on first use), when
+        the ASV encoder is frozen."""
+        if not self.cache_asv:
+            return
+        table = dataset.token_table
+        if id(table) not in self._asv_caches:
+            self._asv_caches[id(table)] = encode_token_table(self.model.asv_encoder, table, self.device)
+            log.info("ASV encoder frozen: %d ASV sequences encoded once for the run", len(table))
+        self._asv_cache = self._asv_caches[id(table)]
+
     def _uses_nucleotides(self) -> bool:
         return bool(self.model.config.predict_nucleotides and self.loss_fn.config.nuc_weight
-                    and self.config.nuc_mask_ratio > 0)
+                    and self.config.nuc_mask_ratio > 0 and not self.cache_asv)
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None,
                  evaluate: bool = False):
@@ -180,9 +198,10 @@ class Trainer:
             batch["tokens_original"], batch["nuc_mask"] = rows, mask
         with self._autocast():
             layout = (batch["entry_sample"], batch["entry_pos"], batch["max_slots"]) if "entry_sample" in batch else None
+            cached = self._asv_cache[batch["asv_rows"]] if self._asv_cache is not None else None
             outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
                             counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens,
-                            layout=layout)
+                            layout=layout, asv_ids=batch.get("asv_ids"), asv_embeddings=cached)
             terms = self.loss_fn(outputs, batch)
         return outputs, terms
 
@@ -298,6 +317,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[dict[str, float], bool]:
         cfg = self.config
         self.ddp_model.train()
+        self._use_asv_cache(self.train_set)
         self.train_sampler.epoch = self.epoch
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)  # reseeds random ASV selection
@@ -442,6 +462,7 @@ class Trainer:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         loader = self._loader(self.val_set, EpochSampler(len(self.val_set), False, 0), drop_last=False)
+        self._use_asv_cache(self.val_set)
         res = self.predict_loader(loader)
         row = {f"val_{k}": v for k, v in self._reduce(res["sums"], res["n"], across_ranks=False).items()}
         if "pair_pred" in res:

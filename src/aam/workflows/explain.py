@@ -26,7 +26,14 @@ from aam.errors import InputError
 from aam.training import plots
 from aam.training.losses import point_prediction
 from aam.utils.io import write_tsv
-from aam.workflows.inference import categorical_codes, load_model, model_inputs, prepare, report_skipped
+from aam.workflows.inference import (
+    asv_embeddings,
+    categorical_codes,
+    load_model,
+    model_inputs,
+    prepare,
+    report_skipped,
+)
 from aam.workflows.requests import ExplainRequest
 
 log = logging.getLogger("aam")
@@ -37,19 +44,21 @@ TOP_PLOTTED = 20
 def without(item: dict[str, Any], k: int) -> dict[str, Any]:
     """A dataset item with its k-th ASV (and that ASV's reads) removed."""
     out = dict(item)
-    for key in ("features", "counts", "tokens", "lengths"):
-        out[key] = np.delete(item[key], k, axis=0)
+    for key in ("features", "counts", "tokens", "lengths", "asv_ids"):
+        if key in item:
+            out[key] = np.delete(item[key], k, axis=0)
     return out
 
 
 def occlusion(model: torch.nn.Module, item: dict[str, Any], device: torch.device, chunk: int,
-              score: Any) -> tuple[float, np.ndarray]:
-    """(score of the whole sample, score of the sample without ASV k for every k), `chunk` variants per forward."""
+              score: Any, cache: torch.Tensor | None = None) -> tuple[float, np.ndarray]:
+    """(score of the whole sample, score of the sample without ASV k for every k), `chunk` variants per forward;
+    `cache`: the ASV embeddings of the item's table (inference.asv_embeddings)."""
     variants = [item] + [without(item, k) for k in range(len(item["features"]))]
     scores = []
     with torch.no_grad():
         for lo in range(0, len(variants), chunk):
-            out = model(**model_inputs(collate(variants[lo:lo + chunk]), device))["target"]
+            out = model(**model_inputs(collate(variants[lo:lo + chunk]), device, cache))["target"]
             scores.append(score(out.float().cpu()))
     s = np.concatenate(scores)
     return float(s[0]), s[1:]
@@ -103,6 +112,7 @@ def run_explain(req: ExplainRequest) -> dict[str, Any]:
             return np.asarray(values if column is None else values[:, column])
     log.info("explaining %d samples by occlusion: attribution = %s with the ASV - %s without it", len(ids), unit,
              unit)
+    cache = asv_embeddings(model, prepared, device)
     dataset = make_dataset(prepared, ids, pre, None, cat)
     rows: list[list[str]] = []
     per_feature: dict[str, list[float]] = {}
@@ -110,7 +120,7 @@ def run_explain(req: ExplainRequest) -> dict[str, Any]:
                disable=os.environ.get("AAM_NO_PROGRESS") is not None)
     for i in bar:
         item = dataset[i]
-        full, dropped = occlusion(model, item, device, req.run.batch_size, score)
+        full, dropped = occlusion(model, item, device, req.run.batch_size, score, cache)
         for k, f in enumerate(item["features"]):
             fid = dataset.feature_ids[int(f)]
             attribution = full - float(dropped[k])

@@ -18,6 +18,7 @@ from aam.data.dataset import collate
 from aam.data.prepare import PreparedTable, Preprocessing, make_dataset, prepare_table
 from aam.errors import AAMError, InputError
 from aam.models import ModelConfig, build_model
+from aam.models.encoders import encode_token_table
 from aam.training import checkpoint as ckpt
 from aam.training import plots
 from aam.training.losses import embedding_distances, point_prediction
@@ -65,11 +66,19 @@ def _batches(run: InferenceOptions, prepared: PreparedTable, pre: Preprocessing,
                     disable=os.environ.get("AAM_NO_PROGRESS") is not None)
 
 
-def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor | None]:
-    c = batch.get("categorical")
+def asv_embeddings(model: torch.nn.Module, prepared: PreparedTable, device: torch.device) -> torch.Tensor:
+    """The ASV encoder's embedding of every feature of the prepared table, computed once (each ASV is then
+    encoded once per command, not once per batch it appears in)."""
+    return encode_token_table(model.asv_encoder, prepared.tokens, device)
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device,
+                 cache: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    """The model's keyword arguments for a batch; `cache` holds the ASV embeddings of the batch's table."""
+    optional = {k: batch[k].to(device) if k in batch else None for k in ("categorical", "asv_ids")}
     return {"tokens": batch["tokens"].to(device), "asv_index": batch["asv_index"].to(device),
-            "offsets": batch["offsets"].to(device), "counts": batch["counts"].to(device),
-            "categorical": c.to(device) if c is not None else None}
+            "offsets": batch["offsets"].to(device), "counts": batch["counts"].to(device), **optional,
+            "asv_embeddings": cache[batch["asv_rows"].to(device)] if cache is not None else None}
 
 
 def report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
@@ -110,8 +119,9 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
     if ids:
         preds, out_ids = [], []
         with torch.no_grad():
+            cache = asv_embeddings(model, prepared, device)
             for batch in _batches(req.run, prepared, pre, ids, cat, "predict"):
-                preds.append(model(**model_inputs(batch, device))["target"].float().cpu())
+                preds.append(model(**model_inputs(batch, device, cache))["target"].float().cpu())
                 out_ids.extend(batch["sample_ids"])
         pred = torch.cat(preds)
         if mcfg.is_classifier:
@@ -212,8 +222,9 @@ def run_embed(req: EmbedRequest) -> dict[str, Any]:
         raise InputError(f"{req.source.table}: {len(ids)} sample(s) left after preprocessing; distances need two or more")
     embs, out_ids = [], []
     with torch.no_grad():
+        cache = asv_embeddings(encoder, prepared, device)
         for batch in _batches(req.run, prepared, pre, ids, None, "embed"):
-            embs.append(encoder(**model_inputs(batch, device))["embeddings"].float().cpu())
+            embs.append(encoder(**model_inputs(batch, device, cache))["embeddings"].float().cpu())
             out_ids.extend(batch["sample_ids"])
     emb = torch.cat(embs) if embs else torch.zeros(0, mcfg.embedding_dim)
     output = Path(req.output)

@@ -158,6 +158,9 @@ class HeadOptions:
 
     pretrained_encoder: str | None = None
     freeze_base: bool = False
+    freeze_asv_encoder: bool = False
+    asv_identity: bool = _MODEL.asv_vocab_size > 0
+    asv_identity_dropout: float = _MODEL.asv_identity_dropout
     base_lr_scale: float | None = None  # None: PRETRAINED_BASE_LR_SCALE with --pretrained-encoder, else 1
     target_input: str = _MODEL.target_input
     asv_readout: str = _MODEL.asv_readout

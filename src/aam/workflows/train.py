@@ -18,7 +18,14 @@ import numpy as np
 from aam.data import metadata as meta
 from aam.data import targets as tgt
 from aam.data.dataset import SampleDataset, collate
-from aam.data.prepare import PreparedTable, Preprocessing, make_dataset, prepare_table, report_token_limit
+from aam.data.prepare import (
+    PreparedTable,
+    Preprocessing,
+    asv_vocabulary,
+    make_dataset,
+    prepare_table,
+    report_token_limit,
+)
 from aam.data.split import split_samples
 from aam.errors import AAMError, InputError
 from aam.models import ModelConfig, build_model, count_parameters
@@ -215,6 +222,7 @@ def _predictor_config(req: TrainRequest, pre: Preprocessing, resume: dict[str, A
         n_classes=len(class_labels) if class_labels else 0, quantiles=quantiles,
         count_prediction=head.count_prediction, count_target=head.count_target, count_heads=heads, count_layers=1,
         target_heads=heads, target_layers=layers, target_input=head.target_input, asv_readout=head.asv_readout,
+        asv_vocab_size=len(pre.asv_vocabulary or []), asv_identity_dropout=head.asv_identity_dropout,
         categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
         if pre.category_encoder else [],
         categorical_embed_dim=head.categorical_embed_dim, categorical_fusion=head.categorical_fusion)
@@ -233,7 +241,7 @@ def base_lr_scale(head: HeadOptions, resume: dict[str, Any] | None = None) -> fl
 
 
 def _loss(req: TrainRequest, mcfg: ModelConfig, dm: Any, frozen: bool, class_labels: list[str] | None,
-          world: int) -> MultiTaskLoss:
+          world: int, nucleotides: bool) -> MultiTaskLoss:
     class_weights = parse_floats(req.target_loss.class_weights) or None
     if class_weights and (not class_labels or len(class_weights) != len(class_labels)):
         raise AAMError(f"--class-weights needs one weight per class ({len(class_labels or [])} classes)")
@@ -241,7 +249,7 @@ def _loss(req: TrainRequest, mcfg: ModelConfig, dm: Any, frozen: bool, class_lab
     return MultiTaskLoss(LossConfig(
         unifrac_weight=lo.penalty if dm is not None and not frozen else 0.0,
         unifrac_transform=lo.unifrac_transform, unifrac_scale=lo.unifrac_scale,
-        nuc_weight=0.0 if frozen else lo.nuc_penalty, count_weight=lt.count_penalty,
+        nuc_weight=lo.nuc_penalty if nucleotides else 0.0, count_weight=lt.count_penalty,
         count_target=req.head.count_target, target_weight=lt.target_penalty, loss_type=lt.loss_type,
         quantiles=mcfg.quantiles, over_penalty=lt.over_penalty, under_penalty=lt.under_penalty,
         class_weights=class_weights, classifier=bool(class_labels), kernels=req.hardware.kernels),
@@ -273,6 +281,9 @@ def run_train(req: TrainRequest) -> dict[str, Any]:
         raise AAMError(f"--resume {req.training.resume}: that run predicts --metadata-column {pre.target_column}, "
                        f"not {col}; resume with the same columns (or start a new run)")
     data = _labelled(req, pre, cols)
+    if req.head.asv_identity and not resume:
+        pre.asv_vocabulary = asv_vocabulary(data.prepared, data.train_ids)
+        log.info("ASV identity embeddings for the %d ASVs of the training split", len(pre.asv_vocabulary))
     targets = _fit_targets(req, pre, data, cols)
     cat_codes = _category_codes(req, pre, data)
     write_split(run.out, data.train_ids, data.val_ids)
@@ -289,16 +300,21 @@ def run_train(req: TrainRequest) -> dict[str, Any]:
     if pretrained:
         model.base_model.load_state_dict(ckpt.strip_prefixes(pretrained["model_state"]))
         log.info("loaded pretrained encoder %s", encoder_path)
-    frozen = req.head.freeze_base and (pretrained is not None or resume is not None)
-    if req.head.freeze_base and not frozen:
-        raise AAMError("--freeze-base needs --pretrained-encoder (there is nothing pretrained to freeze)")
+    has_encoder = pretrained is not None or resume is not None
+    for flag, given in (("--freeze-base", req.head.freeze_base), ("--freeze-asv-encoder", req.head.freeze_asv_encoder)):
+        if given and not has_encoder:
+            raise AAMError(f"{flag} needs --pretrained-encoder (there is nothing pretrained to freeze)")
+    frozen = req.head.freeze_base
     if frozen:
         model.freeze_base()
+    elif req.head.freeze_asv_encoder:
+        model.freeze_asv_encoder()
     log.info("SequencePredictor: %d parameters (%d trainable); %d train / %d val samples", count_parameters(model),
              count_parameters(model, trainable_only=True), len(data.train_ids), len(data.val_ids))
     dm = distances.load(dist_opts, req.input.table, req.hardware.num_workers, data.ids, data.prepared, pre) \
         if use_dm else None
-    loss = _loss(req, mcfg, dm, frozen, targets.class_labels, run.world)
+    loss = _loss(req, mcfg, dm, frozen, targets.class_labels, run.world,
+                 nucleotides=not (frozen or req.head.freeze_asv_encoder))
     best = req.training.best_metric
     _check_best_metric(best, req.labels.classifier, cols)
     info = {"kind": "train", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}

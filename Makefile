@@ -38,14 +38,13 @@ lint: venv
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-json=benchmarks/results/cpu-latest.json -q
 
-# Developer build: compiles the modules into src/aam and links kernels/ so `PYTHONPATH=src` works.
+# Developer build: compiles the modules into src/aam, so `PYTHONPATH=src` works (aam.native finds kernels/).
 dev: venv
 	$(PIP) install -q scikit-build-core pybind11
 	cmake -S . -B build/dev -G Ninja -DAAM_INPLACE=ON -DAAM_BACKEND=$${AAM_BACKEND:-cpu} \
 		-DAAM_BUILD_EMULATOR=$${AAM_BUILD_EMULATOR:-ON} \
 		-DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
 	cmake --build build/dev -j2
-	ln -sfn ../../kernels src/aam/kernels
 
 clean:
-	rm -rf build dist $(VENV) src/aam/*.so src/aam/kernels
+	rm -rf build dist $(VENV) src/aam/*.so

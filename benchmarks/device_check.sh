@@ -27,7 +27,6 @@ cmake -S . -B build/device -G Ninja -DAAM_INPLACE=ON -DAAM_BACKEND=$backend \
   -DPython_EXECUTABLE="$(command -v $py)" -Dpybind11_DIR="$($py -m pybind11 --cmakedir)" > "$out/build.log" 2>&1 \
   && cmake --build build/device -j"$(nproc)" >> "$out/build.log" 2>&1
 build_rc=$?
-ln -sfn ../../kernels src/aam/kernels
 echo "build ($backend $archs): rc=$build_rc in $(( $(date +%s) - t0 ))s"
 tail -5 "$out/build.log"
 

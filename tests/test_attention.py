@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
+from aam import native
 from aam.errors import BackendUnavailable
-from aam.ops import _ext
 from aam.ops import attention as A
 from aam.ops.attention import masked_attention, masked_attention_varlen
 from attention_parity import assert_parity, make_case, poison_outputs
 
-HAVE_CPU_KERNEL = _ext.cpu_module() is not None and hasattr(_ext.cpu_module(), "attention_forward")
+HAVE_CPU_KERNEL = native.cpu_module() is not None and hasattr(native.cpu_module(), "attention_forward")
 needs_cpu_kernel = pytest.mark.skipif(not HAVE_CPU_KERNEL, reason="aam._C with attention not built (make dev)")
 CPU_BACKENDS = [pytest.param("custom", marks=needs_cpu_kernel), "sdpa", "math"]
 SHAPES = [(1, 1), (3, 1), (3, 7), (3, 149), (3, 150), (3, 151), (1, 151), (127, 7), (127, 150)]

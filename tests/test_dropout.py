@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aam import native
 from aam.models.transformer import Transformer
-from aam.ops import _ext, dropout, registry
+from aam.ops import dropout, registry
 from aam.ops.dropout import _dropout_cpu, self_check_dropout
 
-needs_kernel = pytest.mark.skipif(_ext.module_with(torch.device("cpu"), "dropout")[1] is not None,
+needs_kernel = pytest.mark.skipif(native.module_with(torch.device("cpu"), "dropout")[1] is not None,
                                   reason="aam._C without the dropout kernel (install with a C++ compiler)")
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from aam.ops import _ext
+from aam import native
 from aam.ops import attention as A
 from aam.ops import pairwise_loss as P
 from aam.ops._parity import assert_parity
@@ -165,8 +165,8 @@ def emu(request, monkeypatch) -> Guarded:
     request.addfinalizer(lambda: mod.emu_set_schedule(CONCURRENT))
     guarded = Guarded(mod)
     guarded.schedule = schedule
-    monkeypatch.setattr(_ext, "gpu_module", lambda: guarded)
-    monkeypatch.setattr(_ext, "stream_handle", lambda device: 0)
+    monkeypatch.setattr(native, "gpu_module", lambda: guarded)
+    monkeypatch.setattr(native, "stream_handle", lambda device: 0)
     # The custom ops' CPU implementations call these by name: CPU tensors now take the GPU path.
     monkeypatch.setattr(A, "_cpu_forward", A._gpu_forward)
     monkeypatch.setattr(A, "_cpu_backward", A._gpu_backward)

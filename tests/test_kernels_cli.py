@@ -7,8 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from aam import native
 from aam.cli.main import cli
-from aam.ops import _ext, diagnostics
+from aam.ops import diagnostics
 
 
 def _rows(rep, op):
@@ -29,7 +30,7 @@ def test_kernels_json_report(tmp_path):
     for name in ("sdpa", "math"):
         assert att[name]["available"] and att[name]["self_check"]["status"] == "PASS"
         assert att[name]["self_check"]["max_err_fwd"] < 1e-4 and not att[name]["self_check"]["nan"]
-    if _ext.cpu_module() is not None:
+    if native.cpu_module() is not None:
         assert att["custom"]["self_check"]["status"] == "PASS"
     assert not att["triton"]["available"] and "TRITON_INTERPRET" in att["triton"]["reason"]
     # every registered op is covered, ops without a self-check report availability only

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import aam.ops
+from aam import native
 from aam.errors import BackendUnavailable, InputError
-from aam.ops import _ext, registry
+from aam.ops import registry
 from aam.ops._parity import assert_parity
 from aam.ops.pairwise_loss import OP, custom_bwd_op, custom_fwd_op, pairwise_loss_math
 
-HAVE_CPU_KERNELS = _ext.cpu_module() is not None and hasattr(_ext.cpu_module(), "pairwise_loss_forward")
+HAVE_CPU_KERNELS = native.cpu_module() is not None and hasattr(native.cpu_module(), "pairwise_loss_forward")
 needs_cpu = pytest.mark.skipif(not HAVE_CPU_KERNELS, reason="aam._C not built (run `make dev`)")
 
 
@@ -245,8 +246,8 @@ def test_custom_under_torch_compile():
 # ---- dispatch and errors -----------------------------------------------------------------------------
 
 def test_custom_unavailable_raises_with_reason(monkeypatch):
-    monkeypatch.setattr(_ext, "cpu_module", lambda: None)
-    monkeypatch.setitem(_ext._errors, "_C", "aam._C not importable (test)")
+    monkeypatch.setattr(native, "cpu_module", lambda: None)
+    monkeypatch.setitem(native._errors, "_C", "aam._C not importable (test)")
     with pytest.raises(BackendUnavailable, match="custom.*aam._C not importable"):
         aam.ops.pairwise_unifrac_loss(torch.randn(3, 2), torch.rand(3, 3), backend="custom")
     # auto falls back to math quietly

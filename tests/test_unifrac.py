@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 import aam.ops.unifrac  # noqa: F401
+from aam import native
 from aam.data.newick import parse_newick, read_tree
 from aam.data.tree_distances import TreeDistances
 from aam.errors import AAMError, InputError
-from aam.ops import _ext, registry
+from aam.ops import registry
 
 U = sys.modules["aam.ops.unifrac"]
-pytestmark = pytest.mark.skipif(_ext.cpu_module() is None, reason="aam._C not built")
+pytestmark = pytest.mark.skipif(native.cpu_module() is None, reason="aam._C not built")
 
 def random_newick(n_tips: int, rng: np.random.Generator, root_length: float | None = None,
                   zero_frac: float = 0.05, polytomy_frac: float = 0.1) -> str:

@@ -25,8 +25,9 @@ import os
 import torch
 import torch.nn.functional as F
 
+from aam import native
 from aam.errors import BackendUnavailable
-from aam.ops import _ext, registry
+from aam.ops import registry
 
 OP = "masked_attention"
 OP_VARLEN = "masked_attention_varlen"
@@ -137,14 +138,14 @@ def _ptr(t: torch.Tensor | None) -> int:
 
 
 def _cpu_forward(q, k, v, lengths, mask, scale):
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     dtype = q.dtype
     qc, kc, vc = _cpu_ready(q), _cpu_ready(k), _cpu_ready(v)
     n, h, lq, d = qc.shape
     out = _empty((n, h, lq, d), qc.dtype)
     lse = _empty((n, h, lq), qc.dtype)
     lens, m = _mask_args(lengths, mask)
-    mod.attention_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
+    mod.attention_forward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
                           lse.data_ptr(), _ptr(lens), _ptr(m), 0 if m is None else m.stride(0), 0, n, h, lq,
                           kc.shape[2], d, _s3(qc), _s3(kc), _s3(vc), _s3(out), [lse.stride(0), lse.stride(1),
                           lse.stride(2)], float(scale))
@@ -152,14 +153,14 @@ def _cpu_forward(q, k, v, lengths, mask, scale):
 
 
 def _cpu_backward(dout, q, k, v, out, lse, lengths, mask, scale):
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     qc, kc, vc, oc, gc = (_cpu_ready(t) for t in (q, k, v, out, dout))
     n, h, lq, d = qc.shape
     dq = _empty(qc.shape, qc.dtype)
     dk = _empty(kc.shape, qc.dtype)
     dv = _empty(vc.shape, qc.dtype)
     lens, m = _mask_args(lengths, mask)
-    mod.attention_backward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
+    mod.attention_backward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
                            gc.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
                            _ptr(lens), _ptr(m), 0 if m is None else m.stride(0), 0, n, h, lq, kc.shape[2], d,
                            _s3(qc), _s3(kc), _s3(vc), _s3(oc), _s3(gc), [lse.stride(0), lse.stride(1),
@@ -179,31 +180,31 @@ def kv_bounds(lengths: torch.Tensor | None, mask: torch.Tensor | None, n: int, l
 
 
 def _gpu_forward(q, k, v, lengths, mask, scale):
-    mod = _ext.gpu_module()
+    mod = native.gpu_module()
     qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
     n, h, seq, d = qc.shape
     out = _empty(qc.shape, qc.dtype, q.device)
     lse = _empty((n, h, seq), torch.float32, q.device)
     bound = kv_bounds(lengths, mask, n, seq, q.device)
     m = None if mask is None else mask.contiguous().view(torch.uint8)
-    mod.attention_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
+    mod.attention_forward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
                           lse.data_ptr(), bound.data_ptr(), _ptr(m), n, h, seq, d, float(scale),
-                          _ext.stream_handle(q.device))
+                          native.stream_handle(q.device))
     return out, lse
 
 
 def _gpu_backward(dout, q, k, v, out, lse, lengths, mask, scale):
-    mod = _ext.gpu_module()
+    mod = native.gpu_module()
     qc, kc, vc, oc, gc = (t.contiguous() for t in (q, k, v, out, dout))
     n, h, seq, d = qc.shape
     dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (qc, kc, vc))
     delta = torch.empty((n, h, seq), dtype=torch.float32, device=q.device)
     bound = kv_bounds(lengths, mask, n, seq, q.device)
     m = None if mask is None else mask.contiguous().view(torch.uint8)
-    mod.attention_backward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
+    mod.attention_backward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
                            gc.data_ptr(), lse.contiguous().data_ptr(), delta.data_ptr(), dq.data_ptr(),
                            dk.data_ptr(), dv.data_ptr(), bound.data_ptr(), _ptr(m), n, h, seq, d, float(scale),
-                           _ext.stream_handle(q.device))
+                           native.stream_handle(q.device))
     return dq, dk, dv
 
 
@@ -271,7 +272,7 @@ def _check_custom(req: registry.Request) -> str | None:
     if req.get("dropout_p", 0.0) > 0.0:
         return "no dropout in the custom kernels (use sdpa or math for attention dropout)"
     dev, dtype = req["device"], req["dtype"]
-    _, reason = _ext.module_with(dev, "attention_forward")
+    _, reason = native.module_with(dev, "attention_forward")
     if reason:
         return reason
     if dev.type == "cpu" and dtype not in (torch.float32, torch.float64, *_HALF):
@@ -290,7 +291,7 @@ def _check_custom(req: registry.Request) -> str | None:
 
 
 def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     qc, kc, vc = _cpu_ready(q), _cpu_ready(k), _cpu_ready(v)
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
@@ -300,14 +301,14 @@ def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
     def s(x):  # (n unused, h, token)
         return [0, x.stride(1), x.stride(0)]
 
-    mod.attention_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
+    mod.attention_forward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
                           lse.data_ptr(), 0, 0, 0, cu.data_ptr(), cu.numel() - 1, h, max_seqlen, max_seqlen, d,
                           s(qc), s(kc), s(vc), s(out), [0, lse.stride(1), lse.stride(0)], float(scale))
     return out.to(q.dtype), lse
 
 
 def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     qc, kc, vc, oc, gc = (_cpu_ready(x) for x in (q, k, v, out, dout))
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
@@ -318,7 +319,7 @@ def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
     def s(x):
         return [0, x.stride(1), x.stride(0)]
 
-    mod.attention_backward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
+    mod.attention_backward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
                            gc.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), 0, 0, 0,
                            cu.data_ptr(), cu.numel() - 1, h, max_seqlen, max_seqlen, d, s(qc), s(kc), s(vc),
                            s(oc), s(gc), [0, lse.stride(1), lse.stride(0)], s(dq), s(dk), s(dv), float(scale))
@@ -326,29 +327,29 @@ def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale)
 
 
 def _gpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
-    mod = _ext.gpu_module()
+    mod = native.gpu_module()
     qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
     t, h, d = qc.shape
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     out = _empty((t, h, d), qc.dtype, q.device)
     lse = _empty((t, h), torch.float32, q.device)
-    mod.attention_varlen_forward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
+    mod.attention_varlen_forward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
                                  lse.data_ptr(), cu.data_ptr(), t, cu.numel() - 1, h, int(max_seqlen), d,
-                                 float(scale), _ext.stream_handle(q.device))
+                                 float(scale), native.stream_handle(q.device))
     return out, lse
 
 
 def _gpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
-    mod = _ext.gpu_module()
+    mod = native.gpu_module()
     qc, kc, vc, oc, gc = (x.contiguous() for x in (q, k, v, out, dout))
     t, h, d = qc.shape
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     dq, dk, dv = (_empty(x.shape, x.dtype, x.device) for x in (qc, kc, vc))
     delta = torch.empty((t, h), dtype=torch.float32, device=q.device)
-    mod.attention_varlen_backward(_ext.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
+    mod.attention_varlen_backward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
                                   gc.data_ptr(), lse.contiguous().data_ptr(), delta.data_ptr(), dq.data_ptr(),
                                   dk.data_ptr(), dv.data_ptr(), cu.data_ptr(), t, cu.numel() - 1, h, int(max_seqlen),
-                                  d, float(scale), _ext.stream_handle(q.device))
+                                  d, float(scale), native.stream_handle(q.device))
     return dq, dk, dv
 
 
@@ -430,7 +431,7 @@ def _check_varlen_custom(req: registry.Request) -> str | None:
     """CPU (aam._C) and CUDA/ROCm (aam._C_cuda / _C_hip: fp32/fp16/bf16, head dims 16/32/64/128)."""
     reason = _check_custom(req)
     if reason is None and req["device"].type == "cuda":
-        _, reason = _ext.module_with(req["device"], "attention_varlen_forward")
+        _, reason = native.module_with(req["device"], "attention_varlen_forward")
     return reason
 
 
@@ -480,7 +481,7 @@ def _check_triton(req: registry.Request) -> str | None:
         return "triton runs on GPUs; on the CPU only under TRITON_INTERPRET=1 (tests)"
     if dev.type not in ("cpu", "cuda"):
         return f"no triton kernel for device type {dev.type}"
-    ok, why = _ext.has_triton()
+    ok, why = native.has_triton()
     if not ok:
         return why
     if req["dtype"] not in (torch.float32, *_HALF):
@@ -544,11 +545,11 @@ def _auto_skips_custom(req: registry.Request) -> str | None:
 registry.register(OP, "math", _math, lambda req: None, priority=0)
 registry.register(OP, "sdpa", _sdpa, _check_sdpa, priority=10, self_check=_sdpa_self_check)
 registry.register(OP, "custom", _custom, _check_custom, priority=20, auto_refusal=_auto_skips_custom)
-registry.register(OP, "triton", _triton, _check_triton, priority=30, auto_refusal=_ext.auto_skips_triton_interpreter)
+registry.register(OP, "triton", _triton, _check_triton, priority=30, auto_refusal=registry.auto_skips_triton_interpreter)
 registry.register(OP_VARLEN, "math", _varlen_math, lambda req: None, priority=0)
 registry.register(OP_VARLEN, "custom", _varlen_custom, _check_varlen_custom, priority=20)
 registry.register(OP_VARLEN, "triton", _varlen_triton, _check_triton, priority=30,
-                  auto_refusal=_ext.auto_skips_triton_interpreter)
+                  auto_refusal=registry.auto_skips_triton_interpreter)
 
 _IMPLS = {(b.op, b.name): b.fn for op in (OP, OP_VARLEN) for b in registry.backends(op)}
 

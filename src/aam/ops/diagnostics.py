@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from aam.ops import _ext, registry
+from aam import native
+from aam.ops import registry
 
-MODULES = ("_C", "_C_cuda", "_C_hip")
+MODULES = native.MODULES
 
 
 def backend_rows(device: torch.device, dtype: torch.dtype = torch.float32) -> list[dict]:
@@ -54,7 +55,7 @@ def versions() -> dict[str, Any]:
         "gpu": None,
         "gpu_arch": None,
     }
-    ok, why = _ext.has_triton()
+    ok, why = native.has_triton()
     if ok:
         import triton
 
@@ -67,7 +68,7 @@ def versions() -> dict[str, Any]:
         info["gpu"] = props.name
         info["gpu_arch"] = getattr(props, "gcnArchName", None) or f"sm_{props.major}{props.minor}"
         info["gpu_count"] = torch.cuda.device_count()
-    cpu = _ext.cpu_module()
+    cpu = native.cpu_module()
     if cpu is not None:
         info["cpu_openmp"] = bool(getattr(cpu, "has_openmp", False))
         if hasattr(cpu, "attention_has_avx2"):
@@ -79,7 +80,7 @@ def modules() -> dict[str, dict[str, Any]]:
     """Which compiled modules loaded, with the import error of the others."""
     out = {}
     for name in MODULES:
-        err = _ext.load_error(name)
+        err = native.load_error(name)
         out[f"aam.{name}"] = {"loaded": err is None, "error": err}
     return out
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from aam.ops import _ext, registry
+from aam import native
+from aam.ops import registry
 
 OP = "dropout"
 CPU_DTYPES = (torch.float32, torch.float64)
@@ -23,7 +24,7 @@ CPU_DTYPES = (torch.float32, torch.float64)
 @torch.library.custom_op("aam::dropout_cpu", mutates_args=())
 def _dropout_cpu(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     out = torch.empty_like(x)
-    _ext.cpu_module().dropout(x.data_ptr(), out.data_ptr(), x.numel(), _ext.dtype_code(x), seed, p)
+    native.cpu_module().dropout(x.data_ptr(), out.data_ptr(), x.numel(), native.dtype_code(x), seed, p)
     return out
 
 
@@ -55,7 +56,7 @@ def _math(x: torch.Tensor, p: float) -> torch.Tensor:
 def _check_custom(req: registry.Request) -> str | None:
     if req["device"].type != "cpu":
         return "the custom dropout is a CPU kernel (GPUs use torch's fused dropout)"
-    _, reason = _ext.module_with(req["device"], "dropout")
+    _, reason = native.module_with(req["device"], "dropout")
     if reason:
         return reason
     if req["dtype"] not in CPU_DTYPES:

@@ -29,8 +29,9 @@ import os
 
 import torch
 
+from aam import native
 from aam.errors import InputError
-from aam.ops import _ext, registry
+from aam.ops import registry
 
 OP = "pairwise_unifrac_loss"
 TRANSFORMS = ("identity", "tanh")
@@ -85,12 +86,12 @@ def _npairs_denom(b: int, weights_sum: float | None) -> float:
 
 
 def _cpu_fwd(emb, target, weights, use_tanh, scale):
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     b, d = emb.shape
     coef = torch.empty((b, b), dtype=emb.dtype)
     lsum, wsum = mod.pairwise_loss_forward(
         emb.data_ptr(), target.data_ptr(), 0 if weights is None else weights.data_ptr(), coef.data_ptr(),
-        b, d, _ext.dtype_code(emb), use_tanh, scale,
+        b, d, native.dtype_code(emb), use_tanh, scale,
     )
     denom = _npairs_denom(b, None if weights is None else wsum)
     loss = lsum / denom if denom > 0 else 0.0
@@ -104,13 +105,13 @@ def _cpu_bwd(grad, emb, coef, denom):
     den = float(denom)
     factor = float(grad) / den if den > 0 else 0.0
     if b >= 2:
-        _ext.cpu_module().pairwise_loss_backward(
-            emb.data_ptr(), coef.data_ptr(), out.data_ptr(), b, d, _ext.dtype_code(emb), factor)
+        native.cpu_module().pairwise_loss_backward(
+            emb.data_ptr(), coef.data_ptr(), out.data_ptr(), b, d, native.dtype_code(emb), factor)
     return out
 
 
 def _gpu_fwd(emb, target, weights, use_tanh, scale):
-    mod = _ext.gpu_module()
+    mod = native.gpu_module()
     b, d = emb.shape
     coef = (torch.empty if b >= 2 else torch.zeros)((b, b), dtype=torch.float32, device=emb.device)
     sums = torch.zeros(2, dtype=torch.float64, device=emb.device)
@@ -119,8 +120,8 @@ def _gpu_fwd(emb, target, weights, use_tanh, scale):
         partials = torch.empty((nparts, 2), dtype=torch.float32, device=emb.device)
         mod.pairwise_loss_forward(
             emb.data_ptr(), target.data_ptr(), 0 if weights is None else weights.data_ptr(), coef.data_ptr(),
-            partials.data_ptr(), sums.data_ptr(), b, d, _ext.dtype_code(emb), use_tanh, scale,
-            _ext.stream_handle(emb.device),
+            partials.data_ptr(), sums.data_ptr(), b, d, native.dtype_code(emb), use_tanh, scale,
+            native.stream_handle(emb.device),
         )
     lsum, wsum = sums[0], sums[1]
     loss = torch.where(wsum > 0, lsum / wsum.clamp_min(1e-300), torch.zeros_like(lsum))
@@ -133,9 +134,9 @@ def _gpu_bwd(grad, emb, coef, denom):
     if b >= 2:
         factor = torch.where(denom > 0, grad.float() / denom.clamp_min(1e-30), torch.zeros_like(denom))
         factor = factor.reshape(1).contiguous()
-        _ext.gpu_module().pairwise_loss_backward(
-            emb.data_ptr(), coef.data_ptr(), factor.data_ptr(), out.data_ptr(), b, d, _ext.dtype_code(emb),
-            _ext.stream_handle(emb.device),
+        native.gpu_module().pairwise_loss_backward(
+            emb.data_ptr(), coef.data_ptr(), factor.data_ptr(), out.data_ptr(), b, d, native.dtype_code(emb),
+            native.stream_handle(emb.device),
         )
     return out
 
@@ -238,7 +239,7 @@ def pairwise_loss_triton(emb, target, transform, scale, weights):
 
 def _check_custom(req: registry.Request) -> str | None:
     device, dtype = req["device"], req["dtype"]
-    _, reason = _ext.module_with(device, "pairwise_loss_forward")
+    _, reason = native.module_with(device, "pairwise_loss_forward")
     if reason:
         return reason
     if device.type == "cpu" and dtype not in CPU_DTYPES + CPU_UPCAST:
@@ -257,13 +258,13 @@ def _check_triton(req: registry.Request) -> str | None:
         return f"Triton does not run on device type {device.type!r}"
     if dtype not in GPU_DTYPES:
         return f"dtype {dtype} not supported by the Triton kernels (float32/float16/bfloat16)"
-    ok, why = _ext.has_triton()
+    ok, why = native.has_triton()
     return None if ok else why
 
 
 registry.register(OP, "custom", pairwise_loss_custom, _check_custom, priority=20)
 registry.register(OP, "triton", pairwise_loss_triton, _check_triton, priority=30,
-                  auto_refusal=_ext.auto_skips_triton_interpreter)
+                  auto_refusal=registry.auto_skips_triton_interpreter)
 
 
 # ---- public op -----------------------------------------------------------------------------------

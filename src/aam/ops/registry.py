@@ -64,6 +64,11 @@ def register(
     _backends.setdefault(op, {})[name] = Backend(op, name, fn, check, priority, self_check, auto_refusal)
 
 
+def auto_skips_triton_interpreter(req: Request) -> str | None:
+    """`auto_refusal` of every Triton backend: on the CPU it runs only in the interpreter, which is for tests."""
+    return "the triton interpreter is for tests only" if req["device"].type == "cpu" else None
+
+
 def backends(op: str) -> list[Backend]:
     """Backends of `op`, most preferred first."""
     return sorted(_backends.get(op, {}).values(), key=lambda b: -b.priority)

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from aam import native
 from aam.data.newick import TipsTable, Tree, load_tree, tips_table
 from aam.errors import AAMError, InputError
-from aam.ops import _ext, registry
+from aam.ops import registry
 
 OP = "unifrac"
 METRICS = {"unweighted": 0, "weighted_normalized": 1, "weighted_unnormalized": 2, "generalized": 3}
@@ -80,7 +81,7 @@ def unifrac_custom(
     tree: Tree, t: TipsTable, metric: str, alpha: float, threads: int | None, dtype: np.dtype,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     try:
         if metric == "faith_pd":
             return mod.unifrac_faith_pd(*_args(tree, t))
@@ -91,9 +92,9 @@ def unifrac_custom(
 
 
 def _check_custom(req: registry.Request) -> str | None:
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     if mod is None:
-        return _ext.load_error("_C") or "aam._C not built"
+        return native.load_error("_C") or "aam._C not built"
     if not hasattr(mod, "unifrac_matrix"):
         return "aam._C was built without the UniFrac engine"
     if req.get("dtype") not in (None, torch.float32, torch.float64):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from aam import native
 from aam.cli.main import cli
-from aam.ops import diagnostics
+from aam.ops import diagnostics, registry
 
 
 def _rows(rep, op):
@@ -40,9 +40,7 @@ def test_kernels_json_report(tmp_path):
 
 
 def test_failed_self_check_exits_nonzero(monkeypatch, tmp_path):
-    from aam.ops import attention
-
-    monkeypatch.setattr(attention, "self_check",
+    monkeypatch.setitem(registry._diagnostics, "masked_attention",
                         lambda backend, device: {"ok": backend != "sdpa", "detail": "forced failure"})
     result = CliRunner().invoke(cli, ["kernels", "--device", "cpu"])
     assert result.exit_code == 1
@@ -50,12 +48,10 @@ def test_failed_self_check_exits_nonzero(monkeypatch, tmp_path):
 
 
 def test_crashing_self_check_is_a_failure(monkeypatch):
-    from aam.ops import attention
-
     def boom(backend, device):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(attention, "self_check", boom)
+    monkeypatch.setitem(registry._diagnostics, "masked_attention", boom)
     res = diagnostics.run_self_check("masked_attention", "math", __import__("torch").device("cpu"))
     assert res["status"] == "FAIL" and "kernel exploded" in res["detail"]
 

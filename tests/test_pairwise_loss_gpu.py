@@ -11,17 +11,19 @@ import torch
 
 import aam.ops
 from aam.ops import registry
-from aam.ops._parity import assert_parity
 from aam.ops.pairwise_loss import OP, pairwise_loss_math
+from aam.ops.parity import assert_parity
+from aam.ops.registry import KernelRequest
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA/ROCm GPU in this torch")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA/ROCm GPU in this torch"),
+              pytest.mark.gpu("custom", "triton")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 8), (2, 8), (7, 37), (127, 64), (1000, 256)]
 
 
 def _available(backend: str, dtype: torch.dtype) -> str | None:
-    req = {"device": torch.device("cuda"), "dtype": dtype, "batch": 8, "dim": 8}
+    req = KernelRequest("cuda", dtype, batch=8, dim=8)
     return dict(registry.status(OP, req)).get(backend, "not registered")
 
 
@@ -91,5 +93,5 @@ def test_gpu_duplicates_and_large_batch(backend):
 
 
 def test_gpu_auto_picks_a_kernel():
-    req = {"device": torch.device("cuda"), "dtype": torch.float32, "batch": 64, "dim": 32}
+    req = KernelRequest("cuda", torch.float32, batch=64, dim=32)
     assert registry.select(OP, "auto", req).name in ("custom", "triton", "math")

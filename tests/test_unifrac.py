@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import aam.ops.unifrac  # noqa: F401
-from aam import native
 from aam.data.newick import parse_newick, read_tree
 from aam.data.tree_distances import TreeDistances
 from aam.errors import AAMError, InputError
 from aam.ops import registry
+from aam.ops.registry import KernelRequest
 
 U = sys.modules["aam.ops.unifrac"]
-pytestmark = pytest.mark.skipif(native.cpu_module() is None, reason="aam._C not built")
+pytestmark = pytest.mark.native()
 
 def random_newick(n_tips: int, rng: np.random.Generator, root_length: float | None = None,
                   zero_frac: float = 0.05, polytomy_frac: float = 0.1) -> str:
@@ -241,7 +241,7 @@ def test_registered_backends():
 
     names = [b.name for b in registry.backends("unifrac")]
     assert names == ["custom", "math"]
-    assert registry.select("unifrac", "auto", {"device": torch.device("cpu"), "dtype": torch.float64}).name == "custom"
+    assert registry.select("unifrac", "auto", KernelRequest("cpu", torch.float64)).name == "custom"
 
 
 def test_cli_writes_h5_and_tsv(tmp_path):

@@ -75,7 +75,7 @@ def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: fl
     np_dtype = _dtype(dtype)
     tree = read_tree(tree_path)
     table = tips_table(table_path, tree, drop_missing_features)
-    impl = registry.select("unifrac", "auto", {"device": torch.device("cpu"), "dtype": getattr(torch, dtype)})
+    impl = registry.select("unifrac", "auto", registry.KernelRequest(torch.device("cpu"), getattr(torch, dtype)))
     out = Path(output)
     if metric == "faith_pd":
         values = impl.fn(tree, table, metric, a, threads, np_dtype, None)

@@ -1,7 +1,7 @@
 """The backend report printed by `python -m aam.ops` and `aam kernels`.
 
 For every registered op and backend: available or the reason it is not, then (for available ones) a
-quick self-check. An op module provides `self_check_<op>(backend, device)` or `self_check(backend, device)`
+quick self-check: the op's diagnostic (`aam.ops.registry.register_diagnostic`), `fn(backend, device)`
 returning None (pass), a string (the failure), or a dict with at least `ok` (bool) and `detail` (str);
 ops without one are reported as available without a check.
 """
@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,8 +29,7 @@ def backend_rows(device: torch.device, dtype: torch.dtype = torch.float32) -> li
     """One row per (op, backend): available or the reason it is not."""
     import aam.ops  # noqa: F401  (registers every op)
 
-    req = {"device": device, "dtype": dtype, "head_dim": 32, "seq_len": 151, "q_len": 151, "dropout_p": 0.0,
-           "batch": 256, "dim": 128}
+    req = registry.KernelRequest(device, dtype, head_dim=32, batch=256, dim=128)  # L = 151 keys and queries
     rows = []
     for op in registry.ops():
         if op.startswith("_"):
@@ -85,24 +83,6 @@ def modules() -> dict[str, dict[str, Any]]:
     return out
 
 
-def _self_check_fn(op: str) -> Callable[..., Any] | None:
-    """The op's self-check: `self_check_<op>` or `self_check` in the module that registered it."""
-    seen = set()
-    for b in registry.backends(op):
-        mod_name = getattr(b.fn, "__module__", None)
-        if not mod_name or mod_name in seen:
-            continue
-        seen.add(mod_name)
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        fn = getattr(mod, f"self_check_{op}", None) or getattr(mod, "self_check", None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def _normalize(result: Any) -> dict[str, Any]:
     if result is None:
         return {"ok": True, "detail": ""}
@@ -118,7 +98,7 @@ def _normalize(result: Any) -> dict[str, Any]:
 
 def run_self_check(op: str, backend: str, device: torch.device) -> dict[str, Any]:
     """{"status": PASS | FAIL | NO-CHECK, ...}: one quick check of `backend` of `op` on `device`."""
-    fn = _self_check_fn(op)
+    fn = registry.diagnostic(op)
     if fn is None:
         return {"status": "NO-CHECK", "detail": "this op has no self-check; availability only"}
     start = time.perf_counter()

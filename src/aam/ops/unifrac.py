@@ -91,14 +91,14 @@ def unifrac_custom(
         raise InputError(f"{tree.source}: {exc}") from None
 
 
-def _check_custom(req: registry.Request) -> str | None:
+def _check_custom(req: registry.KernelRequest) -> str | None:
     mod = native.cpu_module()
     if mod is None:
         return native.load_error("_C") or "aam._C not built"
     if not hasattr(mod, "unifrac_matrix"):
         return "aam._C was built without the UniFrac engine"
-    if req.get("dtype") not in (None, torch.float32, torch.float64):
-        return f"dtype {req['dtype']} not supported (float32, float64)"
+    if req.dtype not in (None, torch.float32, torch.float64):
+        return f"dtype {req.dtype} not supported (float32, float64)"
     return None
 
 
@@ -161,9 +161,9 @@ def unifrac_math(
     return out.astype(dtype)
 
 
-def _check_math(req: registry.Request) -> str | None:
-    if req.get("dtype") not in (None, torch.float32, torch.float64):
-        return f"dtype {req['dtype']} not supported (float32, float64)"
+def _check_math(req: registry.KernelRequest) -> str | None:
+    if req.dtype not in (None, torch.float32, torch.float64):
+        return f"dtype {req.dtype} not supported (float32, float64)"
     return None
 
 
@@ -197,7 +197,7 @@ def unifrac(
     tr = load_tree(tree)
     t = tips_table(table, tr, drop_missing_features)
     torch_dtype = torch.float32 if np_dtype == np.float32 else torch.float64
-    impl = registry.select(OP, registry.resolve_name(OP, backend), {"device": torch.device("cpu"), "dtype": torch_dtype})
+    impl = registry.select(OP, registry.resolve_name(OP, backend), registry.KernelRequest(torch.device("cpu"), torch_dtype))
     result = impl.fn(tr, t, metric, a, threads, np_dtype, progress)
     if metric == "faith_pd":
         import pandas as pd

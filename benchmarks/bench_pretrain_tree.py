@@ -77,7 +77,7 @@ RSS_SCRIPT = GENERATOR + textwrap.dedent("""
     import torch
     from aam.data.dataset import SampleDataset, collate
     from aam.data.tokenizer import tokenize
-    from aam.data.tree_distances import TreeDistances
+    from aam.ops.unifrac import TreeDistances
     from aam.models import ModelConfig, build_model
     from aam.training.losses import LossConfig, MultiTaskLoss, mask_nucleotides
     from aam.training.optim import make_optimizer
@@ -128,7 +128,7 @@ RSS_SCRIPT = GENERATOR + textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def source():
-    from aam.data.tree_distances import TreeDistances
+    from aam.ops.unifrac import TreeDistances
 
     newick, table = generated(N)
     start = time.perf_counter()

@@ -25,8 +25,7 @@ import pytest
 
 import aam.ops.unifrac  # noqa: F401
 from aam import native
-from aam.data.newick import parse_newick, read_tree
-from aam.data.tree_distances import TreeDistances
+from aam.ops.unifrac import TreeDistances, parse_newick, read_tree
 
 U = sys.modules["aam.ops.unifrac"]
 REPO = Path(__file__).resolve().parents[1]

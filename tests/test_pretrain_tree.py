@@ -19,8 +19,7 @@ from aam.cli.main import main
 from aam.cli.pretrain import pretrain
 from aam.data import synthetic
 from aam.data.dataset import collate
-from aam.data.tree_distances import TreeDistances
-from aam.ops.unifrac import unifrac
+from aam.ops.unifrac import TreeDistances, unifrac
 from aam.training.data_setup import Preprocessing, make_dataset, prepare_table
 from aam.training.runs import _load_distances
 

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 import aam.ops.unifrac  # noqa: F401
-from aam.data.newick import parse_newick, read_tree
-from aam.data.tree_distances import TreeDistances
 from aam.errors import AAMError, InputError
 from aam.ops import registry
 from aam.ops.registry import KernelRequest
+from aam.ops.unifrac import TreeDistances, parse_newick, read_tree
 
-U = sys.modules["aam.ops.unifrac"]
+U = sys.modules["aam.ops.unifrac"]  # (aam.ops.unifrac the attribute is the function)
 pytestmark = pytest.mark.native()
 
 def random_newick(n_tips: int, rng: np.random.Generator, root_length: float | None = None,
@@ -330,7 +329,7 @@ def test_ibd_matches_skbio(ibd_dir):
 
 
 def test_skbio_treenode_and_text_inputs():
-    from aam.data.newick import from_skbio
+    from aam.ops.unifrac import from_skbio
 
     newick, table = case(12, root_length=0.4)
     ref = U.unifrac(table, parse_newick(newick), "unweighted").data

@@ -166,7 +166,7 @@ def _load_distances(kw: dict[str, Any], sample_ids: list[str], prepared: Any = N
     computes each batch's [B, B] block; workers get threads=1. The source is recorded in `pre.extra`.
     """
     if kw.get("tree"):
-        from aam.data.tree_distances import TreeDistances
+        from aam.ops.unifrac import TreeDistances
 
         visible = kw.get("unifrac_targets") == "visible"
         table = make_dataset(prepared, sample_ids, pre).visible_table() if visible else prepared.table

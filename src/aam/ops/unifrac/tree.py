@@ -17,7 +17,7 @@ import numpy as np
 from aam import native
 from aam.errors import InputError
 
-log = logging.getLogger("aam.data")
+log = logging.getLogger("aam.ops.unifrac")
 
 
 @dataclass

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 
 from aam import native
-from aam.data.newick import load_tree, tips_table
 from aam.errors import AAMError, InputError
-
-METRICS = {"unweighted": 0, "weighted_normalized": 1, "weighted_unnormalized": 2, "generalized": 3}
+from aam.ops.unifrac.custom import METRICS
+from aam.ops.unifrac.tree import load_tree, tips_table
 
 
 class TreeDistances:

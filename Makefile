@@ -28,9 +28,11 @@ quickstart: install
 	$(VENV)/bin/aam demo --output-dir demo-run
 
 # The test install also builds the CUDA emulator modules (aam._C_emu32/_C_emu64) for the GPU-kernel tests.
+# AAM_REQUIRE_NATIVE / AAM_REQUIRE_EMULATOR: the install built aam._C and the emulators, so a test that would
+# skip without them fails instead (a broken C++ build cannot pass as skips).
 test: venv
 	AAM_BUILD_EMULATOR=ON $(PIP) install -q ".[test]"
-	AAM_REQUIRE_EMULATOR=1 $(PY) -m pytest -q tests
+	AAM_REQUIRE_NATIVE=1 AAM_REQUIRE_EMULATOR=1 $(PY) -m pytest -q tests
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks kernels

@@ -19,6 +19,11 @@ CPU_UPCAST = (torch.float16, torch.bfloat16)
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation of the GPU kernels (tests replace it to poison outputs with NaN)."""
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
 def _npairs_denom(b: int, weights_sum: float | None) -> float:
     return float(b * (b - 1) // 2) if weights_sum is None else weights_sum
 
@@ -51,11 +56,14 @@ def _cpu_bwd(grad, emb, coef, denom):
 def _gpu_fwd(emb, target, weights, use_tanh, scale):
     mod = native.gpu_module()
     b, d = emb.shape
-    coef = (torch.empty if b >= 2 else torch.zeros)((b, b), dtype=torch.float32, device=emb.device)
-    sums = torch.zeros(2, dtype=torch.float64, device=emb.device)
-    if b >= 2:
+    if b < 2:
+        coef = torch.zeros((b, b), dtype=torch.float32, device=emb.device)
+        sums = torch.zeros(2, dtype=torch.float64, device=emb.device)
+    else:
+        coef = _empty((b, b), torch.float32, emb.device)
+        sums = _empty((2,), torch.float64, emb.device)
         nparts = mod.pairwise_loss_num_partials(b)
-        partials = torch.empty((nparts, 2), dtype=torch.float32, device=emb.device)
+        partials = _empty((nparts, 2), torch.float32, emb.device)
         mod.pairwise_loss_forward(
             emb.data_ptr(), target.data_ptr(), 0 if weights is None else weights.data_ptr(), coef.data_ptr(),
             partials.data_ptr(), sums.data_ptr(), b, d, native.dtype_code(emb), use_tanh, scale,
@@ -68,7 +76,7 @@ def _gpu_fwd(emb, target, weights, use_tanh, scale):
 
 def _gpu_bwd(grad, emb, coef, denom):
     b, d = emb.shape
-    out = torch.zeros_like(emb)
+    out = _empty(emb.shape, emb.dtype, emb.device) if b >= 2 else torch.zeros_like(emb)
     if b >= 2:
         factor = torch.where(denom > 0, grad.float() / denom.clamp_min(1e-30), torch.zeros_like(denom))
         factor = factor.reshape(1).contiguous()

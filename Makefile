@@ -28,9 +28,11 @@ quickstart: install
 	$(VENV)/bin/aam demo --output-dir demo-run
 
 # The test install also builds the CUDA emulator modules (aam._C_emu32/_C_emu64) for the GPU-kernel tests.
+# AAM_REQUIRE_NATIVE / AAM_REQUIRE_EMULATOR: the install built aam._C and the emulators, so a test that would
+# skip without them fails instead (a broken C++ build cannot pass as skips).
 test: venv
 	AAM_BUILD_EMULATOR=ON $(PIP) install -q ".[test]"
-	AAM_REQUIRE_EMULATOR=1 $(PY) -m pytest -q tests
+	AAM_REQUIRE_NATIVE=1 AAM_REQUIRE_EMULATOR=1 $(PY) -m pytest -q tests
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks kernels
@@ -38,14 +40,13 @@ lint: venv
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-json=benchmarks/results/cpu-latest.json -q
 
-# Developer build: compiles the modules into src/aam and links kernels/ so `PYTHONPATH=src` works.
+# Developer build: compiles the modules into src/aam, so `PYTHONPATH=src` works (aam.native finds kernels/).
 dev: venv
 	$(PIP) install -q scikit-build-core pybind11
 	cmake -S . -B build/dev -G Ninja -DAAM_INPLACE=ON -DAAM_BACKEND=$${AAM_BACKEND:-cpu} \
 		-DAAM_BUILD_EMULATOR=$${AAM_BUILD_EMULATOR:-ON} \
 		-DPython_EXECUTABLE=$(abspath $(PY)) -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir)
 	cmake --build build/dev -j2
-	ln -sfn ../../kernels src/aam/kernels
 
 clean:
-	rm -rf build dist $(VENV) src/aam/*.so src/aam/kernels
+	rm -rf build dist $(VENV) src/aam/*.so

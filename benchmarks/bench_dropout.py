@@ -20,7 +20,7 @@ N, P = 1 << 24, 0.1
 
 @pytest.mark.parametrize("backend", ["custom", "math"])
 def test_dropout_fwd_bwd(benchmark, backend):
-    reason = dict(registry.status("dropout", {"device": DEVICE, "dtype": torch.float32})).get(backend)
+    reason = dict(registry.status("dropout", registry.KernelRequest(DEVICE, torch.float32))).get(backend)
     if reason:
         pytest.skip(f"{backend} cannot run here: {reason}")
     x = torch.randn(N, device=DEVICE, requires_grad=True)

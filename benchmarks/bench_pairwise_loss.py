@@ -48,7 +48,7 @@ def reference_loss(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _backends() -> list[str]:
-    req = {"device": DEVICE, "dtype": DTYPE, "batch": 1024, "dim": 128}
+    req = registry.KernelRequest(DEVICE, DTYPE, batch=1024, dim=128)
     names = [name for name, reason in registry.status(OP, req) if reason is None]
     if DEVICE.type == "cpu":  # the Triton interpreter is a test tool, not a backend to time
         names = [n for n in names if n != "triton"]

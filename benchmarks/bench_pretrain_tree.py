@@ -35,14 +35,14 @@ import numpy as np
 import pytest
 
 import aam
-from aam.ops import _ext
+from aam import native
 
 N = int(os.environ.get("AAM_BENCH_TREE_N", "10000"))
 RSS_SIZES = [int(x) for x in os.environ.get("AAM_BENCH_TREE_RSS_SIZES", "1000,10000").split(",") if x]
 METRIC = os.environ.get("AAM_BENCH_TREE_METRIC", "unweighted")
 SRC = str(Path(aam.__file__).resolve().parents[1])  # children import the same aam as this process
 
-pytestmark = pytest.mark.skipif(_ext.cpu_module() is None, reason="aam._C not built")
+pytestmark = pytest.mark.skipif(native.cpu_module() is None, reason="aam._C not built")
 
 # Shared by this process and the RSS subprocess: a random tree whose tips are ASV sequences, and a sparse
 # table of `per_sample` ASVs per sample drawn from a skewed distribution (like real communities).
@@ -77,7 +77,7 @@ RSS_SCRIPT = GENERATOR + textwrap.dedent("""
     import torch
     from aam.data.dataset import SampleDataset, collate
     from aam.data.tokenizer import tokenize
-    from aam.data.tree_distances import TreeDistances
+    from aam.ops.unifrac import TreeDistances
     from aam.models import ModelConfig, build_model
     from aam.training.losses import LossConfig, MultiTaskLoss, mask_nucleotides
     from aam.training.optim import make_optimizer
@@ -128,7 +128,7 @@ RSS_SCRIPT = GENERATOR + textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def source():
-    from aam.data.tree_distances import TreeDistances
+    from aam.ops.unifrac import TreeDistances
 
     newick, table = generated(N)
     start = time.perf_counter()

@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 
 import aam.ops.unifrac  # noqa: F401
-from aam.data.newick import parse_newick, read_tree
-from aam.data.tree_distances import TreeDistances
-from aam.ops import _ext
+from aam import native
+from aam.ops.unifrac import TreeDistances, parse_newick, read_tree
 
 U = sys.modules["aam.ops.unifrac"]
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ THREADS = int(os.environ.get("AAM_BENCH_THREADS", "0")) or None
 NEWICK_TIPS = int(os.environ.get("AAM_BENCH_NEWICK_TIPS", "100000"))
 SK_METRICS = {"unweighted": ("unweighted_unifrac", {}), "weighted_normalized": ("weighted_unifrac", {"normalized": True})}
 
-pytestmark = pytest.mark.skipif(_ext.cpu_module() is None, reason="aam._C not built")
+pytestmark = pytest.mark.skipif(native.cpu_module() is None, reason="aam._C not built")
 
 
 def generated(n_samples: int, n_tips: int = 2000, per_sample: int = 100, seed: int = 0):

@@ -112,12 +112,11 @@ def _batch_rows(counts: np.ndarray) -> dict:
 def make_ibd_data(path: Path) -> dict:
     """BATCH * (STEPS + 1) samples of ibd-2538's rarefied table (5,000 reads each), drawn at random with
     AAM_BENCH_SEED, batched in draw order; ASVs that are not tips of tree.nwk dropped; unweighted UniFrac
-    among the drawn samples from the tree (aam.data.tree_distances). Saved like make_data's arrays."""
+    among the drawn samples from the tree (aam.ops.unifrac.TreeDistances). Saved like make_data's arrays."""
     import biom
 
-    from aam.data.newick import read_tree
     from aam.data.tokenizer import tokenize
-    from aam.data.tree_distances import TreeDistances
+    from aam.ops.unifrac import TreeDistances, read_tree
 
     table = biom.load_table(str(IBD_DIR / "rarefied-table.biom"))
     tree = read_tree(IBD_DIR / "tree.nwk")
@@ -145,7 +144,7 @@ def make_ibd_data(path: Path) -> dict:
             "asvs_per_sample_min": int(nz.min()), "asvs_per_sample_median": float(np.median(nz)),
             "asvs_per_sample_max": int(nz.max()), "samples_over_token_limit": int((nz > TOKEN_LIMIT).sum()),
             "asv_length_bp_min": int(lengths.min()), "asv_length_bp_max": int(lengths.max()),
-            "unifrac": "unweighted, aam.data.tree_distances on tree.nwk",
+            "unifrac": "unweighted, aam.ops.unifrac.TreeDistances on tree.nwk",
             "unifrac_mean_offdiag": float(dist[~np.eye(n, dtype=bool)].mean()), **_batch_rows(counts)}
 
 

@@ -54,7 +54,7 @@ def prepare(data: Path, work: Path) -> tuple[Path, pd.DataFrame]:
     """Write the rarefied table restricted to the tree's tips; metadata of its samples (index sample_name)."""
     import biom
 
-    from aam.data.newick import read_tree
+    from aam.ops.unifrac import read_tree
 
     table = biom.load_table(str(data / "rarefied-table.biom"))
     n_all = table.shape[0]

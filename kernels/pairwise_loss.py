@@ -128,18 +128,23 @@ def _centred(emb: torch.Tensor) -> torch.Tensor:
     return (emb - emb.mean(0, keepdim=True)).contiguous()
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation (tests replace it to poison outputs with NaN)."""
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
 def forward(emb: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, use_tanh: bool,
             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss in emb.dtype, coef [B, B] fp32, denom fp32 0-d); target/weights fp32 contiguous [B, B]."""
     b, d = emb.shape
-    coef = torch.empty((b, b), dtype=torch.float32, device=emb.device)
+    coef = _empty((b, b), torch.float32, emb.device)
     if b < 2 or d == 0:
         coef.zero_()
         loss = torch.zeros((), dtype=emb.dtype, device=emb.device)
         return loss, coef, torch.zeros((), dtype=torch.float32, device=emb.device)
     e = _centred(emb)
     n_tiles = triton.cdiv(b, BLOCK)
-    partials = torch.empty((n_tiles * n_tiles, 2), dtype=torch.float32, device=emb.device)
+    partials = _empty((n_tiles * n_tiles, 2), torch.float32, emb.device)
     _fwd_kernel[(n_tiles, n_tiles)](
         e, target, target if weights is None else weights, coef, partials, b, d, e.stride(0),
         1.0 / scale, NOISE, HAS_W=weights is not None, TANH=use_tanh, IS_F32=emb.dtype == torch.float32,
@@ -154,7 +159,7 @@ def forward(emb: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | Non
 def backward(grad: torch.Tensor, emb: torch.Tensor, coef: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
     """grad_emb = grad / denom * (diag(C 1) E - C E), in emb.dtype."""
     b, d = emb.shape
-    out = torch.empty_like(emb)
+    out = _empty(emb.shape, emb.dtype, emb.device)
     if b < 2 or d == 0:
         return out.zero_()
     factor = torch.where(denom > 0, grad.float() / denom.float().clamp_min(1e-30), torch.zeros_like(denom))

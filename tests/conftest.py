@@ -1,4 +1,13 @@
-"""Shared fixtures. Real-data tests are marked `realdata` and skip when ../shared/data is absent."""
+"""Shared fixtures and the switches that turn skips into failures.
+
+- Real-data tests are marked `realdata` and skip when ../shared/data is absent.
+- `@pytest.mark.native(symbol)`: the test needs the compiled CPU module aam._C (exporting `symbol`, when
+  given). Without it the test is skipped with the reason; with AAM_REQUIRE_NATIVE=1 (`make test`) it
+  fails instead, so a broken C++ build cannot pass as a green run of skips.
+- `@pytest.mark.gpu(*backends)`: a GPU test of these backends (a test parametrized with `backend` is a test
+  of that one backend). With AAM_REQUIRE_BACKENDS=custom,triton (benchmarks/device_check.sh) every skip of
+  a test of a listed backend (no GPU, backend not built or not loaded) is a failure.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AAM_SHARED_DATA", REPO.parent / "shared" / "data"))
 IBD = SHARED_DATA / "ibd-2538"
+NAN = float("nan")
+
+
+def _required_backends() -> set[str]:
+    return {b.strip() for b in os.environ.get("AAM_REQUIRE_BACKENDS", "").split(",") if b.strip()}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -20,6 +34,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "realdata" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("native")
+    if marker is not None:
+        from aam import native
+
+        symbol = marker.args[0] if marker.args else None
+        mod = native.cpu_module()
+        if mod is None:
+            pytest.skip(f"aam._C not built (make dev): {native.load_error('_C')}")
+        if symbol is not None and not hasattr(mod, symbol):
+            pytest.skip(f"aam._C was built without {symbol} (make dev)")
+
+
+def _why_required(item: pytest.Item) -> str | None:
+    """The switch that makes a skip of `item` a failure, or None."""
+    if item.get_closest_marker("native") is not None and os.environ.get("AAM_REQUIRE_NATIVE") == "1":
+        return "AAM_REQUIRE_NATIVE=1 requires aam._C"
+    marker = item.get_closest_marker("gpu")
+    required = _required_backends()
+    if marker is None or not required:
+        return None
+    params = getattr(item, "callspec", None)
+    backends = {params.params["backend"]} if params is not None and "backend" in params.params else set(marker.args)
+    hit = sorted(backends & required)
+    if hit:
+        return f"AAM_REQUIRE_BACKENDS={','.join(sorted(required))} requires {', '.join(hit)}"
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail"):
+        why = _why_required(item)
+        if why:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            reason = reason.removeprefix("Skipped: ")
+            report.outcome = "failed"
+            report.longrepr = f"{why}, but the test was skipped: {reason}"
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +91,18 @@ def _no_progress_bars(monkeypatch) -> None:
 @pytest.fixture
 def ibd_dir() -> Path:
     return IBD
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """poison_outputs(*modules): each module's `_empty` (the output allocation of the compiled and Triton
+    backends) returns NaN-filled tensors for the rest of the test, so an unwritten element shows up."""
+
+    def empty(shape, dtype, device="cpu"):
+        return torch.full(tuple(shape), NAN, dtype=dtype, device=device)
+
+    def poison(*modules) -> None:
+        for module in modules:
+            monkeypatch.setattr(module, "_empty", empty)
+
+    return poison

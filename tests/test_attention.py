@@ -8,20 +8,20 @@ import pytest
 import torch
 
 from aam.errors import BackendUnavailable
-from aam.ops import _ext
-from aam.ops import attention as A
-from aam.ops.attention import masked_attention, masked_attention_varlen
-from attention_parity import assert_parity, make_case, poison_outputs
+from aam.ops import registry
+from aam.ops.attention import OP, custom, masked_attention, masked_attention_varlen, sdpa, selfcheck
+from aam.ops.attention.reference import varlen_math
+from aam.ops.attention.selfcheck import assert_parity, make_case
+from aam.ops.registry import KernelRequest
 
-HAVE_CPU_KERNEL = _ext.cpu_module() is not None and hasattr(_ext.cpu_module(), "attention_forward")
-needs_cpu_kernel = pytest.mark.skipif(not HAVE_CPU_KERNEL, reason="aam._C with attention not built (make dev)")
+needs_cpu_kernel = pytest.mark.native("attention_forward")
 CPU_BACKENDS = [pytest.param("custom", marks=needs_cpu_kernel), "sdpa", "math"]
 SHAPES = [(1, 1), (3, 1), (3, 7), (3, 149), (3, 150), (3, 151), (1, 151), (127, 7), (127, 150)]
 
 
 @pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    poison_outputs(monkeypatch)
+def _poison(poison_outputs):
+    poison_outputs(custom)
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +117,7 @@ def test_varlen_matches_padded(backend):
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
-    ref = A._varlen_math(*ref_in, cu, 13, 1 / math.sqrt(d), 0.0)
+    ref = varlen_math(*ref_in, cu, 13, 1 / math.sqrt(d), 0.0)
     ref_grads = torch.autograd.grad(ref, ref_in, dout.double())
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
     for gr, rg in zip(grads, ref_grads, strict=True):
@@ -141,10 +141,13 @@ def test_explicit_backend_errors_and_dropout():
 
 @needs_cpu_kernel
 def test_auto_picks_custom_on_cpu_for_padded_input():
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, False, True, 0.0, True) == "custom"
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, False, True, 0.1, True) == "sdpa"
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, True, True, 0.0, False) == "sdpa"
-    assert A._select_name(A.OP, "auto", "cpu", "float32", 32, True, True, 0.0, True) == "custom"
+    def pick(**kw):
+        return registry.select_name(OP, "auto", KernelRequest("cpu", torch.float32, head_dim=32, **kw))
+
+    assert pick(padded=True) == "custom"
+    assert pick(padded=True, dropout_p=0.1) == "sdpa"
+    assert pick(padded=False, long_rows=True) == "sdpa"
+    assert pick(padded=True, long_rows=True) == "custom"
 
 
 def test_sdpa_fully_padded_rows_have_no_nan():
@@ -259,16 +262,16 @@ def test_self_check_catches_wrong_masked_results_and_nan():
     cpu = torch.device("cpu")
 
     def ignores_mask(q, k, v, mask):
-        return A._sdpa(q, k, v, None, None, 1 / math.sqrt(q.shape[-1]), 0.0)
+        return sdpa.attention(q, k, v, None, None, 1 / math.sqrt(q.shape[-1]), 0.0)
 
     def nan_rows(q, k, v, mask):  # what several backends return for rows without a valid key
-        out = A._sdpa(q, k, v, mask, None, 1 / math.sqrt(q.shape[-1]), 0.0)
+        out = sdpa.attention(q, k, v, mask, None, 1 / math.sqrt(q.shape[-1]), 0.0)
         return out.masked_fill(mask.all(-1)[:, None, None, None], float("nan"))
 
-    bad = A._check_one(ignores_mask, cpu, torch.float32)
+    bad = selfcheck.check_run(ignores_mask, cpu, torch.float32)
     assert not bad["ok"] and bad["max_err_fwd"] > 1e-2
-    leaky = A._check_one(nan_rows, cpu, torch.float32)
+    leaky = selfcheck.check_run(nan_rows, cpu, torch.float32)
     assert not leaky["ok"] and leaky["nan"]
-    good = A._check_one(lambda q, k, v, m: A._sdpa(q, k, v, m, None, 1 / math.sqrt(q.shape[-1]), 0.0), cpu,
-                        torch.float32)
+    good = selfcheck.check_run(lambda q, k, v, m: sdpa.attention(q, k, v, m, None, 1 / math.sqrt(q.shape[-1]), 0.0),
+                               cpu, torch.float32)
     assert good["ok"], good["detail"]

@@ -1,7 +1,8 @@
 """masked_attention on the GPU backends (custom CUDA/HIP, triton, sdpa) against float64 math.
 
 Skipped without a GPU (the integrator's GPU run executes them). A backend that cannot run on that GPU
-is skipped with its reason; one that runs and disagrees fails.
+is skipped with its reason; one that runs and disagrees fails. With AAM_REQUIRE_BACKENDS (tests/conftest.py)
+the skips of the listed backends are failures.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import pytest
 import torch
 
 from aam.errors import BackendUnavailable
-from aam.ops import attention as A
-from aam.ops.attention import masked_attention
-from attention_parity import assert_parity, make_case, poison_outputs
+from aam.ops import registry
+from aam.ops.attention import OP, custom, masked_attention, self_check
+from aam.ops.attention.selfcheck import assert_parity, make_case
+from aam.ops.registry import KernelRequest
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
 GPU_BACKENDS = ["custom", "triton", "sdpa"]
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False"),
+              pytest.mark.gpu(*GPU_BACKENDS)]
 
 
 def _on_gpu(*tensors):
@@ -31,12 +34,12 @@ def _require(backend, dtype, d=16):
 
 
 @pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    poison_outputs(monkeypatch)
+def _poison(poison_outputs):
+    poison_outputs(custom)
     try:
         import aam.kernels.attention as tk
 
-        poison_outputs(monkeypatch, tk)
+        poison_outputs(tk)
     except ImportError:
         pass
 
@@ -62,16 +65,17 @@ def test_gpu_head_dims_holes_and_lengths(backend, d):
 
 
 def test_gpu_auto_prefers_a_compiled_backend_and_self_checks_pass():
-    name = A._select_name(A.OP, "auto", "cuda", "bfloat16", 32, False, True, 0.0, True)
+    name = registry.select_name(OP, "auto", KernelRequest("cuda", torch.bfloat16, head_dim=32))
     assert name in ("triton", "custom", "sdpa")
     for backend in GPU_BACKENDS:
         try:
-            res = A.self_check(backend, "cuda")
+            res = self_check(backend, "cuda")
         except BackendUnavailable:
             continue
         assert res["ok"], f"{backend}: {res['detail']}"
 
 
+@pytest.mark.gpu("custom")
 def test_gpu_torch_compile_custom_op():
     _require("custom", torch.bfloat16, 32)
     q, k, v = (torch.randn(4, 2, 33, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))

@@ -35,25 +35,24 @@ if INTERPRET:
 
 
     @pytest.fixture(autouse=True)
-    def _poison(monkeypatch, interpreter):
-        from attention_parity import poison_outputs
+    def _poison(poison_outputs, interpreter):
+        from aam.ops.attention import custom
 
-        poison_outputs(monkeypatch)
-        poison_outputs(monkeypatch, interpreter)
+        poison_outputs(custom, interpreter)
 
 
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
     @pytest.mark.parametrize("n,seq,d,holes", [(1, 1, 16, False), (3, 7, 16, True), (3, 33, 32, False),
                                                 (2, 40, 64, True)])
     def test_triton_parity(dtype, n, seq, d, holes):
-        from attention_parity import assert_parity, make_case
+        from aam.ops.attention.selfcheck import assert_parity, make_case
 
         q, k, v, dout, mask = make_case(n, seq, d=d, seed=seq + d, holes=holes)
         assert_parity("triton", dtype, q, k, v, dout, mask)
 
 
     def test_triton_key_lengths_and_opcheck():
-        from attention_parity import assert_parity, make_case
+        from aam.ops.attention.selfcheck import assert_parity, make_case
 
         lengths = torch.tensor([0, 1, 17])
         q, k, v, dout, mask = make_case(3, 17, lengths=lengths)

@@ -9,27 +9,31 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aam.ops import attention as A
-from attention_parity import poison_outputs
-from varlen_parity import assert_varlen_parity, make_varlen_case
+from aam.ops import registry
+from aam.ops.attention import OP_VARLEN, custom
+from aam.ops.attention.selfcheck import (
+    assert_varlen_parity,
+    make_varlen_case,
+    self_check_masked_attention_varlen,
+)
+from aam.ops.registry import KernelRequest
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False"),
+              pytest.mark.gpu("custom")]
 LENGTHS = [0, 1, 7, 150, 64, 65, 0, 300, 2]
 
 
 def _require(dtype, d):
-    req = {"device": torch.device("cuda"), "dtype": dtype, "head_dim": d, "long_rows": False, "same_len": True,
-           "dropout_p": 0.0}
-    reason = A._check_varlen_custom(req)
+    reason = custom.check_varlen(KernelRequest("cuda", dtype, head_dim=d))
     if reason:
         pytest.skip(f"custom varlen unavailable on this GPU: {reason}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("d", [16, 32, 64, 128])
-def test_gpu_varlen_parity(monkeypatch, dtype, d):
+def test_gpu_varlen_parity(poison_outputs, dtype, d):
     _require(dtype, d)
-    poison_outputs(monkeypatch)
+    poison_outputs(custom)
     q, k, v, dout, cu = make_varlen_case(LENGTHS, h=3, d=d, seed=d, device="cuda")
     out, grads = assert_varlen_parity("custom", dtype, q, k, v, dout, cu)
     # max_seqlen only sizes the grid: a smaller hint gives the same bits (the kernels loop over tiles)
@@ -40,7 +44,7 @@ def test_gpu_varlen_parity(monkeypatch, dtype, d):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_varlen_self_check_and_dispatch(dtype):
     _require(dtype, 16)
-    res = A.self_check_masked_attention_varlen("custom", "cuda", dtype)
+    res = self_check_masked_attention_varlen("custom", "cuda", dtype)
     assert res["ok"], res["detail"]
-    name = A._select_name(A.OP_VARLEN, "auto", "cuda", str(dtype).removeprefix("torch."), 32, False, True, 0.0, True)
+    name = registry.select_name(OP_VARLEN, "auto", KernelRequest("cuda", dtype, head_dim=32))
     assert name != "math"

@@ -118,8 +118,8 @@ def test_fasta_and_qza_mapping(tmp_path: Path) -> None:
 
 def test_qza_tree_and_taxonomy_read_directly(tmp_path: Path) -> None:
     """QIIME 2's rooted-tree.qza and taxonomy.qza are read as they are (no `qiime tools export`)."""
-    from aam.data.newick import load_tree
     from aam.data.taxonomy import load_taxonomy
+    from aam.ops.unifrac import load_tree
 
     tsv = "Feature ID\tTaxon\tConfidence\nh1\tk__Bacteria; g__A\t0.9\nh2\tk__Bacteria; g__B\t0.8\n"
     (tmp_path / "taxonomy.tsv").write_text(tsv)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from aam.models.transformer import Transformer
-from aam.ops import _ext, dropout, registry
+from aam.ops import dropout, registry
 from aam.ops.dropout import _dropout_cpu, self_check_dropout
+from aam.ops.registry import KernelRequest
 
-needs_kernel = pytest.mark.skipif(_ext.module_with(torch.device("cpu"), "dropout")[1] is not None,
-                                  reason="aam._C without the dropout kernel (install with a C++ compiler)")
+needs_kernel = pytest.mark.native("dropout")
 
 
 @needs_kernel
@@ -62,13 +62,13 @@ def test_identity_when_not_training_and_dispatch():
     # bfloat16 on the CPU and an explicit math: torch's dropout, same contract
     y = dropout(torch.ones(4096, dtype=torch.bfloat16), 0.5, True)
     assert set(y.float().unique().tolist()) <= {0.0, 2.0}
-    assert registry.select("dropout", "auto", {"device": torch.device("cpu"), "dtype": torch.bfloat16}).name == "math"
+    assert registry.select("dropout", "auto", KernelRequest("cpu", torch.bfloat16)).name == "math"
     assert self_check_dropout("math", "cpu")["ok"]
 
 
 @needs_kernel
 def test_self_check_and_auto_choice():
-    assert registry.select("dropout", "auto", {"device": torch.device("cpu"), "dtype": torch.float32}).name == "custom"
+    assert registry.select("dropout", "auto", KernelRequest("cpu", torch.float32)).name == "custom"
     assert self_check_dropout("custom", "cpu")["ok"]
 
 

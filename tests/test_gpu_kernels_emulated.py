@@ -1,8 +1,8 @@
 """The CUDA/HIP kernels (csrc/cuda/*.cu) run on the CPU emulator (csrc/emu/cuda_emu.h) against float64 math.
 
 aam._C_emu32 / aam._C_emu64 are the very same .cu sources compiled as C++ with a 32-lane warp (CUDA)
-and a 64-lane wavefront (HIP). The tests route the real Python glue (aam.ops.attention._gpu_forward /
-_gpu_backward and aam.ops.pairwise_loss._gpu_fwd / _gpu_bwd, through their custom ops and autograd) to
+and a 64-lane wavefront (HIP). The tests route the real Python glue (aam.ops.attention.custom._gpu_forward /
+_gpu_backward and aam.ops.pairwise_loss.custom._gpu_fwd / _gpu_bwd, through their custom ops and autograd) to
 an emulator module, with CPU tensors as device memory, and apply DESIGN.md's parity rule. The packed
 varlen attention (_gpu_varlen_forward / _gpu_varlen_backward) is checked against _varlen_math.
 
@@ -28,12 +28,15 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from aam.ops import _ext
-from aam.ops import attention as A
-from aam.ops import pairwise_loss as P
-from aam.ops._parity import assert_parity
-from attention_parity import FLOORS, make_case, run
-from varlen_parity import assert_varlen_parity, make_varlen_case
+from aam import native
+from aam.ops.attention import custom as A
+from aam.ops.attention.selfcheck import assert_parity as assert_attention_parity
+from aam.ops.attention.selfcheck import assert_varlen_parity, make_case, make_varlen_case
+from aam.ops.pairwise_loss import custom as P
+from aam.ops.pairwise_loss import pairwise_loss_math
+from aam.ops.pairwise_loss.opdefs import run
+from aam.ops.parity import assert_parity
+from aam.ops.registry import KernelRequest
 
 CANARY = 4096  # bytes of 0xFF before and after every buffer
 ELT = {0: 4, 1: 2, 2: 2}  # bytes per element of the kernels' dtype codes
@@ -165,8 +168,8 @@ def emu(request, monkeypatch) -> Guarded:
     request.addfinalizer(lambda: mod.emu_set_schedule(CONCURRENT))
     guarded = Guarded(mod)
     guarded.schedule = schedule
-    monkeypatch.setattr(_ext, "gpu_module", lambda: guarded)
-    monkeypatch.setattr(_ext, "stream_handle", lambda device: 0)
+    monkeypatch.setattr(native, "gpu_module", lambda: guarded)
+    monkeypatch.setattr(native, "stream_handle", lambda device: 0)
     # The custom ops' CPU implementations call these by name: CPU tensors now take the GPU path.
     monkeypatch.setattr(A, "_cpu_forward", A._gpu_forward)
     monkeypatch.setattr(A, "_cpu_backward", A._gpu_backward)
@@ -255,22 +258,9 @@ def test_rule_breaking_launches_fail(warp, which, message):
 # ---- masked attention ------------------------------------------------------------------------------------
 
 def _attention_parity(dtype, q, k, v, dout, mask, lengths=None) -> None:
-    """DESIGN.md parity (tests/attention_parity.py) with NaN in the padded keys of the kernel's k and v."""
-    ref_out, ref_grads = run("math", torch.float64, q, k, v, dout, mask)
-    low_out, low_grads = run("math", dtype, q, k, v, dout, mask)
-    pad = mask[:, None, :, None].expand_as(k)
-    out, grads = run("custom", dtype, q, k.masked_fill(pad, NAN), v.masked_fill(pad, NAN), dout, mask, lengths)
-    floor_f, floor_b = FLOORS[dtype]
-    assert not out.isnan().any(), "NaN in the output"
-    err, tol = (out - ref_out).abs().max().item(), max(2 * (low_out - ref_out).abs().max().item(), floor_f)
-    assert err <= tol, f"{dtype} forward error {err:.3e} > {tol:.3e}"
-    for name, g, lg, rg in zip("qkv", grads, low_grads, ref_grads, strict=True):
-        assert not g.isnan().any(), f"NaN in d{name}"
-        err, tol = (g - rg).abs().max().item(), max(3 * (lg - rg).abs().max().item(), floor_b)
-        assert err <= tol, f"{dtype} d{name} error {err:.3e} > {tol:.3e}"
-    empty = mask.all(-1)  # rows without a key: exactly 0 output and 0 gradient
-    assert (out[empty] == 0).all() and (grads[0][empty] == 0).all()
-    assert (grads[1][pad] == 0).all() and (grads[2][pad] == 0).all()  # padded keys: exactly 0 gradient
+    """DESIGN.md parity and the contract (aam.ops.attention.selfcheck) with NaN in the padded keys of the
+    kernel's k and v."""
+    assert_attention_parity("custom", dtype, q, k, v, dout, mask, lengths, nan_padding=True)
 
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -317,11 +307,9 @@ def test_attention_varlen_parity(emu, dtype, d, lengths, max_hint):
 
 
 def test_attention_varlen_dispatch_accepts_the_gpu(emu):
-    req = {"device": torch.device("cuda"), "dtype": torch.bfloat16, "head_dim": 64, "long_rows": False,
-           "same_len": True, "dropout_p": 0.0}
-    assert A._check_varlen_custom(req) is None
-    assert "head_dim" in A._check_varlen_custom({**req, "head_dim": 48})
-    assert "dtype" in A._check_varlen_custom({**req, "dtype": torch.float64})
+    assert A.check_varlen(KernelRequest("cuda", torch.bfloat16, head_dim=64)) is None
+    assert "head_dim" in A.check_varlen(KernelRequest("cuda", torch.bfloat16, head_dim=48))
+    assert "dtype" in A.check_varlen(KernelRequest("cuda", torch.float64, head_dim=64))
 
 
 # ---- pairwise UniFrac loss ---------------------------------------------------------------------------
@@ -331,7 +319,7 @@ SCALE = 5.0
 
 def _emu_loss(emb, target, transform, scale, weights):
     """The GPU branch of pairwise_loss_custom: kernel dtype = emb dtype, fp32 target and weights."""
-    return P._run(P.custom_fwd_op, emb, target, transform, scale, weights, emb.dtype, torch.float32)
+    return run(P.custom_fwd_op, emb, target, transform, scale, weights, emb.dtype, torch.float32)
 
 
 def _loss_grad(fn, emb, target, transform, weights):
@@ -380,8 +368,8 @@ def test_pairwise_loss_parity(emu, b, d, dtype, transform, weighted, dup):
         pytest.skip("B=100 runs concurrently only; the serial schedules (one thread at a time) cover B <= 33, "
                     "already several tiles in both kernels")
     emb, target, w = _loss_case(b, d, dtype, weighted, dup, seed=b + d)
-    ref = _loss_grad(P.pairwise_loss_math, emb.double(), target, transform, w)
-    lp = _loss_grad(P.pairwise_loss_math, emb, target.to(dtype), transform, None if w is None else w.to(dtype))
+    ref = _loss_grad(pairwise_loss_math, emb.double(), target, transform, w)
+    lp = _loss_grad(pairwise_loss_math, emb, target.to(dtype), transform, None if w is None else w.to(dtype))
     t32, w32 = _poisoned(target, w)
     got = _loss_grad(_emu_loss, emb, t32, transform, w32)
     assert got[0].dtype == dtype and got[1].dtype == dtype

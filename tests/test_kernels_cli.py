@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 from click.testing import CliRunner
 
 from aam.cli.main import cli
-from aam.ops import _ext, diagnostics
+from aam.ops import diagnostics, registry
 
 
 def _rows(rep, op):
@@ -23,14 +24,20 @@ def test_kernels_json_report(tmp_path):
     rep = json.loads(path.read_text())
     assert rep["versions"]["torch"] and "hip" in rep["versions"] and "gpu_arch" in rep["versions"]
     assert set(rep["modules"]) == {"aam._C", "aam._C_cuda", "aam._C_hip"}
-    assert rep["modules"]["aam._C_cuda"]["loaded"] or rep["modules"]["aam._C_cuda"]["error"]
+    for name, state in rep["modules"].items():  # loaded exactly when the module file exists
+        exists = importlib.util.find_spec(name) is not None
+        assert state["loaded"] == exists and (state["error"] is None) == exists, (name, state)
+        if not exists:
+            assert "not importable" in state["error"]
     att = _rows(rep, "masked_attention")
     assert set(att) == {"custom", "triton", "sdpa", "math"}
     for name in ("sdpa", "math"):
         assert att[name]["available"] and att[name]["self_check"]["status"] == "PASS"
         assert att[name]["self_check"]["max_err_fwd"] < 1e-4 and not att[name]["self_check"]["nan"]
-    if _ext.cpu_module() is not None:
+    if importlib.util.find_spec("aam._C") is not None:
         assert att["custom"]["self_check"]["status"] == "PASS"
+    else:
+        assert not att["custom"]["available"] and "aam._C" in att["custom"]["reason"]
     assert not att["triton"]["available"] and "TRITON_INTERPRET" in att["triton"]["reason"]
     # every registered op is covered, ops without a self-check report availability only
     ops = {r["op"] for r in rep["backends"]}
@@ -39,9 +46,7 @@ def test_kernels_json_report(tmp_path):
 
 
 def test_failed_self_check_exits_nonzero(monkeypatch, tmp_path):
-    from aam.ops import attention
-
-    monkeypatch.setattr(attention, "self_check",
+    monkeypatch.setitem(registry._diagnostics, "masked_attention",
                         lambda backend, device: {"ok": backend != "sdpa", "detail": "forced failure"})
     result = CliRunner().invoke(cli, ["kernels", "--device", "cpu"])
     assert result.exit_code == 1
@@ -49,12 +54,10 @@ def test_failed_self_check_exits_nonzero(monkeypatch, tmp_path):
 
 
 def test_crashing_self_check_is_a_failure(monkeypatch):
-    from aam.ops import attention
-
     def boom(backend, device):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(attention, "self_check", boom)
+    monkeypatch.setitem(registry._diagnostics, "masked_attention", boom)
     res = diagnostics.run_self_check("masked_attention", "math", __import__("torch").device("cpu"))
     assert res["status"] == "FAIL" and "kernel exploded" in res["detail"]
 

@@ -21,7 +21,7 @@ assert out[1].abs().max().item() == 0.0
 emb = torch.randn(9, 4, requires_grad=True)
 ops.pairwise_unifrac_loss(emb, torch.rand(9, 9)).backward()
 assert torch.isfinite(emb.grad).all()
-req = {"device": torch.device("cpu"), "dtype": torch.float32, "head_dim": 16, "seq_len": 7, "dropout_p": 0.0}
+req = registry.KernelRequest(torch.device("cpu"), torch.float32, head_dim=16)
 assert registry.select("masked_attention", "auto", req).name in ("sdpa", "math")
 try:
     ops.pairwise_unifrac_loss(emb, torch.rand(9, 9), backend="custom")

@@ -6,7 +6,7 @@ from aam.ops import registry
 
 
 def _req(**kw):
-    return {"device": torch.device("cpu"), "dtype": torch.float32, **kw}
+    return registry.KernelRequest(torch.device("cpu"), torch.float32, **kw)
 
 
 def test_auto_picks_highest_priority_that_can_run():

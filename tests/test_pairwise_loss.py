@@ -1,6 +1,6 @@
 """Pairwise UniFrac loss: math reference, CPU custom op (C++), dispatch, debug checks.
 
-Parity follows DESIGN.md section 3 (aam.ops._parity): the float64 math result is the reference; a
+Parity follows DESIGN.md section 3 (aam.ops.parity): the float64 math result is the reference; a
 backend's error may be at most 2x (forward) / 3x (backward) that of math in the same precision.
 The Triton backend is tested in tests/test_pairwise_loss_triton.py (TRITON_INTERPRET=1 subprocess).
 """
@@ -13,13 +13,14 @@ import pytest
 import torch
 
 import aam.ops
+from aam import native
 from aam.errors import BackendUnavailable, InputError
-from aam.ops import _ext, registry
-from aam.ops._parity import assert_parity
+from aam.ops import registry
 from aam.ops.pairwise_loss import OP, custom_bwd_op, custom_fwd_op, pairwise_loss_math
+from aam.ops.parity import assert_parity
+from aam.ops.registry import KernelRequest
 
-HAVE_CPU_KERNELS = _ext.cpu_module() is not None and hasattr(_ext.cpu_module(), "pairwise_loss_forward")
-needs_cpu = pytest.mark.skipif(not HAVE_CPU_KERNELS, reason="aam._C not built (run `make dev`)")
+needs_cpu = pytest.mark.native("pairwise_loss_forward")
 
 
 def _inputs(b: int, d: int, dtype=torch.float64, weights: bool = False, offset: float = 0.0):
@@ -211,7 +212,7 @@ def test_all_weights_zero_gives_zero():
 
 @needs_cpu
 def test_auto_prefers_custom_on_cpu():
-    req = {"device": torch.device("cpu"), "dtype": torch.float32, "batch": 8, "dim": 4}
+    req = KernelRequest("cpu", torch.float32, batch=8, dim=4)
     assert registry.select(OP, "auto", req).name == "custom"
 
 
@@ -220,10 +221,10 @@ def test_auto_never_picks_the_triton_interpreter(monkeypatch):
     """Even where the interpreter could run it, `auto` leaves Triton to GPUs; an explicit choice runs it."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    req = {"device": torch.device("cpu"), "dtype": torch.float32, "batch": 8, "dim": 4}
+    req = KernelRequest("cpu", torch.float32, batch=8, dim=4)
     assert registry.select(OP, "auto", req).name == "custom"
     assert registry.select(OP, "triton", req).name == "triton"
-    gpu = {"device": torch.device("cuda"), "dtype": torch.bfloat16, "batch": 8, "dim": 4}
+    gpu = KernelRequest("cuda", torch.bfloat16, batch=8, dim=4)
     assert registry.select(OP, "auto", gpu).name == "triton"  # Gram tiles on tl.dot beat scalar CUDA FMAs
 
 
@@ -245,8 +246,8 @@ def test_custom_under_torch_compile():
 # ---- dispatch and errors -----------------------------------------------------------------------------
 
 def test_custom_unavailable_raises_with_reason(monkeypatch):
-    monkeypatch.setattr(_ext, "cpu_module", lambda: None)
-    monkeypatch.setitem(_ext._errors, "_C", "aam._C not importable (test)")
+    monkeypatch.setattr(native, "cpu_module", lambda: None)
+    monkeypatch.setitem(native._errors, "_C", "aam._C not importable (test)")
     with pytest.raises(BackendUnavailable, match="custom.*aam._C not importable"):
         aam.ops.pairwise_unifrac_loss(torch.randn(3, 2), torch.rand(3, 3), backend="custom")
     # auto falls back to math quietly
@@ -254,7 +255,7 @@ def test_custom_unavailable_raises_with_reason(monkeypatch):
 
 
 def test_custom_unsupported_dtype_reason():
-    req = {"device": torch.device("cpu"), "dtype": torch.int32, "batch": 3, "dim": 2}
+    req = KernelRequest("cpu", torch.int32, batch=3, dim=2)
     reason = dict(registry.status(OP, req))["custom"]
     assert reason and "dtype" in reason
 
@@ -276,10 +277,8 @@ def test_bad_shapes_raise_input_error():
         aam.ops.pairwise_unifrac_loss(torch.randn(3, 2), torch.rand(3, 3), transform="log")
 
 
-@pytest.mark.parametrize("backend", ["math", "custom"])
+@pytest.mark.parametrize("backend", ["math", pytest.param("custom", marks=needs_cpu)])
 def test_nan_raises_only_in_debug_mode(monkeypatch, backend):
-    if backend == "custom" and not HAVE_CPU_KERNELS:
-        pytest.skip("aam._C not built (run `make dev`)")
     emb = torch.randn(4, 3)
     emb[2, 1] = float("nan")
     target = torch.rand(4, 4)

@@ -1,7 +1,8 @@
 """GPU parity of the pairwise UniFrac loss: CUDA/HIP `custom` kernels and Triton, against float64 math.
 
-Skipped without a GPU. Parity follows DESIGN.md section 3; the caching allocator is poisoned with NaN
-blocks of the shapes the kernels allocate before each run, so an unwritten output cannot pass.
+Skipped without a GPU (with AAM_REQUIRE_BACKENDS, a failure for the listed backends). Parity follows
+DESIGN.md section 3; every output buffer the kernels write (coefficients, partial sums, loss sums, the
+gradient) is allocated NaN-filled, so an unwritten element cannot pass.
 """
 
 from __future__ import annotations
@@ -10,25 +11,30 @@ import pytest
 import torch
 
 import aam.ops
+from aam import native
 from aam.ops import registry
-from aam.ops._parity import assert_parity
-from aam.ops.pairwise_loss import OP, pairwise_loss_math
+from aam.ops.pairwise_loss import OP, custom, pairwise_loss_math
+from aam.ops.parity import assert_parity
+from aam.ops.registry import KernelRequest
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA/ROCm GPU in this torch")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA/ROCm GPU in this torch"),
+              pytest.mark.gpu("custom", "triton")]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 8), (2, 8), (7, 37), (127, 64), (1000, 256)]
 
 
 def _available(backend: str, dtype: torch.dtype) -> str | None:
-    req = {"device": torch.device("cuda"), "dtype": dtype, "batch": 8, "dim": 8}
+    req = KernelRequest("cuda", dtype, batch=8, dim=8)
     return dict(registry.status(OP, req)).get(backend, "not registered")
 
 
-def _poison(b: int, d: int, dtype: torch.dtype) -> None:
-    blocks = [torch.full((b, b), float("nan"), device="cuda"), torch.full((b, d), float("nan"), device="cuda",
-                                                                          dtype=dtype)]
-    del blocks
+@pytest.fixture(autouse=True)
+def _poison(poison_outputs):
+    """The custom and Triton kernels allocate their outputs through `_empty`: NaN-filled here."""
+    poison_outputs(custom)
+    if native.has_triton()[0]:
+        poison_outputs(native.triton_kernels("pairwise_loss"))
 
 
 def _run(fn, emb, target, transform, weights):
@@ -55,7 +61,6 @@ def test_gpu_parity(backend, dtype, b, d, transform, weighted):
         w[torch.rand(b, b, device="cuda") < 0.3] = 0.0
     ref = _run(pairwise_loss_math, emb.double(), target, transform, w)
     lp = _run(pairwise_loss_math, emb, target.to(dtype), transform, None if w is None else w.to(dtype))
-    _poison(b, d, dtype)
 
     def kernel(*a):
         return aam.ops.pairwise_unifrac_loss(*a, backend=backend)
@@ -65,7 +70,6 @@ def test_gpu_parity(backend, dtype, b, d, transform, weighted):
     assert_parity(ref[0], lp[0], got[0], "forward", dtype, what=backend)
     assert_parity(ref[1], lp[1], got[1], "backward", dtype, what=backend)
     # deterministic: a second run gives the same bits
-    _poison(b, d, dtype)
     again = _run(kernel, emb, target.float(), transform, None if w is None else w.float())
     assert torch.equal(got[0], again[0]) and torch.equal(got[1], again[1])
 
@@ -91,5 +95,12 @@ def test_gpu_duplicates_and_large_batch(backend):
 
 
 def test_gpu_auto_picks_a_kernel():
-    req = {"device": torch.device("cuda"), "dtype": torch.float32, "batch": 64, "dim": 32}
-    assert registry.select(OP, "auto", req).name in ("custom", "triton", "math")
+    """auto takes Triton where it is installed, else the CUDA/HIP module where it is built, else math."""
+    if native.has_triton()[0]:
+        want = "triton"
+    elif native.module_with(torch.device("cuda"), "pairwise_loss_forward")[1] is None:
+        want = "custom"
+    else:
+        want = "math"
+    req = KernelRequest("cuda", torch.float32, batch=64, dim=32)
+    assert registry.select(OP, "auto", req).name == want

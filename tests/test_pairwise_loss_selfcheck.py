@@ -3,11 +3,11 @@
 import torch
 
 from aam.ops import pairwise_loss, registry
+from aam.ops.registry import KernelRequest
 
 
 def test_self_check_passes_on_cpu_backends():
-    for name, reason in registry.status(pairwise_loss.OP, {"device": torch.device("cpu"), "dtype": torch.float32,
-                                                           "batch": 37, "dim": 24}):
+    for name, reason in registry.status(pairwise_loss.OP, KernelRequest("cpu", torch.float32, batch=37, dim=24)):
         if reason is None:
             res = pairwise_loss.self_check_pairwise_unifrac_loss(name, "cpu")
             assert res["ok"], (name, res)

@@ -32,8 +32,8 @@ def _run_case(c: dict) -> None:
     import torch
 
     import aam.ops
-    from aam.ops._parity import assert_parity
     from aam.ops.pairwise_loss import pairwise_loss_math
+    from aam.ops.parity import assert_parity
 
     dtype = getattr(torch, c["dtype"])
     b, d = c["b"], c["d"]

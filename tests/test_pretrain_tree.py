@@ -20,8 +20,7 @@ from aam.cli.pretrain import pretrain
 from aam.data import synthetic
 from aam.data.dataset import collate
 from aam.data.prepare import Preprocessing, make_dataset, prepare_table
-from aam.data.tree_distances import TreeDistances
-from aam.ops.unifrac import unifrac
+from aam.ops.unifrac import TreeDistances, unifrac
 from aam.workflows import distances
 from aam.workflows.requests import DistanceOptions
 

@@ -66,16 +66,15 @@ def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: fl
     import torch
     from tqdm import tqdm
 
-    from aam.data.newick import read_tree, tips_table
     from aam.ops import registry
-    from aam.ops.unifrac import _dtype, check_metric
+    from aam.ops.unifrac import check_metric, read_tree, tips_table, unifrac_dtype
 
     start = time.perf_counter()
     a = check_metric(metric, alpha)
-    np_dtype = _dtype(dtype)
+    np_dtype = unifrac_dtype(dtype)
     tree = read_tree(tree_path)
     table = tips_table(table_path, tree, drop_missing_features)
-    impl = registry.select("unifrac", "auto", {"device": torch.device("cpu"), "dtype": getattr(torch, dtype)})
+    impl = registry.select("unifrac", "auto", registry.KernelRequest(torch.device("cpu"), getattr(torch, dtype)))
     out = Path(output)
     if metric == "faith_pd":
         values = impl.fn(tree, table, metric, a, threads, np_dtype, None)

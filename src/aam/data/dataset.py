@@ -217,8 +217,3 @@ def collate(items: Sequence[dict[str, Any]], distances: DistanceSource | None = 
     if "categorical" in items[0]:
         batch["categorical"] = torch.from_numpy(np.stack([it["categorical"] for it in items]).astype(np.int64))
     return batch
-
-
-def feature_index(items: Sequence[dict[str, Any]]) -> np.ndarray:
-    """Table feature index of each row of the batch's `tokens` (same order as collate)."""
-    return np.unique(np.concatenate([it["features"] for it in items]))

@@ -1,7 +1,7 @@
 """The backend report printed by `python -m aam.ops` and `aam kernels`.
 
 For every registered op and backend: available or the reason it is not, then (for available ones) a
-quick self-check. An op module provides `self_check_<op>(backend, device)` or `self_check(backend, device)`
+quick self-check: the op's diagnostic (`aam.ops.registry.register_diagnostic`), `fn(backend, device)`
 returning None (pass), a string (the failure), or a dict with at least `ok` (bool) and `detail` (str);
 ops without one are reported as available without a check.
 """
@@ -15,22 +15,21 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from aam.ops import _ext, registry
+from aam import native
+from aam.ops import registry
 
-MODULES = ("_C", "_C_cuda", "_C_hip")
+MODULES = native.MODULES
 
 
 def backend_rows(device: torch.device, dtype: torch.dtype = torch.float32) -> list[dict]:
     """One row per (op, backend): available or the reason it is not."""
     import aam.ops  # noqa: F401  (registers every op)
 
-    req = {"device": device, "dtype": dtype, "head_dim": 32, "seq_len": 151, "q_len": 151, "dropout_p": 0.0,
-           "batch": 256, "dim": 128}
+    req = registry.KernelRequest(device, dtype, head_dim=32, batch=256, dim=128)  # L = 151 keys and queries
     rows = []
     for op in registry.ops():
         if op.startswith("_"):
@@ -54,7 +53,7 @@ def versions() -> dict[str, Any]:
         "gpu": None,
         "gpu_arch": None,
     }
-    ok, why = _ext.has_triton()
+    ok, why = native.has_triton()
     if ok:
         import triton
 
@@ -67,7 +66,7 @@ def versions() -> dict[str, Any]:
         info["gpu"] = props.name
         info["gpu_arch"] = getattr(props, "gcnArchName", None) or f"sm_{props.major}{props.minor}"
         info["gpu_count"] = torch.cuda.device_count()
-    cpu = _ext.cpu_module()
+    cpu = native.cpu_module()
     if cpu is not None:
         info["cpu_openmp"] = bool(getattr(cpu, "has_openmp", False))
         if hasattr(cpu, "attention_has_avx2"):
@@ -79,27 +78,9 @@ def modules() -> dict[str, dict[str, Any]]:
     """Which compiled modules loaded, with the import error of the others."""
     out = {}
     for name in MODULES:
-        err = _ext.load_error(name)
+        err = native.load_error(name)
         out[f"aam.{name}"] = {"loaded": err is None, "error": err}
     return out
-
-
-def _self_check_fn(op: str) -> Callable[..., Any] | None:
-    """The op's self-check: `self_check_<op>` or `self_check` in the module that registered it."""
-    seen = set()
-    for b in registry.backends(op):
-        mod_name = getattr(b.fn, "__module__", None)
-        if not mod_name or mod_name in seen:
-            continue
-        seen.add(mod_name)
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        fn = getattr(mod, f"self_check_{op}", None) or getattr(mod, "self_check", None)
-        if callable(fn):
-            return fn
-    return None
 
 
 def _normalize(result: Any) -> dict[str, Any]:
@@ -117,7 +98,7 @@ def _normalize(result: Any) -> dict[str, Any]:
 
 def run_self_check(op: str, backend: str, device: torch.device) -> dict[str, Any]:
     """{"status": PASS | FAIL | NO-CHECK, ...}: one quick check of `backend` of `op` on `device`."""
-    fn = _self_check_fn(op)
+    fn = registry.diagnostic(op)
     if fn is None:
         return {"status": "NO-CHECK", "detail": "this op has no self-check; availability only"}
     start = time.perf_counter()

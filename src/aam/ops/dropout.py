@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from aam.ops import _ext, registry
+from aam import native
+from aam.ops import registry
+from aam.ops.registry import KernelRequest
 
 OP = "dropout"
 CPU_DTYPES = (torch.float32, torch.float64)
@@ -23,7 +25,7 @@ CPU_DTYPES = (torch.float32, torch.float64)
 @torch.library.custom_op("aam::dropout_cpu", mutates_args=())
 def _dropout_cpu(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     out = torch.empty_like(x)
-    _ext.cpu_module().dropout(x.data_ptr(), out.data_ptr(), x.numel(), _ext.dtype_code(x), seed, p)
+    native.cpu_module().dropout(x.data_ptr(), out.data_ptr(), x.numel(), native.dtype_code(x), seed, p)
     return out
 
 
@@ -52,14 +54,14 @@ def _math(x: torch.Tensor, p: float) -> torch.Tensor:
     return F.dropout(x, p, True)
 
 
-def _check_custom(req: registry.Request) -> str | None:
-    if req["device"].type != "cpu":
+def _check_custom(req: KernelRequest) -> str | None:
+    if req.device.type != "cpu":
         return "the custom dropout is a CPU kernel (GPUs use torch's fused dropout)"
-    _, reason = _ext.module_with(req["device"], "dropout")
+    _, reason = native.module_with(req.device, "dropout")
     if reason:
         return reason
-    if req["dtype"] not in CPU_DTYPES:
-        return f"dtype {req['dtype']} not supported (float32/float64)"
+    if req.dtype not in CPU_DTYPES:
+        return f"dtype {req.dtype} not supported (float32/float64)"
     return None
 
 
@@ -76,7 +78,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, backend: str = "au
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if torch.compiler.is_compiling():  # the seed's .item() would break the graph: torch's op traces
         return F.dropout(x, p, True)
-    return registry.select(OP, backend, {"device": x.device, "dtype": x.dtype}).fn(x, p)
+    return registry.select(OP, backend, KernelRequest(x.device, x.dtype)).fn(x, p)
 
 
 def self_check_dropout(backend: str, device: torch.device | str) -> dict:
@@ -94,3 +96,6 @@ def self_check_dropout(backend: str, device: torch.device | str) -> dict:
     ok = abs(frac - p) <= tol and bool((out[kept] == scale).all()) and bool(torch.equal(grad, out.detach()))
     return {"ok": ok, "dropped": frac,
             "detail": f"dropped {frac:.4f} of 2^20 at p {p} (tol {tol:.4f}); kept = 1/(1-p); grad = mask/(1-p)"}
+
+
+registry.register_diagnostic(OP, self_check_dropout)

@@ -10,8 +10,8 @@ from typing import Any
 
 from aam.data import distances as dist
 from aam.data.prepare import PreparedTable, Preprocessing, make_dataset
-from aam.data.tree_distances import TreeDistances
 from aam.errors import AAMError, InputError
+from aam.ops.unifrac import TreeDistances
 from aam.workflows.requests import DistanceOptions
 
 log = logging.getLogger("aam")

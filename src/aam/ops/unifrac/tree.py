@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from aam import native
 from aam.errors import InputError
 
-log = logging.getLogger("aam.data")
+log = logging.getLogger("aam.ops.unifrac")
 
 
 @dataclass
@@ -70,10 +71,8 @@ def _validate(tree: Tree) -> Tree:
 
 def parse_newick(text: str | bytes, source: str = "<newick>") -> Tree:
     """Parse Newick text (C++ parser; scikit-bio's reader when aam._C is not built)."""
-    from aam.ops import _ext
-
     data = text.encode() if isinstance(text, str) else bytes(text)
-    mod = _ext.cpu_module()
+    mod = native.cpu_module()
     if mod is None or not hasattr(mod, "newick_parse"):
         return _validate(_from_skbio_text(data.decode(), source))
     try:

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from aam.data.newick import load_tree, tips_table
+from aam import native
 from aam.errors import AAMError, InputError
-
-METRICS = {"unweighted": 0, "weighted_normalized": 1, "weighted_unnormalized": 2, "generalized": 3}
+from aam.ops.unifrac.custom import METRICS
+from aam.ops.unifrac.tree import load_tree, tips_table
 
 
 class TreeDistances:
@@ -34,8 +34,6 @@ class TreeDistances:
         threads: int | None = None,
         drop_missing_features: bool = False,
     ) -> None:
-        from aam.ops import _ext
-
         if metric not in METRICS:
             raise AAMError(f"unknown UniFrac metric {metric!r} for batch targets; choose one of {', '.join(METRICS)}")
         if alpha is not None and metric != "generalized":
@@ -45,9 +43,9 @@ class TreeDistances:
         if not 0.0 <= self.alpha <= 1.0:
             raise AAMError(f"alpha must be in [0, 1], got {self.alpha}")
         self.threads = int(threads or 0)
-        mod = _ext.cpu_module()
+        mod = native.cpu_module()
         if mod is None or not hasattr(mod, "unifrac_sample_state"):
-            raise AAMError(f"on-the-fly UniFrac needs the compiled aam._C ({_ext.load_error('_C') or 'not built'})")
+            raise AAMError(f"on-the-fly UniFrac needs the compiled aam._C ({native.load_error('_C') or 'not built'})")
         tr = load_tree(tree)
         t = tips_table(table, tr, drop_missing_features)
         self.ids: list[str] = list(t.sample_ids)
@@ -79,11 +77,9 @@ class TreeDistances:
         return self.pairs_by_index(self.index(list(sample_ids)))
 
     def pairs_by_index(self, idx: np.ndarray) -> np.ndarray:
-        from aam.ops import _ext
-
         idx = np.asarray(idx, dtype=np.int64)
         # Small batches take well under a millisecond: waking threads would cost more than it saves.
         threads = 1 if len(idx) <= 64 else self.threads
-        return _ext.cpu_module().unifrac_state_pairs(
+        return native.cpu_module().unifrac_state_pairs(
             self.offsets, self.rows, self.values, self.row_len, idx, METRICS[self.metric], self.alpha, threads,
         )

@@ -69,8 +69,10 @@ def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title:
     return _save(fig, path)
 
 
-def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    """Out-of-fold predictions against the truth, one panel per method, with each method's R2."""
+def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str,
+                   ylabel: str = "predicted (out of fold)") -> Path:
+    """Predictions (out of fold, or on a validation split) against the truth, one panel per method, with each
+    method's R2."""
     from aam.training.metrics import regression_metrics
 
     plt = _plt()
@@ -83,7 +85,7 @@ def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path,
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set_title(f"{name}: R2 {regression_metrics(y_true[ok], p[ok]).get('r2', float('nan')):.3f}")
         ax.set_xlabel("true")
-    axes.flat[0].set_ylabel("predicted (out of fold)")
+    axes.flat[0].set_ylabel(ylabel)
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -101,7 +101,8 @@ def _boosted_trees(classifier: bool, seed: int, n_jobs: int, n_estimators: int =
 
 def _ridge(classifier: bool, seed: int, n_jobs: int) -> Any:
     """RidgeCV (efficient leave-one-out over 13 penalties), or an L2 logistic regression whose C is picked by
-    5-fold log loss within the training samples."""
+    5-fold log loss within the training samples. Both run in this process (n_jobs bounds their BLAS threads):
+    worker processes for the logistic regression's 5 folds cost more to start than the folds take."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 
     if not classifier:
@@ -109,7 +110,7 @@ def _ridge(classifier: bool, seed: int, n_jobs: int) -> Any:
     # scikit-learn >= 1.8 names the L2 penalty l1_ratios=(0,) and warns without it (and without the new attributes)
     new_api = "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters
     return LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, scoring="neg_log_loss", max_iter=5000,
-                                n_jobs=n_jobs, random_state=seed,
+                                random_state=seed,
                                 **({"l1_ratios": (0.0,), "use_legacy_attributes": False} if new_api else {}))
 
 

@@ -17,7 +17,7 @@ COMMANDS = {
     "unifrac": ("aam.cli.unifrac", "unifrac", "Compute UniFrac distances from a table and a tree."),
     "pretrain": ("aam.cli.pretrain", "pretrain", "Self-supervised pretraining on UniFrac distances + masked nucleotides."),
     "train": ("aam.cli.train", "train", "Fine-tune for regression or classification on a metadata column."),
-    "cv": ("aam.cli.cv", "cv", "K-fold cross-validation of train, next to a random forest on the same folds."),
+    "cv": ("aam.cli.cv", "cv", "K-fold cross-validation of train, next to classical baselines on the same folds."),
     "predict": ("aam.cli.predict", "predict", "Predict a new table with a trained checkpoint."),
     "embed": ("aam.cli.embed", "embed", "Sample embeddings (and predicted UniFrac distances) of a table."),
     "explain": ("aam.cli.explain", "explain", "Which ASVs drive a fine-tuned model's predictions (occlusion)."),

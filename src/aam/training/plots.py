@@ -117,12 +117,12 @@ def cv_confusion(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, t
     index = {lab: i for i, lab in enumerate(labels)}
     truth = np.array([index[str(x)] for x in y_true], dtype=np.int64)
     plt = _plt()
-    side = 1.2 + 0.6 * len(labels)
-    fig, axes = plt.subplots(1, len(preds), figsize=(side * len(preds), side), squeeze=False)
+    side = max(3.0, 1.2 + 0.6 * len(labels))  # room for a method name like boosted_trees above a 2x2 matrix
+    fig, axes = plt.subplots(1, len(preds), figsize=(side * len(preds), side + 0.8), squeeze=False)
     for ax, (name, p) in zip(axes.flat, preds.items(), strict=True):
         guess = np.array([index[str(x)] for x in p], dtype=np.int64)
         _confusion_axes(ax, confusion_matrix(truth, guess, len(labels)), labels,
-                        f"{name}: accuracy {float((guess == truth).mean()) if len(truth) else float('nan'):.3f}")
+                        f"{name}\naccuracy {float((guess == truth).mean()) if len(truth) else float('nan'):.3f}")
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -70,7 +70,7 @@ def test_cv_and_explain_from_qza(files):
     assert main(["cv", *data, "--metadata", str(p["metadata"]), "--metadata-column", "ph", "--group-column",
                  "subject", "--folds", "2", "--rf-trees", "10", "--output-dir", str(r / "cv"), *TINY]) == 0
     metrics = pd.read_csv(r / "cv/cv_metrics.tsv", sep="\t", dtype={"fold": str})
-    assert set(metrics["method"]) == {"aam", "random_forest", "constant"}
+    assert set(metrics["method"]) == {"aam", "random_forest", "boosted_trees", "ridge", "constant"}
     assert np.isfinite(metrics["mae"]).all()
     out = r / "ex.tsv"
     assert main(["explain", "--model", str(r / "cv/fold1/checkpoints/best.pt"), *data, "--taxonomy",

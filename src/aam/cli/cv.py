@@ -1,4 +1,4 @@
-"""`aam cv`: K-fold cross-validation of `aam train` next to a random forest and a constant, on the same folds."""
+"""`aam cv`: K-fold cross-validation of `aam train` next to classical baselines and a constant, same folds."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from aam.workflows.requests import CVRequest, TrainRequest, default_of
 
 
 def _cv(**options) -> int:
-    """Cross-validate: per fold, train on the other folds, predict the held-out fold, and fit the random forest
-    of `aam rf-baseline` on the same samples. Takes every option of `aam train`; rerunning the same command
-    resumes (finished folds are kept)."""
+    """Cross-validate: per fold, train on the other folds, predict the held-out fold, and fit the baselines of
+    `aam rf-baseline` (random forest, boosted trees, ridge) and a constant on the same samples. Takes every
+    option of `aam train`; rerunning the same command resumes (finished folds are kept)."""
     from aam.workflows.cv import run_cv
 
     if options["rf_trees"] < 1:
@@ -29,6 +29,8 @@ def _cv(**options) -> int:
         shown = ", ".join(f"{k} {row[k]:.4g} ± {sd[k]:.2g}" for k in ("mae", "rmse", "r2", "accuracy", "f1", "auc")
                           if k in row)
         click.echo(f"  {row['target']:>12}  {row['method']:<13}  {shown}")
+    for target, method in res["best_baseline"].items():
+        click.echo(f"  {target:>12}  best classical baseline: {method}")
     return 0
 
 

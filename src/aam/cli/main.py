@@ -17,11 +17,11 @@ COMMANDS = {
     "unifrac": ("aam.cli.unifrac", "unifrac", "Compute UniFrac distances from a table and a tree."),
     "pretrain": ("aam.cli.pretrain", "pretrain", "Self-supervised pretraining on UniFrac distances + masked nucleotides."),
     "train": ("aam.cli.train", "train", "Fine-tune for regression or classification on a metadata column."),
-    "cv": ("aam.cli.cv", "cv", "K-fold cross-validation of train, next to a random forest on the same folds."),
+    "cv": ("aam.cli.cv", "cv", "K-fold cross-validation of train, next to classical baselines on the same folds."),
     "predict": ("aam.cli.predict", "predict", "Predict a new table with a trained checkpoint."),
     "embed": ("aam.cli.embed", "embed", "Sample embeddings (and predicted UniFrac distances) of a table."),
     "explain": ("aam.cli.explain", "explain", "Which ASVs drive a fine-tuned model's predictions (occlusion)."),
-    "rf-baseline": ("aam.cli.rf_baseline", "rf_baseline", "Random-forest baseline on the split of an aam run."),
+    "rf-baseline": ("aam.cli.rf_baseline", "rf_baseline", "Forest, boosted trees and ridge on the split of an aam run."),
     "kernels": ("aam.cli.kernels", "kernels", "Show kernel backends on this machine and self-check them."),
     "demo": ("aam.cli.demo", "demo", "Run pretrain -> train -> predict -> embed on a generated dataset."),
 }

@@ -69,8 +69,10 @@ def predicted_vs_true(y_true: np.ndarray, y_pred: np.ndarray, path: Path, title:
     return _save(fig, path)
 
 
-def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    """Out-of-fold predictions against the truth, one panel per method, with each method's R2."""
+def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, title: str,
+                   ylabel: str = "predicted (out of fold)") -> Path:
+    """Predictions (out of fold, or on a validation split) against the truth, one panel per method, with each
+    method's R2."""
     from aam.training.metrics import regression_metrics
 
     plt = _plt()
@@ -83,7 +85,7 @@ def cv_predictions(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path,
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set_title(f"{name}: R2 {regression_metrics(y_true[ok], p[ok]).get('r2', float('nan')):.3f}")
         ax.set_xlabel("true")
-    axes.flat[0].set_ylabel("predicted (out of fold)")
+    axes.flat[0].set_ylabel(ylabel)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -115,12 +117,12 @@ def cv_confusion(y_true: np.ndarray, preds: dict[str, np.ndarray], path: Path, t
     index = {lab: i for i, lab in enumerate(labels)}
     truth = np.array([index[str(x)] for x in y_true], dtype=np.int64)
     plt = _plt()
-    side = 1.2 + 0.6 * len(labels)
-    fig, axes = plt.subplots(1, len(preds), figsize=(side * len(preds), side), squeeze=False)
+    side = max(3.0, 1.2 + 0.6 * len(labels))  # room for a method name like boosted_trees above a 2x2 matrix
+    fig, axes = plt.subplots(1, len(preds), figsize=(side * len(preds), side + 0.8), squeeze=False)
     for ax, (name, p) in zip(axes.flat, preds.items(), strict=True):
         guess = np.array([index[str(x)] for x in p], dtype=np.int64)
         _confusion_axes(ax, confusion_matrix(truth, guess, len(labels)), labels,
-                        f"{name}: accuracy {float((guess == truth).mean()) if len(truth) else float('nan'):.3f}")
+                        f"{name}\naccuracy {float((guess == truth).mean()) if len(truth) else float('nan'):.3f}")
     fig.suptitle(title)
     return _save(fig, path)
 

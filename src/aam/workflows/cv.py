@@ -1,9 +1,10 @@
-"""`aam cv`: K-fold cross-validation of `aam train` against a random forest and a constant, on the same folds.
+"""`aam cv`: K-fold cross-validation of `aam train` next to classical baselines and a constant, same folds.
 
 Each fold trains aam on the other folds (its own validation split picks best.pt), predicts the held-out fold,
-and fits the random forest of `aam rf-baseline` on exactly the same training samples. Out-of-fold predictions,
-per-fold metrics with their mean and SD, and plots go to --output-dir; a killed run resumes fold by fold
-(finished folds are kept, an unfinished fold continues from its last checkpoint).
+and fits the baselines of `aam rf-baseline` (random forest, boosted trees, ridge) on exactly the same training
+samples. Out-of-fold predictions, per-fold metrics with their mean and SD, and plots go to --output-dir; a
+killed run resumes fold by fold (finished folds are kept, an unfinished fold continues from its last
+checkpoint).
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from aam.training import plots
 from aam.training.metrics import classification_metrics, regression_metrics
 from aam.utils.io import read_tsv, write_json, write_tsv
 from aam.utils.runtime import setup_logging
-from aam.workflows.baselines import random_forest_baseline
+from aam.workflows.baselines import METHODS as BASELINES
+from aam.workflows.baselines import fit_baselines
 from aam.workflows.inference import run_predict
 from aam.workflows.requests import CVRequest, InferenceOptions, LabelOptions, PredictRequest, SavedModelInput
 from aam.workflows.train import run_train, target_columns
 
 log = logging.getLogger("aam")
 
-METHODS = ("aam", "random_forest", "constant")
+METHODS = ("aam", *BASELINES, "constant")
 
 
 def _fold_ids(req: CVRequest, cols: list[str], table: Any, md: Any) -> list[list[str]]:
@@ -116,8 +118,8 @@ def _score(classifier: bool, truth: np.ndarray, pred: np.ndarray, classes: list[
 def _score_column(req: CVRequest, table: Any, md: Any, col: str, pcol: str, k: int, train: list[str],
                   predicted: list[str], pred: dict[str, dict[str, str]]
                   ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], list[dict[str, Any]]]:
-    """One fold, one target column: (scored samples, truth, predictions per method, metric rows). The forest and
-    the constant are fitted on `train`; samples without a value in the column are not scored."""
+    """One fold, one target column: (scored samples, truth, predictions per method, metric rows). The baselines
+    and the constant are fitted on `train`; samples without a value in the column are not scored."""
     lab: LabelOptions = req.train.labels
     if lab.classifier:
         truth, has = meta.categorical_values(md, col, predicted)
@@ -128,9 +130,9 @@ def _score_column(req: CVRequest, table: Any, md: Any, col: str, pcol: str, k: i
     truth = truth[has]
     if not tested:
         return [], truth, {}, []
-    rf = random_forest_baseline(table, md, col, train, tested, classifier=lab.classifier,
-                                n_estimators=req.rf_trees, seed=req.train.training.seed, n_jobs=-1)
-    rf_of = dict(zip(rf.sample_ids, rf.predicted, strict=True))
+    fits = fit_baselines(table, md, col, train, tested, BASELINES, classifier=lab.classifier,
+                         seed=req.train.training.seed, n_jobs=-1,
+                         options={"random_forest": {"n_estimators": req.rf_trees}})
     values, has = (meta.categorical_values(md, col, train) if lab.classifier else
                    meta.numeric_target(md, col, train, lab.metadata))
     train_truth = values[has].astype(str) if lab.classifier else values[has]
@@ -140,15 +142,18 @@ def _score_column(req: CVRequest, table: Any, md: Any, col: str, pcol: str, k: i
         classes = sorted(set(train_truth) | set(truth))
     else:
         constant, classes = float(np.mean(train_truth)), []
-    preds = {"aam": np.array([pred[s][pcol] for s in tested]),
-             "random_forest": np.array([rf_of.get(s, "" if lab.classifier else np.nan) for s in tested]),
-             "constant": np.array([constant] * len(tested))}
+    preds = {"aam": np.array([pred[s][pcol] for s in tested])}
+    for method, fit in fits.items():
+        of = dict(zip(fit.sample_ids, fit.predicted, strict=True))
+        preds[method] = np.array([of.get(s, "" if lab.classifier else np.nan) for s in tested])
+    preds["constant"] = np.array([constant] * len(tested))
     probs = {}
     if lab.classifier:  # class probabilities, columns in `classes` order, for the AUC
         probs["aam"] = np.array([[float(pred[s].get(f"prob_{c}") or 0.0) for c in classes] for s in tested])
-        rf_p = dict(zip(rf.sample_ids, rf.probabilities, strict=True))
-        rf_col = [rf.classes.index(c) if c in rf.classes else None for c in classes]
-        probs["random_forest"] = np.array([[rf_p[s][j] if j is not None else 0.0 for j in rf_col] for s in tested])
+        for method, fit in fits.items():
+            p_of = dict(zip(fit.sample_ids, fit.probabilities, strict=True))
+            at = [fit.classes.index(c) if c in fit.classes else None for c in classes]
+            probs[method] = np.array([[p_of[s][j] if j is not None else 0.0 for j in at] for s in tested])
         freq = np.array([float(np.mean(train_truth == c)) for c in classes])
         probs["constant"] = np.tile(freq, (len(tested), 1))
     rows = [{"target": col, "method": method, "fold": k, "n_test": len(tested),
@@ -162,7 +167,7 @@ def run_cv(req: CVRequest) -> dict[str, Any]:
     cols = target_columns(lab, req.train.target_loss.loss_type)
     out = Path(req.output_dir)
     setup_logging(out, "cv.log")
-    table, md = load_table(req.train.input.table), meta.load_metadata(lab.metadata)  # once: folds and forests
+    table, md = load_table(req.train.input.table), meta.load_metadata(lab.metadata)  # once: folds and baselines
     folds = _fold_ids(req, cols, table, md)
     _check_folds(out, folds)
     everyone = [s for f in folds for s in f]
@@ -200,9 +205,9 @@ def run_cv(req: CVRequest) -> dict[str, Any]:
               [[r["target"], r["method"], str(r["fold"]), str(r["n_test"]),
                 *[f"{r[m]:.6g}" if m in r else "" for m in metric_keys]] for r in rows + summary])
     plot_paths = []
-    for col in cols:  # out-of-fold predictions of aam and the forest: scatter, or confusion matrices
+    for col in cols:  # out-of-fold predictions of aam and the baselines: scatter, or confusion matrices
         t = np.concatenate(truth_all[col])
-        p = {m: np.concatenate(oof_pred[col][m]) for m in ("aam", "random_forest")}
+        p = {m: np.concatenate(oof_pred[col][m]) for m in ("aam", *BASELINES)}
         path, title = out / f"cv_{plots.file_safe(col)}.png", f"{col}: {len(folds)}-fold out-of-fold predictions"
         if lab.classifier:
             plot_paths.append(str(plots.cv_confusion(t, p, path, title)))
@@ -210,6 +215,7 @@ def run_cv(req: CVRequest) -> dict[str, Any]:
             plot_paths.append(str(plots.cv_predictions(t.astype(np.float64), {m: v.astype(np.float64)
                                                                               for m, v in p.items()}, path, title)))
     result = {"folds": len(folds), "n_samples": len(everyone), "targets": cols, "summary": summary,
+              "best_baseline": _best_baselines(summary, lab.classifier),
               "metrics": str(out / "cv_metrics.tsv"), "predictions": str(out / "oof_predictions.tsv"),
               "plots": plot_paths}
     write_json(out / "cv_summary.json", result)
@@ -227,3 +233,16 @@ def _summarize(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, An
                 out.append({"target": target, "method": method, "fold": stat, "n_test": n,
                             **{k: float(fn([r[k] for r in sel if k in r])) for k in keys if any(k in r for r in sel)}})
     return out
+
+
+def _best_baselines(summary: list[dict[str, Any]], classifier: bool) -> dict[str, str]:
+    """Per target, the classical method with the best mean over folds (the number aam has to beat): lowest MAE,
+    or highest ROC AUC (accuracy where no fold has an AUC)."""
+    best = {}
+    for target in dict.fromkeys(r["target"] for r in summary):
+        rows = [r for r in summary if r["target"] == target and r["fold"] == "mean" and r["method"] in BASELINES]
+        key = "mae" if not classifier else "auc" if any("auc" in r for r in rows) else "accuracy"
+        scored = [(r[key] if classifier else -r[key], r["method"]) for r in rows if np.isfinite(r.get(key, np.nan))]
+        if scored:
+            best[target] = max(scored)[1]
+    return best

@@ -39,11 +39,10 @@ class ASVIdentity(nn.Module):
         self.dropout = dropout
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = F.embedding(ids, self.weight, padding_idx=0)
+        keep = ids != 0
         if self.training and self.dropout > 0:
-            keep = torch.rand(ids.shape, device=ids.device) >= self.dropout
-            out = out * keep.unsqueeze(-1).to(out.dtype)
-        return out
+            keep = keep & (torch.rand(ids.shape, device=ids.device) >= self.dropout)
+        return F.embedding(ids, self.weight) * keep.unsqueeze(-1).to(self.weight.dtype)
 
 
 class SequencePredictor(nn.Module):

@@ -18,6 +18,7 @@ COMMANDS = {
     "pretrain": ("aam.cli.pretrain", "pretrain", "Self-supervised pretraining on UniFrac distances + masked nucleotides."),
     "train": ("aam.cli.train", "train", "Fine-tune for regression or classification on a metadata column."),
     "cv": ("aam.cli.cv", "cv", "K-fold cross-validation of train, next to classical baselines on the same folds."),
+    "tune": ("aam.cli.tune", "tune", "Optuna search over the fine-tuning options, scored by cross-validation."),
     "predict": ("aam.cli.predict", "predict", "Predict a new table with a trained checkpoint."),
     "embed": ("aam.cli.embed", "embed", "Sample embeddings (and predicted UniFrac distances) of a table."),
     "explain": ("aam.cli.explain", "explain", "Which ASVs drive a fine-tuned model's predictions (occlusion)."),

@@ -6,6 +6,7 @@ field defaults it shows, so a default is written once."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -220,6 +221,37 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
         out.append(opt("Hardware", "--tf32", is_flag=True, default=d.tf32,
                        help="Allow TF32 tensor-core float32 matmuls (CUDA only; no effect on CPU)."))
     return out
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--config FILE: a JSON object of option values (e.g. `aam tune`'s best_options.json) used as defaults;
+    options given on the command line win."""
+    if not value:
+        return value
+    import json
+
+    from aam.errors import InputError
+
+    try:
+        values = json.loads(Path(value).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--config {value}: not a readable JSON file ({exc}); give a JSON object of option values, "
+                         "e.g. the best_options.json of `aam tune`") from None
+    if not isinstance(values, dict):
+        raise InputError(f"--config {value}: expected a JSON object of option values, e.g. {{\"lr\": 0.001}}")
+    names = {p.name for p in ctx.command.params}
+    unknown = sorted(k for k in values if k.replace("-", "_") not in names)
+    if unknown:
+        raise InputError(f"--config {value}: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not an option "
+                         f"of `aam {ctx.info_name}`; use the option names without dashes (e.g. weight_decay)")
+    ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in values.items()}}
+    return value
+
+
+def config_option() -> Callable:
+    return opt("Other", "--config", type=click.Path(dir_okay=False), default=None, is_eager=True, expose_value=False,
+               callback=_load_config, help="JSON file of option values used as defaults (e.g. best_options.json of "
+                                           "`aam tune`); options on the command line win.")
 
 
 def output_option() -> Callable:

@@ -83,6 +83,7 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
 @O.apply(O.training_options(D.training, BEST_METRICS))
 @O.apply(O.hardware_options(D.hardware))
 @O.output_option()
+@O.config_option()
 def train(**options) -> int:
     """Fine-tune for regression (default) or classification (--classifier) on --metadata-column."""
     from aam.workflows.train import run_train

@@ -169,3 +169,17 @@ def attribution_bars(labels: list[str], mean_attribution: np.ndarray, n_samples:
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def tuning_history(trials: list[int], values: list[float], path: Path, objective: str) -> Path:
+    """Each finished trial's cross-validated objective and the best so far (lower is better)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    order = np.argsort(trials)
+    x, y = np.asarray(trials)[order], np.asarray(values, dtype=float)[order]
+    ax.scatter(x, y, s=18, color="tab:blue", label="trial")
+    ax.plot(x, np.minimum.accumulate(y), color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"cross-validated {objective}")
+    ax.legend()
+    return _save(fig, path)

@@ -28,7 +28,14 @@ from aam.utils.runtime import setup_logging
 from aam.workflows.baselines import METHODS as BASELINES
 from aam.workflows.baselines import fit_baselines
 from aam.workflows.inference import run_predict
-from aam.workflows.requests import CVRequest, InferenceOptions, LabelOptions, PredictRequest, SavedModelInput
+from aam.workflows.requests import (
+    CVRequest,
+    InferenceOptions,
+    LabelOptions,
+    PredictRequest,
+    SavedModelInput,
+    TrainRequest,
+)
 from aam.workflows.train import run_train, target_columns
 
 log = logging.getLogger("aam")
@@ -36,14 +43,16 @@ log = logging.getLogger("aam")
 METHODS = ("aam", *BASELINES, "constant")
 
 
-def _fold_ids(req: CVRequest, cols: list[str], table: Any, md: Any) -> list[list[str]]:
-    """Samples of the table with a target value (in at least one of several columns), cut into folds."""
-    lab = req.train.labels
+def fold_ids(train: TrainRequest, cols: list[str], table: Any, md: Any, folds: int) -> list[list[str]]:
+    """Samples of the table with a target value (in at least one of several columns), minus the request's
+    `exclude_samples`, cut into folds (whole groups per fold; classifiers keep the class mix)."""
+    lab = train.labels
     meta.require_columns(md, cols + ([lab.group_column] if lab.group_column else []), lab.metadata)
     in_table = [str(s) for s in table.ids(axis="sample")]
-    ids = [s for s in in_table if s in md.index]
+    excluded = set(train.exclude_samples)
+    ids = [s for s in in_table if s in md.index and s not in excluded]
     if not ids:
-        raise InputError(f"no sample of {req.train.input.table} is in {lab.metadata}; check that the sample IDs "
+        raise InputError(f"no sample of {train.input.table} is in {lab.metadata}; check that the sample IDs "
                          "match")
     if lab.classifier:
         labels, ok = meta.categorical_values(md, cols[0], ids)
@@ -53,10 +62,10 @@ def _fold_ids(req: CVRequest, cols: list[str], table: Any, md: Any) -> list[list
     ids = [s for s, k in zip(ids, ok, strict=True) if k]
     groups = md[lab.group_column].reindex(ids).tolist() if lab.group_column else None
     strat = [str(v) for v, k in zip(labels, ok, strict=True) if k] if labels is not None else None
-    return kfold_samples(ids, req.folds, req.train.training.seed, groups, strat)
+    return kfold_samples(ids, folds, train.training.seed, groups, strat)
 
 
-def _check_folds(out: Path, folds: list[list[str]]) -> None:
+def check_folds(out: Path, folds: list[list[str]]) -> None:
     """A resumed CV must cut the same folds; folds.json records them."""
     path = out / "folds.json"
     if path.is_file():
@@ -67,16 +76,16 @@ def _check_folds(out: Path, folds: list[list[str]]) -> None:
     write_json(path, folds)
 
 
-def _train_fold(req: CVRequest, fold_dir: Path, test: list[str]) -> Path:
-    """Train on everything but `test` (resuming an unfinished fold); the predictions TSV of the test fold."""
+def train_fold(train: TrainRequest, fold_dir: Path, test: list[str]) -> Path:
+    """Train on everything but `test` and the request's own `exclude_samples` (resuming an unfinished fold);
+    the predictions TSV of the test fold."""
     pred_path = fold_dir / "test_predictions.tsv"
     if pred_path.is_file():
         log.info("%s: already done, kept", fold_dir.name)
         return pred_path
     last = fold_dir / "checkpoints/last.pt"
-    train = req.train
     run_train(dataclasses.replace(
-        train, output_dir=str(fold_dir), exclude_samples=tuple(test),
+        train, output_dir=str(fold_dir), exclude_samples=(*train.exclude_samples, *test),
         training=dataclasses.replace(train.training, resume=str(last) if last.is_file() else None)))
     hw = train.hardware
     run_predict(PredictRequest(
@@ -92,7 +101,7 @@ def _train_fold(req: CVRequest, fold_dir: Path, test: list[str]) -> Path:
     return pred_path
 
 
-def _auc(truth: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
+def roc_auc(truth: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
     """ROC AUC from class probabilities [n, len(classes)]: binary, or macro one-vs-rest when every class occurs
     in the fold; nothing when the fold holds a single class."""
     from sklearn.metrics import roc_auc_score
@@ -157,7 +166,7 @@ def _score_column(req: CVRequest, table: Any, md: Any, col: str, pcol: str, k: i
         freq = np.array([float(np.mean(train_truth == c)) for c in classes])
         probs["constant"] = np.tile(freq, (len(tested), 1))
     rows = [{"target": col, "method": method, "fold": k, "n_test": len(tested),
-             **_score(lab.classifier, truth, p, classes), **(_auc(truth, probs[method], classes) if probs else {})}
+             **_score(lab.classifier, truth, p, classes), **(roc_auc(truth, probs[method], classes) if probs else {})}
             for method, p in preds.items()]
     return tested, truth, preds, rows
 
@@ -168,8 +177,8 @@ def run_cv(req: CVRequest) -> dict[str, Any]:
     out = Path(req.output_dir)
     setup_logging(out, "cv.log")
     table, md = load_table(req.train.input.table), meta.load_metadata(lab.metadata)  # once: folds and baselines
-    folds = _fold_ids(req, cols, table, md)
-    _check_folds(out, folds)
+    folds = fold_ids(req.train, cols, table, md, req.folds)
+    check_folds(out, folds)
     everyone = [s for f in folds for s in f]
     log.info("%d-fold cross-validation of %d samples%s: fold sizes %s", len(folds), len(everyone),
              f", grouped by {lab.group_column}" if lab.group_column else "", [len(f) for f in folds])
@@ -181,7 +190,7 @@ def run_cv(req: CVRequest) -> dict[str, Any]:
     for k, test in enumerate(folds, start=1):
         fold_dir = out / f"fold{k}"
         log.info("fold %d/%d: %d test samples", k, len(folds), len(test))
-        pred = {r["sample_id"]: r for r in read_tsv(_train_fold(req, fold_dir, test))}
+        pred = {r["sample_id"]: r for r in read_tsv(train_fold(req.train, fold_dir, test))}
         setup_logging(out, "cv.log")  # the fold's run logged to its own training.log
         held = set(test)
         train = [s for s in everyone if s not in held]

@@ -225,7 +225,7 @@ class TrainRequest:
                    distances=_group(DistanceOptions, values), model=_group(ModelOptions, values),
                    head=_group(HeadOptions, values), loss=_group(LossOptions, values),
                    target_loss=_group(TargetLossOptions, values), training=_group(TrainingOptions, values),
-                   hardware=_group(Hardware, values))
+                   hardware=_group(Hardware, values), exclude_samples=tuple(values.get("exclude_samples", ())))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,6 +235,20 @@ class CVRequest:
     train: TrainRequest
     folds: int = 5
     rf_trees: int = 500
+
+    @property
+    def output_dir(self) -> str:
+        return self.train.output_dir
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneRequest:
+    """An Optuna search over the fine-tuning options of `train`, each trial scored by `folds`-fold CV of the
+    labelled samples minus `train.exclude_samples` (its output_dir holds the study)."""
+
+    train: TrainRequest
+    trials: int = 20
+    folds: int = 3
 
     @property
     def output_dir(self) -> str:

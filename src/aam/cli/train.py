@@ -43,6 +43,10 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
 @O.opt("Model", "--asv-identity-dropout", type=float, default=D.head.asv_identity_dropout,
        help="Fraction of a batch's ASVs whose identity vector is dropped in training (keeps the sequence path "
             "useful for unseen ASVs).")
+@O.opt("Training", "--ensemble", type=int, default=D.head.ensemble,
+       help="Train K cross-fitted models that predict together: the labelled samples are cut into K folds, model k "
+            "trains on the others and validates on fold k, so every sample is used for training and the validation "
+            "metrics are out-of-fold over all samples (--test-size is then not used). 1 = one model.")
 @O.opt("Model", "--classifier", is_flag=True, default=default_of(LabelOptions, "classifier"),
        help="Classify the column's values (read as class labels) instead of regressing.")
 @O.apply(O.model_options(D.model))

@@ -19,6 +19,7 @@ from aam.data.prepare import PreparedTable, Preprocessing, make_dataset, prepare
 from aam.errors import AAMError, InputError
 from aam.models import ModelConfig, build_model
 from aam.models.encoders import encode_token_table
+from aam.models.ensemble import EnsemblePredictor
 from aam.training import checkpoint as ckpt
 from aam.training import plots
 from aam.training.losses import embedding_distances, point_prediction
@@ -36,13 +37,22 @@ def load_model(source: SavedModelInput, run: InferenceOptions, kind: str | None
     """Checkpoint --model -> (checkpoint dict, config, preprocessing, model in eval mode on --device)."""
     setup_logging(None)
     data = ckpt.load_checkpoint(source.model, kind)
+    if "members" in data and not data["members"]:
+        raise InputError(f"{source.model}: no member of this ensemble has finished training; resume the run "
+                         "(aam train ... --resume <run>/checkpoints/last.pt) or use a finished run's best.pt")
     mcfg = dataclasses.replace(ModelConfig.from_dict(data["model_config"]), kernels=run.kernels)
     pre = Preprocessing.from_dict(data["preprocessing"])
     device = resolve_device(run.device)
-    model = build_model(mcfg)
-    model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
+    model = EnsemblePredictor([_member(mcfg, state) for state in data["members"]]) if "members" in data else \
+        _member(mcfg, data["model_state"])
     model.to(device).eval()
     return data, mcfg, pre, model, device
+
+
+def _member(mcfg: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(mcfg)
+    model.load_state_dict(ckpt.strip_prefixes(state))
+    return model
 
 
 def prepare(source: SavedModelInput, mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
@@ -66,10 +76,12 @@ def _batches(run: InferenceOptions, prepared: PreparedTable, pre: Preprocessing,
                     disable=os.environ.get("AAM_NO_PROGRESS") is not None)
 
 
-def asv_embeddings(model: torch.nn.Module, prepared: PreparedTable, device: torch.device) -> torch.Tensor:
+def asv_embeddings(model: torch.nn.Module, prepared: PreparedTable, device: torch.device) -> torch.Tensor | None:
     """The ASV encoder's embedding of every feature of the prepared table, computed once (each ASV is then
-    encoded once per command, not once per batch it appears in)."""
-    return encode_token_table(model.asv_encoder, prepared.tokens, device)
+    encoded once per command, not once per batch it appears in); None for an ensemble whose members have
+    different ASV encoders."""
+    encoder = model.asv_encoder
+    return None if encoder is None else encode_token_table(encoder, prepared.tokens, device)
 
 
 def model_inputs(batch: dict[str, Any], device: torch.device,
@@ -216,6 +228,9 @@ def run_embed(req: EmbedRequest) -> dict[str, Any]:
         md = meta.load_metadata(req.source.metadata)
         meta.require_columns(md, [req.metadata_column], req.source.metadata)
     encoder = model if data["kind"] == "pretrain" else model.base_model
+    if "members" in data:
+        log.info("%s is an ensemble of %d models: embedding with the first member's encoder", req.source.model,
+                 len(data["members"]))
     prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
     if len(ids) < 2 and req.distance_matrix:

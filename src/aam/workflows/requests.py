@@ -26,6 +26,7 @@ PRETRAINED_BASE_LR_SCALE = 0.1  # a pretrained encoder learns at 0.1 x --lr unde
 DEFAULT_TEST_SIZE = 0.2
 DEFAULT_TARGET_TRANSFORM = "zscore"
 COUNT_EMBEDDING_METHOD = "add"
+DEFAULT_ENSEMBLE = 1
 
 G = TypeVar("G")
 
@@ -168,6 +169,7 @@ class HeadOptions:
     count_target: str = _MODEL.count_target
     categorical_fusion: str = _MODEL.categorical_fusion
     categorical_embed_dim: int = _MODEL.categorical_embed_dim
+    ensemble: int = DEFAULT_ENSEMBLE  # cross-fitted models that predict together (1 = one model)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from aam.training.trainer import Trainer
 from aam.workflows import distances
 from aam.workflows.requests import PRETRAINED_BASE_LR_SCALE, HeadOptions, LabelOptions, TrainRequest
 from aam.workflows.runs import (
+    Run,
     check_batch_size,
     encoder_config,
     load_resume,
@@ -105,14 +107,13 @@ def labelled_values(labels: LabelOptions, md: Any, ids: list[str], cols: list[st
 
 @dataclass
 class Labelled:
-    """The run's labelled samples: the prepared table, sample IDs with a target, raw values, the split."""
+    """The run's labelled samples: the prepared table, sample IDs with a target, their raw values, groups."""
 
     prepared: PreparedTable
     md: Any
     ids: list[str]
     raw: np.ndarray
-    train_ids: list[str]
-    val_ids: list[str]
+    groups: list[Any] | None
 
     def raw_of(self, sample_ids: list[str]) -> np.ndarray:
         pos = {s: i for i, s in enumerate(self.ids)}
@@ -126,6 +127,27 @@ class Targets:
     y_of: dict[str, Any]
     class_labels: list[str] | None
     denormalize: Any
+
+
+@dataclass
+class Setup:
+    """What every model of a run shares: the request, the run folder, preprocessing, data and targets."""
+
+    req: TrainRequest
+    run: Run
+    resume: dict[str, Any] | None
+    pretrained: dict[str, Any] | None
+    pre: Preprocessing
+    cols: list[str]
+    data: Labelled
+    targets: Targets
+    cat_codes: dict[str, np.ndarray] | None
+    dm: Any
+
+    def dataset(self, sample_ids: list[str]) -> SampleDataset:
+        y = np.asarray([self.targets.y_of[s] for s in sample_ids])
+        c = np.stack([self.cat_codes[s] for s in sample_ids]) if self.cat_codes is not None else None
+        return make_dataset(self.data.prepared, sample_ids, self.pre, y, c)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -145,7 +167,7 @@ def _preprocessing(req: TrainRequest, resume: dict[str, Any] | None,
 
 
 def _labelled(req: TrainRequest, pre: Preprocessing, cols: list[str]) -> Labelled:
-    """Load and prepare the table, keep samples with a target (minus --exclude_samples), split them."""
+    """Load and prepare the table; the samples with a target, minus the request's exclude_samples."""
     labels = req.labels
     md = meta.load_metadata(labels.metadata)
     meta.require_columns(md, cols, labels.metadata)
@@ -162,46 +184,53 @@ def _labelled(req: TrainRequest, pre: Preprocessing, cols: list[str]) -> Labelle
     if labels.group_column:
         meta.require_columns(md, [labels.group_column], labels.metadata)
         groups = md[labels.group_column].reindex(ids).tolist()
-    stratify = list(raw) if labels.classifier else None
-    train_ids, val_ids = split_samples(ids, req.preprocess.test_size, pre.seed, groups=groups, stratify=stratify)
-    return Labelled(prepared, md, ids, raw, train_ids, val_ids)
+    return Labelled(prepared, md, ids, raw, groups)
 
 
-def _fit_targets(req: TrainRequest, pre: Preprocessing, data: Labelled, cols: list[str]) -> Targets:
-    """Label encoder (classifier) or target transform(s), fitted on the training split and recorded in `pre`.
-    Validation samples of classes absent from training are dropped from `data.val_ids`."""
-    raw_train = data.raw_of(data.train_ids)
+def split(req: TrainRequest, pre: Preprocessing, data: Labelled) -> tuple[list[str], list[str]]:
+    """The train/validation split of one model: --test-size of the samples (whole groups; classes kept)."""
+    stratify = list(data.raw) if req.labels.classifier else None
+    return split_samples(data.ids, req.preprocess.test_size, pre.seed, groups=data.groups, stratify=stratify)
+
+
+def _fit_targets(req: TrainRequest, pre: Preprocessing, data: Labelled, cols: list[str], fit_ids: list[str],
+                 val_ids: list[str]) -> tuple[Targets, list[str]]:
+    """Label encoder (classifier) or target transform(s), fitted on `fit_ids` and recorded in `pre`; and the
+    validation samples left (those of classes absent from `fit_ids` are dropped)."""
+    raw_fit = data.raw_of(fit_ids)
     col = ",".join(cols)
     pre.target_column = col
     if req.labels.classifier:
         enc = tgt.LabelEncoder.from_dict(pre.label_encoder) if pre.label_encoder else \
-            tgt.LabelEncoder(column=col).fit(raw_train)
+            tgt.LabelEncoder(column=col).fit(raw_fit)
         pre.label_encoder = enc.to_dict()
         known = set(enc.classes)
-        unseen = [s for s, v in zip(data.val_ids, data.raw_of(data.val_ids), strict=True) if str(v) not in known]
+        unseen = [s for s, v in zip(val_ids, data.raw_of(val_ids), strict=True) if str(v) not in known]
         if unseen:
             log.warning("%d validation sample(s) have classes absent from training and are left out (e.g. %s)",
                         len(unseen), ", ".join(unseen[:10]))
-            data.val_ids = [s for s in data.val_ids if s not in set(unseen)]
-        used = data.train_ids + data.val_ids
-        return Targets(dict(zip(used, enc.transform(list(data.raw_of(used))), strict=True)), enc.classes, None)
+            val_ids = [s for s in val_ids if s not in set(unseen)]
+        used = [s for s, v in zip(data.ids, data.raw, strict=True) if str(v) in known]
+        return Targets(dict(zip(used, enc.transform(list(data.raw_of(used))), strict=True)), enc.classes,
+                       None), val_ids
     if pre.target_transform:
         transform = tgt.transform_from_dict(pre.target_transform)
     elif len(cols) > 1:
-        transform = tgt.ColumnTransforms.fit(req.target_loss.target_transform, raw_train, cols)
+        transform = tgt.ColumnTransforms.fit(req.target_loss.target_transform, raw_fit, cols)
     else:
-        transform = tgt.TargetTransform(req.target_loss.target_transform).fit(raw_train.astype(np.float64), col)
+        transform = tgt.TargetTransform(req.target_loss.target_transform).fit(raw_fit.astype(np.float64), col)
     pre.target_transform = transform.to_dict()
     y = transform.transform(data.raw.astype(np.float64))
-    return Targets(dict(zip(data.ids, y, strict=True)), None, transform.inverse_transform)
+    return Targets(dict(zip(data.ids, y, strict=True)), None, transform.inverse_transform), val_ids
 
 
-def _category_codes(req: TrainRequest, pre: Preprocessing, data: Labelled) -> dict[str, np.ndarray] | None:
+def _category_codes(req: TrainRequest, pre: Preprocessing, data: Labelled,
+                    fit_ids: list[str]) -> dict[str, np.ndarray] | None:
     cat_cols = parse_list(req.labels.categorical_columns)
     if not cat_cols and not pre.category_encoder:
         return None
     cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder) if pre.category_encoder else \
-        tgt.CategoryEncoder().fit(data.md.loc[data.train_ids], cat_cols)
+        tgt.CategoryEncoder().fit(data.md.loc[fit_ids], cat_cols)
     pre.category_encoder = cenc.to_dict()
     return dict(zip(data.ids, cenc.transform(data.md, data.ids), strict=True))
 
@@ -264,7 +293,10 @@ def _check_best_metric(best: str, classifier: bool, cols: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_train(req: TrainRequest) -> dict[str, Any]:
+def setup_training(req: TrainRequest, ensemble: bool = False) -> tuple[Setup, list[str], list[str]]:
+    """The shared stages of a run, and the split of a single model: (setup, train_ids, val_ids). For an ensemble
+    the targets, categories and ASV vocabulary are fitted on every labelled sample (each is a training sample of
+    some member) and the split is left to the members (both lists hold every sample)."""
     resume = load_resume(req.training.resume, "train")
     dist_opts = distances.resolve(distances.from_resume(req.distances, resume), req.preprocess.asv_sampling,
                                   required=False)
@@ -272,62 +304,90 @@ def run_train(req: TrainRequest) -> dict[str, Any]:
     use_dm = dist_opts.given and req.loss.penalty > 0
     run = start_run(req, req.hardware, req.training.seed)
     check_batch_size(req.training.batch_size, pairwise=use_dm)
+    if resume is not None and ("members" in resume) != ensemble:
+        n = len(resume.get("member_folds", []))
+        raise AAMError(f"--resume {req.training.resume}: that run trained "
+                       f"{f'an ensemble of {n} models' if n else 'a single model'}, not --ensemble "
+                       f"{req.head.ensemble}; resume with the same --ensemble (or start a new run)")
+    if resume is not None and ensemble and len(resume["member_folds"]) != req.head.ensemble:
+        raise AAMError(f"--resume {req.training.resume}: that run trains {len(resume['member_folds'])} members, not "
+                       f"--ensemble {req.head.ensemble}; resume with the same --ensemble")
     encoder_path = req.head.pretrained_encoder
-    pretrained = ckpt.load_checkpoint(encoder_path, "pretrain") if encoder_path and not resume else None
+    # an ensemble's members not trained yet start from the pretrained encoder, also when the run resumes
+    pretrained = ckpt.load_checkpoint(encoder_path, "pretrain") if encoder_path and (ensemble or not resume) \
+        else None
+    for flag, given in (("--freeze-base", req.head.freeze_base), ("--freeze-asv-encoder", req.head.freeze_asv_encoder)):
+        if given and pretrained is None and resume is None:
+            raise AAMError(f"{flag} needs --pretrained-encoder (there is nothing pretrained to freeze)")
     pre = _preprocessing(req, resume, pretrained)
     cols = target_columns(req.labels, req.target_loss.loss_type)
     col = ",".join(cols)
     if resume and pre.target_column and pre.target_column != col:
         raise AAMError(f"--resume {req.training.resume}: that run predicts --metadata-column {pre.target_column}, "
                        f"not {col}; resume with the same columns (or start a new run)")
+    _check_best_metric(req.training.best_metric, req.labels.classifier, cols)
     data = _labelled(req, pre, cols)
+    train_ids, val_ids = (data.ids, data.ids) if ensemble else split(req, pre, data)
     if req.head.asv_identity and not resume:
-        pre.asv_vocabulary = asv_vocabulary(data.prepared, data.train_ids)
-        log.info("ASV identity embeddings for the %d ASVs of the training split", len(pre.asv_vocabulary))
-    targets = _fit_targets(req, pre, data, cols)
-    cat_codes = _category_codes(req, pre, data)
-    write_split(run.out, data.train_ids, data.val_ids)
+        pre.asv_vocabulary = asv_vocabulary(data.prepared, train_ids)
+        log.info("ASV identity embeddings for the %d ASVs of the training samples", len(pre.asv_vocabulary))
+    targets, val_ids = _fit_targets(req, pre, data, cols, train_ids, val_ids)
+    cat_codes = _category_codes(req, pre, data, train_ids)
+    dm = distances.load(dist_opts, req.input.table, req.hardware.num_workers, data.ids, data.prepared, pre) \
+        if use_dm else None
+    return Setup(req, run, resume, pretrained, pre, cols, data, targets, cat_codes, dm), train_ids, val_ids
 
-    def dataset(sample_ids: list[str]) -> SampleDataset:
-        y = np.asarray([targets.y_of[s] for s in sample_ids])
-        c = np.stack([cat_codes[s] for s in sample_ids]) if cat_codes is not None else None
-        return make_dataset(data.prepared, sample_ids, pre, y, c)
 
-    train_set, val_set = dataset(data.train_ids), dataset(data.val_ids)
+def fit_model(setup: Setup, train_ids: list[str], val_ids: list[str], out: Path,
+              resume_path: str | None) -> tuple[Trainer, list[dict[str, float]]]:
+    """Build the predictor (from the pretrained encoder), train it on `train_ids`, validate on `val_ids` and write
+    its run folder `out` (checkpoints, plots, val_predictions.tsv); resume from `resume_path` when given."""
+    req, pre = setup.req, setup.pre
+    resume = ckpt.load_checkpoint(resume_path, "train") if resume_path else None
+    write_split(out, train_ids, val_ids)
+    train_set, val_set = setup.dataset(train_ids), setup.dataset(val_ids)
     report_token_limit(train_set, pre.token_limit)
-    mcfg = _predictor_config(req, pre, resume, pretrained, len(cols), targets.class_labels)
+    mcfg = _predictor_config(req, pre, resume, setup.pretrained, len(setup.cols), setup.targets.class_labels)
     model = build_model(mcfg)
-    if pretrained:
-        model.base_model.load_state_dict(ckpt.strip_prefixes(pretrained["model_state"]))
-        log.info("loaded pretrained encoder %s", encoder_path)
-    has_encoder = pretrained is not None or resume is not None
-    for flag, given in (("--freeze-base", req.head.freeze_base), ("--freeze-asv-encoder", req.head.freeze_asv_encoder)):
-        if given and not has_encoder:
-            raise AAMError(f"{flag} needs --pretrained-encoder (there is nothing pretrained to freeze)")
+    if setup.pretrained:
+        model.base_model.load_state_dict(ckpt.strip_prefixes(setup.pretrained["model_state"]))
+        log.info("loaded pretrained encoder %s", req.head.pretrained_encoder)
     frozen = req.head.freeze_base
     if frozen:
         model.freeze_base()
     elif req.head.freeze_asv_encoder:
         model.freeze_asv_encoder()
     log.info("SequencePredictor: %d parameters (%d trainable); %d train / %d val samples", count_parameters(model),
-             count_parameters(model, trainable_only=True), len(data.train_ids), len(data.val_ids))
-    dm = distances.load(dist_opts, req.input.table, req.hardware.num_workers, data.ids, data.prepared, pre) \
-        if use_dm else None
-    loss = _loss(req, mcfg, dm, frozen, targets.class_labels, run.world,
+             count_parameters(model, trainable_only=True), len(train_ids), len(val_ids))
+    loss = _loss(req, mcfg, setup.dm, frozen, setup.targets.class_labels, setup.run.world,
                  nucleotides=not (frozen or req.head.freeze_asv_encoder))
-    best = req.training.best_metric
-    _check_best_metric(best, req.labels.classifier, cols)
     info = {"kind": "train", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
-    trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
-                      train_config(req.training, req.loss, req.hardware, best, base_lr_scale(req.head, resume)),
-                      run.device, run.out, info, task="classification" if targets.class_labels else "regression",
-                      denormalize=targets.denormalize, class_labels=targets.class_labels,
-                      target_names=cols if len(cols) > 1 else None)
-    if req.training.resume:
-        trainer.resume(req.training.resume)
+    classes = setup.targets.class_labels
+    trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=setup.dm),
+                      train_config(req.training, req.loss, req.hardware, req.training.best_metric,
+                                   base_lr_scale(req.head, resume)),
+                      setup.run.device, out, info, task="classification" if classes else "regression",
+                      denormalize=setup.targets.denormalize, class_labels=classes,
+                      target_names=setup.cols if len(setup.cols) > 1 else None)
+    if resume_path:
+        trainer.resume(resume_path)
     history = trainer.fit()
     trainer.close()
+    return trainer, history
+
+
+def metric_keys(classifier: bool) -> list[str]:
+    return ["val_loss", "val_accuracy", "val_f1"] if classifier else ["val_loss", "val_mae", "val_rmse", "val_r2"]
+
+
+def run_train(req: TrainRequest) -> dict[str, Any]:
+    if req.head.ensemble < 1:
+        raise AAMError(f"--ensemble must be >= 1 (1 = one model), got {req.head.ensemble}")
+    if req.head.ensemble > 1:
+        from aam.workflows.ensemble import run_ensemble  # the same layer; imported only when needed
+
+        return run_ensemble(req)
+    setup, train_ids, val_ids = setup_training(req)
+    trainer, history = fit_model(setup, train_ids, val_ids, setup.run.out, req.training.resume)
     finish_distributed()
-    keys = ["val_loss", "val_accuracy", "val_f1"] if targets.class_labels else \
-        ["val_loss", "val_mae", "val_rmse", "val_r2"]
-    return report(trainer, history, keys)
+    return report(trainer, history, metric_keys(bool(setup.targets.class_labels)))

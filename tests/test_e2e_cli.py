@@ -240,7 +240,7 @@ def test_batch_size_rules(data, tmp_path, capsys):
     args[i + 1] = "1"
     assert "--batch-size must be >= 2" in run_err(capsys, args)
     args[i + 1] = "0"
-    assert "--batch-size must be >= 1" in run_err(capsys, args)
+    assert "--batch-size 0: must be a number >= 1" in run_err(capsys, args)
     args[i + 1] = "3"  # odd is fine: the pairwise loss uses every pair of the batch, no pairing of neighbours
     args += ["--max-steps", "1"]
     assert main(args) == 0

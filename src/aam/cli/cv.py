@@ -15,8 +15,6 @@ def _cv(**options) -> int:
     option of `aam train`; rerunning the same command resumes (finished folds are kept)."""
     from aam.workflows.cv import run_cv
 
-    if options["rf_trees"] < 1:
-        raise click.UsageError("--rf-trees must be >= 1")
     train = TrainRequest.from_options({**options, "resume": None})
     res = run_cv(CVRequest(train=train, folds=options["folds"], rf_trees=options["rf_trees"]))
     click.echo(f"{res['folds']}-fold cross-validation of {res['n_samples']} samples: {res['metrics']}, "

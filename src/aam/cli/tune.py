@@ -18,8 +18,6 @@ def _tune(**options) -> int:
     from aam.data.split import read_ids
     from aam.workflows.tune import run_tune
 
-    if options["trials"] < 1 or options["folds"] < 2:
-        raise click.UsageError("--trials must be >= 1 and --folds >= 2")
     excluded = tuple(read_ids(options["exclude_samples"])) if options["exclude_samples"] else ()
     train = TrainRequest.from_options({**options, "resume": None, "exclude_samples": excluded})
     res = run_tune(TuneRequest(train=train, trials=options["trials"], folds=options["folds"]))

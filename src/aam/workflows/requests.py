@@ -9,12 +9,14 @@ depends on other options; the field's comment says how it is resolved.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from aam.data.prepare import Preprocessing
+from aam.errors import AAMError
 from aam.models import ModelConfig
 from aam.training.config import TrainConfig
 from aam.training.losses import LossConfig
@@ -29,6 +31,55 @@ COUNT_EMBEDDING_METHOD = "add"
 DEFAULT_ENSEMBLE = 1
 
 G = TypeVar("G")
+
+
+# ------------------------------------------------------------------------------------------ validation
+@dataclass(frozen=True)
+class Rule:
+    """A finite number in [lo, hi] (either end open, or absent)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def ok(self, v: Any) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.low_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.high_open else v <= self.hi)
+
+    @property
+    def allowed(self) -> str:
+        if self.hi is None:
+            return f"a number {'>' if self.low_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.low_open else '['}{self.lo:g}, {self.hi:g}{')' if self.high_open else ']'}"
+
+
+def at_least(lo: float) -> Rule:
+    return Rule(lo)
+
+
+def above(lo: float) -> Rule:
+    return Rule(lo, low_open=True)
+
+
+def between(lo: float, hi: float, low_open: bool = False, high_open: bool = False) -> Rule:
+    return Rule(lo, hi, low_open, high_open)
+
+
+class Validated:
+    """Option groups list their rules in RULES (field -> rule); a value that breaks one is a one-line error
+    naming the option and what it accepts. None (a default resolved later) is always accepted."""
+
+    RULES: ClassVar[dict[str, Rule]] = {}
+
+    def __post_init__(self) -> None:
+        for name, rule in self.RULES.items():
+            value = getattr(self, name)
+            if value is not None and not rule.ok(value):
+                raise AAMError(f"--{name.replace('_', '-')} {value!r}: must be {rule.allowed}")
 
 
 def _group(cls: type[G], values: Mapping[str, Any]) -> G:
@@ -66,7 +117,11 @@ class TableInput:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Preprocess:
+class Preprocess(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {
+        "rarefy_depth": at_least(0), "max_bp": at_least(1), "token_limit": at_least(1),
+        "test_size": between(0, 1, low_open=True, high_open=True)}
+
     rarefy_depth: int | None = None  # None: min(5000, 10th percentile of sample depths); 0: no rarefaction
     max_bp: int = _PRE.max_bp
     token_limit: int = _PRE.token_limit
@@ -75,8 +130,10 @@ class Preprocess:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistanceOptions:
+class DistanceOptions(Validated):
     """Where pairwise UniFrac targets come from: a precomputed matrix or a tree (per batch), or neither."""
+
+    RULES: ClassVar[dict[str, Rule]] = {"unifrac_alpha": between(0, 1)}
 
     unifrac_matrix: str | None = None
     unifrac_ids: str | None = None
@@ -92,7 +149,11 @@ class DistanceOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelOptions:
+class ModelOptions(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {
+        "embedding_dim": at_least(1), "attention_heads": at_least(1), "attention_layers": at_least(1),
+        "asv_layers": at_least(1), "dropout": between(0, 1, high_open=True)}
+
     embedding_dim: int = _MODEL.embedding_dim
     attention_heads: int = _MODEL.encoder_heads
     attention_layers: int = _MODEL.encoder_layers
@@ -104,7 +165,11 @@ class ModelOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LossOptions:
+class LossOptions(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {
+        "penalty": at_least(0), "nuc_penalty": at_least(0), "nuc_mask_ratio": between(0, 1),
+        "nuc_asv_fraction": between(0, 1, low_open=True), "unifrac_scale": above(0)}
+
     penalty: float = _LOSS.unifrac_weight
     nuc_penalty: float = _LOSS.nuc_weight
     nuc_mask_ratio: float = _TRAIN.nuc_mask_ratio
@@ -115,7 +180,13 @@ class LossOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainingOptions:
+class TrainingOptions(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {
+        "epochs": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
+        "warmup_steps": at_least(0), "patience": at_least(0), "gradient_accumulation_steps": at_least(1),
+        "max_grad_norm": at_least(0), "seed": at_least(0), "checkpoint_every": at_least(0),
+        "max_steps": at_least(1), "log_every": at_least(1)}
+
     epochs: int = _TRAIN.epochs
     batch_size: int = _TRAIN.batch_size
     lr: float = _TRAIN.lr
@@ -133,7 +204,9 @@ class TrainingOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Hardware:
+class Hardware(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {"num_workers": at_least(0)}
+
     device: str = "auto"
     kernels: str = _MODEL.kernels
     num_workers: int = _TRAIN.num_workers
@@ -154,8 +227,12 @@ class LabelOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class HeadOptions:
+class HeadOptions(Validated):
     """The fine-tuning model on top of the (pretrained) encoder."""
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "base_lr_scale": at_least(0), "asv_identity_dropout": between(0, 1, high_open=True),
+        "categorical_embed_dim": at_least(1), "ensemble": at_least(1)}
 
     pretrained_encoder: str | None = None
     freeze_base: bool = False
@@ -173,7 +250,11 @@ class HeadOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TargetLossOptions:
+class TargetLossOptions(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {
+        "over_penalty": above(0), "under_penalty": above(0), "target_penalty": at_least(0),
+        "count_penalty": at_least(0)}
+
     loss_type: str = _LOSS.loss_type
     quantiles: str | None = None  # comma-separated; None: 0.1,0.5,0.9 with --loss-type quantile
     over_penalty: float = _LOSS.over_penalty
@@ -231,8 +312,10 @@ class TrainRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CVRequest:
+class CVRequest(Validated):
     """K-fold cross-validation of `train` (its output_dir is the CV folder; each fold gets fold<k>/)."""
+
+    RULES: ClassVar[dict[str, Rule]] = {"folds": at_least(2), "rf_trees": at_least(1)}
 
     train: TrainRequest
     folds: int = 5
@@ -244,9 +327,11 @@ class CVRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TuneRequest:
+class TuneRequest(Validated):
     """An Optuna search over the fine-tuning options of `train`, each trial scored by `folds`-fold CV of the
     labelled samples minus `train.exclude_samples` (its output_dir holds the study)."""
+
+    RULES: ClassVar[dict[str, Rule]] = {"trials": at_least(1), "folds": at_least(2)}
 
     train: TrainRequest
     trials: int = 20
@@ -270,7 +355,9 @@ class SavedModelInput:
 
 
 @dataclass(frozen=True, kw_only=True)
-class InferenceOptions:
+class InferenceOptions(Validated):
+    RULES: ClassVar[dict[str, Rule]] = {"batch_size": at_least(1), "num_workers": at_least(0)}
+
     batch_size: int = 8
     device: str = "auto"
     kernels: str = _MODEL.kernels

@@ -148,3 +148,26 @@ def test_freeze_asv_encoder_needs_a_pretrained_encoder(data, tmp_path, capsys):
     rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                "--output-dir", str(tmp_path / "x"), "--epochs", "1", "--freeze-asv-encoder", *MODEL])
     assert rc == 2 and "--freeze-asv-encoder needs --pretrained-encoder" in capsys.readouterr().err
+
+
+def test_asv_bag_is_a_hidden_layer_on_the_presence_profile(data):
+    import torch.nn.functional as F
+
+    prepared = prepare_table(data["table"], None, 300, 0, 40)
+    ids = [str(s) for s in prepared.table.ids()]
+    vocab = asv_vocabulary(prepared, ids[:3])
+    ds = make_dataset(prepared, ids, Preprocessing(max_bp=40, token_limit=16, asv_vocabulary=vocab))
+    items = [ds[i] for i in range(20, 26)]  # some of their ASVs are outside the vocabulary (id 0)
+    batch = collate(items)
+    model = build_model(_config(asv_vocab_size=len(vocab), asv_bag_dim=8)).eval()
+    entry_ids = batch["asv_ids"][batch["asv_index"]]
+    got = model.asv_bag(entry_ids, batch["offsets"])
+    for b, item in enumerate(items):
+        present = [i for i in item["asv_ids"] if i]
+        want = F.gelu(model.asv_bag.weight[present].sum(0) + model.asv_bag.bias)
+        torch.testing.assert_close(got[b], want)
+    assert any(0 in item["asv_ids"] for item in items)
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.asv_bag(entry_ids, batch["offsets"])
+    assert not torch.allclose(dropped, got)  # input and hidden dropout act in training only

@@ -43,6 +43,10 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
 @O.opt("Model", "--asv-identity-dropout", type=float, default=D.head.asv_identity_dropout,
        help="Fraction of a batch's ASVs whose identity vector is dropped in training (keeps the sequence path "
             "useful for unseen ASVs).")
+@O.opt("Model", "--asv-bag-dim", type=int, default=D.head.asv_bag_dim,
+       help="Width of a hidden layer on the sample's presence profile over the training ASVs (the sum of one "
+            "learned vector per ASV present), concatenated to the target head's input; 0 = off. Needs "
+            "--asv-identity.")
 @O.opt("Training", "--ensemble", type=int, default=D.head.ensemble,
        help="Train K cross-fitted models that predict together: the labelled samples are cut into K folds, model k "
             "trains on the others and validates on fold k, so every sample is used for training and the validation "

@@ -68,6 +68,11 @@ class ModelConfig:
     # batch's ASVs in training, so the sequence path keeps working for ASVs outside the vocabulary.
     asv_vocab_size: int = 0
     asv_identity_dropout: float = 0.0
+    # ASV bag: a hidden layer of this width on the sample's presence profile over the vocabulary (sum of one
+    # vector per ASV present, GELU, dropout), concatenated to the target head's input; 0 = off.
+    asv_bag_dim: int = 0
+    asv_bag_dropout: float = 0.5
+    asv_bag_input_dropout: float = 0.2
     categorical_cardinalities: list[int] = field(default_factory=list)
     categorical_embed_dim: int = 16
     categorical_fusion: str = "concat"
@@ -96,6 +101,10 @@ class ModelConfig:
             (self.out_dim >= 1, "out_dim must be >= 1"),
             (self.asv_vocab_size >= 0, "asv_vocab_size must be >= 0"),
             (0.0 <= self.asv_identity_dropout < 1.0, "--asv-identity-dropout must be in [0, 1)"),
+            (self.asv_bag_dim >= 0 and (not self.asv_bag_dim or self.asv_vocab_size),
+             "--asv-bag-dim needs the ASV vocabulary of --asv-identity"),
+            (0.0 <= self.asv_bag_dropout < 1.0 and 0.0 <= self.asv_bag_input_dropout < 1.0,
+             "ASV bag dropouts must be in [0, 1)"),
         ]
         for heads in (self.asv_heads, self.sample_heads, self.encoder_heads, self.count_heads, self.target_heads):
             checks.append((heads > 0 and d % heads == 0,

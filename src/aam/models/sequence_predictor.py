@@ -45,6 +45,31 @@ class ASVIdentity(nn.Module):
         return F.embedding(ids, self.weight) * keep.unsqueeze(-1).to(self.weight.dtype)
 
 
+class ASVBag(nn.Module):
+    """The sample as a bag of its vocabulary ASVs: the sum of one learned vector per ASV present (presence, not
+    abundance), a bias and GELU -> [B, dim], then dropout: a one-hidden-layer network on the sample's
+    presence/absence profile, computed from the batch's identity ids. In training each ASV is left out of the
+    bag with probability `input_dropout` (the rest scaled up, as dropout on the presence vector would)."""
+
+    def __init__(self, vocab_size: int, dim: int, dropout: float, input_dropout: float) -> None:
+        super().__init__()
+        bound = vocab_size**-0.5  # nn.Linear's initialisation for vocab_size inputs
+        self.weight = nn.Parameter(torch.empty(vocab_size + 1, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
+        self.drop = nn.Dropout(dropout)
+        self.input_dropout = input_dropout
+
+    def forward(self, entry_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """entry_ids [T]: identity id of each (sample, ASV) entry (0 = outside the vocabulary, left out);
+        offsets [B+1]: sample b owns entries offsets[b]:offsets[b+1]."""
+        weights = (entry_ids != 0).to(self.weight.dtype)
+        if self.training and self.input_dropout > 0:
+            keep = torch.rand(entry_ids.shape, device=entry_ids.device) >= self.input_dropout
+            weights = weights * keep.to(weights.dtype) / (1.0 - self.input_dropout)
+        bag = F.embedding_bag(entry_ids, self.weight, offsets[:-1], mode="sum", per_sample_weights=weights)
+        return self.drop(F.gelu(bag + self.bias))
+
+
 class SequencePredictor(nn.Module):
     """Fine-tuning model. Outputs `target` [B, out] (regression values, quantiles or class logits),
     `count_prediction` [B, S] (log1p counts or relative-abundance logits) and the base outputs."""
@@ -80,7 +105,10 @@ class SequencePredictor(nn.Module):
             nn.init.zeros_(self.asv_score.bias)
         if config.asv_vocab_size:
             self.asv_identity = ASVIdentity(config.asv_vocab_size, d, config.asv_identity_dropout)
-        width = 2 * d if config.target_input == "both" else d
+        if config.asv_bag_dim:
+            self.asv_bag = ASVBag(config.asv_vocab_size, config.asv_bag_dim, config.asv_bag_dropout,
+                                  config.asv_bag_input_dropout)
+        width = (2 * d if config.target_input == "both" else d) + config.asv_bag_dim
         self.target_head = nn.Linear(width, self.output_width)
         nn.init.xavier_uniform_(self.target_head.weight)
         nn.init.zeros_(self.target_head.bias)
@@ -147,6 +175,8 @@ class SequencePredictor(nn.Module):
             pooled = pooled + gate * torch.tanh(self.categorical_projection(c))
         if self.config.target_input == "both":
             pooled = torch.cat([pooled, self.embedding_norm(out["embeddings"])], dim=-1)
+        if self.config.asv_bag_dim:
+            pooled = torch.cat([pooled, self.asv_bag(asv_ids[asv_index], offsets).to(pooled.dtype)], dim=-1)
         out["target"] = self.target_head(pooled)
         if self.config.asv_readout != "none":
             out["target"] = out["target"] + self.asv_readout(x, valid, out["counts"])

@@ -231,7 +231,7 @@ class HeadOptions(Validated):
     """The fine-tuning model on top of the (pretrained) encoder."""
 
     RULES: ClassVar[dict[str, Rule]] = {
-        "base_lr_scale": at_least(0), "asv_identity_dropout": between(0, 1, high_open=True),
+        "base_lr_scale": at_least(0), "asv_identity_dropout": between(0, 1, high_open=True), "asv_bag_dim": at_least(0),
         "categorical_embed_dim": at_least(1), "ensemble": at_least(1)}
 
     pretrained_encoder: str | None = None
@@ -239,6 +239,7 @@ class HeadOptions(Validated):
     freeze_asv_encoder: bool = False
     asv_identity: bool = _MODEL.asv_vocab_size > 0
     asv_identity_dropout: float = _MODEL.asv_identity_dropout
+    asv_bag_dim: int = _MODEL.asv_bag_dim
     base_lr_scale: float | None = None  # None: PRETRAINED_BASE_LR_SCALE with --pretrained-encoder, else 1
     target_input: str = _MODEL.target_input
     asv_readout: str = _MODEL.asv_readout

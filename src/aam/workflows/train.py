@@ -252,6 +252,7 @@ def _predictor_config(req: TrainRequest, pre: Preprocessing, resume: dict[str, A
         count_prediction=head.count_prediction, count_target=head.count_target, count_heads=heads, count_layers=1,
         target_heads=heads, target_layers=layers, target_input=head.target_input, asv_readout=head.asv_readout,
         asv_vocab_size=len(pre.asv_vocabulary or []), asv_identity_dropout=head.asv_identity_dropout,
+        asv_bag_dim=head.asv_bag_dim,
         categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
         if pre.category_encoder else [],
         categorical_embed_dim=head.categorical_embed_dim, categorical_fusion=head.categorical_fusion)

@@ -11,3 +11,11 @@ class InputError(AAMError, ValueError):
 
 class BackendUnavailable(AAMError, RuntimeError):
     """An explicitly requested kernel backend cannot run here; the message says why."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT or SIGTERM after saving last.pt; the CLI exits 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -52,10 +52,13 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the group and turns user errors into one line and exit code 2."""
-    from aam.errors import AAMError
+    from aam.errors import AAMError, Interrupted
 
     try:
         rv = cli.main(args=argv, standalone_mode=False, prog_name="aam")
+    except Interrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
+        return 128 + exc.signum
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

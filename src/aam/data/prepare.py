@@ -84,6 +84,25 @@ def _sequences_for(table: biom.Table, table_path: str | Path, sequences_path: st
     return table, sequences.feature_sequences(known, mapping, table_path, sequences_path), unknown
 
 
+def check_counts(table: biom.Table, table_path: str | Path, rarefied: bool) -> None:
+    """InputError on negative or non-finite values, and on non-integer ones when the table is to be rarefied (a
+    table of relative abundances rarefied to depth 1 would lose every sample)."""
+    m = table.matrix_data.tocoo()
+    bad = ~np.isfinite(m.data) | (m.data < 0)
+    kind = "negative or non-finite"
+    if not bad.any() and rarefied:
+        bad = m.data != np.round(m.data)
+        kind = "non-integer"
+    if not bad.any():
+        return
+    k = int(np.flatnonzero(bad)[0])
+    sample, feature = str(table.ids(axis="sample")[m.col[k]]), str(table.ids(axis="observation")[m.row[k]])
+    fix = ("aam reads read counts: give the table of counts before any normalisation, or pass --rarefy-depth 0 to "
+           "use the values as they are") if kind == "non-integer" else "counts must be finite and >= 0"
+    raise InputError(f"{table_path}: {int(bad.sum())} {kind} values (e.g. {m.data[k]:g} in sample {sample!r}, "
+                     f"feature {feature[:40]!r}); {fix}")
+
+
 def prepare_table(table_path: str | Path, sequences_path: str | Path | None, depth: int | None, seed: int,
                   max_bp: int, sample_ids: list[str] | None = None, drop_unknown: bool = False) -> PreparedTable:
     """Load, (optionally) restrict to `sample_ids`, rarefy (depth None = default, 0 = off), tokenize.
@@ -95,6 +114,7 @@ def prepare_table(table_path: str | Path, sequences_path: str | Path | None, dep
     if sample_ids is not None:
         table = table.filter(sample_ids, axis="sample", inplace=False)
     table, seqs, _ = _sequences_for(table, table_path, sequences_path, drop_unknown)
+    check_counts(table, table_path, rarefied=depth != 0)
     dropped: dict[str, str] = {}
     totals = biom_io.sample_totals(table)
     ids = [str(s) for s in table.ids(axis="sample")]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from aam.errors import AAMError
+from aam.errors import AAMError, Interrupted
 from aam.models.encoders import encode_token_table
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
@@ -115,6 +117,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self.writer = None
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: stop at the next optimizer step
 
     # ------------------------------------------------------------------ plumbing
     def _loader(self, dataset: Dataset, sampler: Sampler, drop_last: bool) -> DataLoader:
@@ -283,31 +286,61 @@ class Trainer:
         log.info("training: %d samples, %d batches/epoch, %d optimizer steps (%d warmup), lr %g",
                  len(self.train_set), self.batches_per_epoch, self.total_steps, self.warmup_steps, cfg.lr)
         stopped = False
-        try:
-            while self.epoch < cfg.epochs and not stopped:
-                train_row, stopped = self._train_epoch()
-                if stopped and self.batch_in_epoch < self.batches_per_epoch:
-                    self.save("last.pt")  # mid-epoch stop: resume continues from this batch
-                    break
-                val_row = self.validate()
-                row = {"epoch": self.epoch + 1, **train_row, **val_row}
-                self.history.append(row)
-                improved = self._track_best(row)
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                if improved:
-                    self.save("best.pt")
-                self.save("last.pt")
-                self._log_epoch(row, improved)
-                if cfg.patience > 0 and self.bad_epochs >= cfg.patience:
-                    log.info("early stopping: %s did not improve for %d epochs", self._metric_name(), cfg.patience)
-                    break
-        finally:
-            if self.writer is not None:
-                self.writer.close()
+        with self._stop_on_signal():
+            try:
+                while self.epoch < cfg.epochs and not stopped and self.stop_signal is None:
+                    train_row, stopped = self._train_epoch()
+                    if stopped and self.batch_in_epoch < self.batches_per_epoch:
+                        self.save("last.pt")  # mid-epoch stop: resume continues from this batch
+                        break
+                    val_row = self.validate()
+                    row = {"epoch": self.epoch + 1, **train_row, **val_row}
+                    self.history.append(row)
+                    improved = self._track_best(row)
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    if improved:
+                        self.save("best.pt")
+                    self.save("last.pt")
+                    self._log_epoch(row, improved)
+                    if cfg.patience > 0 and self.bad_epochs >= cfg.patience:
+                        log.info("early stopping: %s did not improve for %d epochs", self._metric_name(),
+                                 cfg.patience)
+                        break
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            raise Interrupted(f"{name}: stopped at epoch {self.epoch + 1}, batch {self.batch_in_epoch}; "
+                              f"{self.checkpoint_dir / 'last.pt'} is saved: rerun the command with --resume "
+                              "<output-dir>/checkpoints/last.pt to continue", self.stop_signal)
         if self.is_main and self.history:
             plots.training_curves(self.history, self.plot_dir / "training_curves.png")
         return self.history
+
+    @contextlib.contextmanager
+    def _stop_on_signal(self):
+        """While training, SIGINT (Ctrl-C) and SIGTERM (e.g. a scheduler's preemption notice) stop the loop at the
+        next optimizer step, where last.pt is saved; a second Ctrl-C stops at once. Single-process runs only
+        (under torchrun the launcher forwards signals to every rank, which would stop at different steps)."""
+        if self.world > 1 or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("%s: saving last.pt at the next step, then stopping (Ctrl-C again stops at once)",
+                        signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def close(self) -> None:
         """Drop the DDP and compiled wrappers (before the process group is destroyed at the end of a run)."""
@@ -372,7 +405,7 @@ class Trainer:
                     window, window_batches = {}, 0
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     self.save("last.pt")
-                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                if self.stop_signal is not None or (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
                     stopped = True
                     break
         if bar is not None:

@@ -29,9 +29,11 @@ from aam.utils.io import write_tsv
 from aam.workflows.inference import (
     asv_embeddings,
     categorical_codes,
+    derived_outputs,
     load_model,
     model_inputs,
     prepare,
+    protect_inputs,
     report_skipped,
 )
 from aam.workflows.requests import ExplainRequest
@@ -67,6 +69,8 @@ def occlusion(model: torch.nn.Module, item: dict[str, Any], device: torch.device
 def run_explain(req: ExplainRequest) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
+    protect_inputs(req.source, derived_outputs(Path(req.output), "--output", ".summary.tsv", ".png", ".skipped.tsv"),
+                   taxonomy=req.taxonomy, samples=req.samples)
     _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
     prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]

@@ -118,11 +118,37 @@ def categorical_codes(source: SavedModelInput, pre: Preprocessing, ids: list[str
     return md, cenc.transform(md, ids)
 
 
+def protect_inputs(source: SavedModelInput, outputs: dict[str, Path], **other_inputs: str | None) -> None:
+    """InputError when a file the command writes is one of its inputs (checked before anything is written)."""
+    inputs = {"--model": source.model, "--table": source.table, "--sequences": source.sequences,
+              "--metadata": source.metadata, **{f"--{k.replace('_', '-')}": v for k, v in other_inputs.items()}}
+    given = {Path(p).resolve(): name for name, p in inputs.items() if p}
+    for what, path in outputs.items():
+        if path.resolve() in given:
+            raise InputError(f"{what} {path} is the {given[path.resolve()]} file: the command would overwrite its own "
+                             "input; name a new output file")
+
+
+def derived_outputs(output: Path, option: str, *suffixes: str) -> dict[str, Path]:
+    """The output file and the files written next to it (<stem><suffix>)."""
+    return {option: output, **{f"{option}'s {s} file": output.with_name(output.stem + s) for s in suffixes}}
+
+
+def _nothing_left(prepared: PreparedTable, table: str, what: str) -> InputError:
+    reasons = "; ".join(f"{sid}: {why}" for sid, why in sorted(prepared.dropped.items())[:3])
+    return InputError(f"{table}: no sample left to {what} ({len(prepared.dropped)} dropped{': ' if reasons else ''}"
+                      f"{reasons}); nothing was written")
+
+
 # ---------------------------------------------------------------------------------------------- predict
 def run_predict(req: PredictRequest) -> dict[str, Any]:
+    protect_inputs(req.source, derived_outputs(Path(req.output), "--output", ".png", ".metrics.json",
+                                               ".skipped.tsv"))
     _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
     prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    if not ids:
+        raise _nothing_left(prepared, req.source.table, "predict")
     md, cat = categorical_codes(req.source, pre, ids)
     output = Path(req.output)
     rows: list[list[str]] = []
@@ -218,6 +244,10 @@ def run_embed(req: EmbedRequest) -> dict[str, Any]:
     """Sample embeddings of the (pretrained) encoder for every sample of --table; optionally the distances the
     pretrained model predicts between them (its estimate of the UniFrac distances it was trained on) and a
     PCA plot coloured by a metadata column."""
+    outputs = derived_outputs(Path(req.output), "--output", ".png", ".skipped.tsv")
+    if req.distance_matrix:
+        outputs["--distance-matrix"] = Path(req.distance_matrix)
+    protect_inputs(req.source, outputs)
     data, mcfg, pre, model, device = load_model(req.source, req.run, None)
     if req.distance_matrix and data["kind"] != "pretrain":
         raise InputError(f"--distance-matrix needs a checkpoint of `aam pretrain`; {req.source.model} was written by "
@@ -233,6 +263,8 @@ def run_embed(req: EmbedRequest) -> dict[str, Any]:
                  len(data["members"]))
     prepared = prepare(req.source, mcfg, pre)
     ids = [str(s) for s in prepared.table.ids(axis="sample")]
+    if not ids:
+        raise _nothing_left(prepared, req.source.table, "embed")
     if len(ids) < 2 and req.distance_matrix:
         raise InputError(f"{req.source.table}: {len(ids)} sample(s) left after preprocessing; distances need two or more")
     embs, out_ids = [], []

@@ -55,6 +55,15 @@ def _validate(tree: Tree) -> Tree:
             f"{tree.source}: the tree has no branch lengths; UniFrac needs a tree with branch lengths "
             "(e.g. from FastTree, IQ-TREE or SEPP)"
         )
+    lengths = tree.length[nonroot]
+    bad = np.flatnonzero(nonroot)[np.isinf(lengths) | (lengths < 0)]
+    if len(bad):
+        v = int(bad[0])
+        name = repr(tree.names[v]) if tree.names[v] else f"unnamed node {v} (postorder)"
+        raise InputError(
+            f"{tree.source}: {len(bad)} branches have a negative or infinite length (e.g. {tree.length[v]:g} above "
+            f"{name}); UniFrac needs lengths >= 0: root and rebuild the tree, or set negative lengths to 0"
+        )
     missing = int(np.isnan(tree.length[nonroot]).sum())
     if missing:
         log.warning("%s: %d branches have no length; they count as length 0", tree.source, missing)
@@ -184,6 +193,11 @@ def tips_table(table: Any, tree: Tree, drop_missing_features: bool = False, sour
         raise InputError(
             f"{src}: {len(missing)} of {len(feature_ids)} features are not tips of the tree {tree.source} "
             f"(first: {first}); pass --drop-missing-features (drop_missing_features=True) to drop them"
+        )
+    if feature_ids and not len(keep):
+        raise InputError(
+            f"{src}: none of its {len(feature_ids)} features is a tip of the tree {tree.source} (table feature "
+            f"{feature_ids[0]!r}, tree tip {next(iter(tips), '')!r}); give the tree built for this table's ASVs"
         )
     if len(missing):
         log.warning("%s: dropped %d features that are not tips of %s", src, len(missing), tree.source)

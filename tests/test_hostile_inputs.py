@@ -1,0 +1,191 @@
+"""Hostile input: each case ends with one line naming the problem, a non-zero exit, no traceback, and no earlier
+output changed. Also Ctrl-C during training: last.pt is saved at the next step and the exit code is 130."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+
+import biom
+import numpy as np
+import pytest
+import torch
+
+from aam.cli.main import main
+from aam.data.prepare import prepare_table
+from aam.errors import InputError
+from subprocess_env import child_env
+from test_e2e_cli import MODEL, write_tiny
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("hostile"), n_samples=24)
+
+
+@pytest.fixture(scope="module")
+def model(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "run"
+    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+                 "--output-dir", str(out), "--epochs", "1", "--rarefy-depth", "300", "--ensemble", "1",
+                 *MODEL]) == 0
+    return out / "checkpoints/best.pt"
+
+
+def _sequences(table_path) -> list[str]:
+    return [str(f) for f in biom.load_table(str(table_path)).ids(axis="observation")]
+
+
+def _write_table(path, counts: np.ndarray, features: list[str], samples: list[str]) -> None:
+    with biom.util.biom_open(str(path), "w") as fh:
+        biom.Table(counts, features, samples).to_hdf5(fh, "hostile")
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    text = capsys.readouterr().err
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in text and len(errors) == 1, text  # log lines may precede the one error line
+    err = errors[0]
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def _unifrac(data, tree, out, *extra) -> int:
+    return main(["unifrac", "--table", str(data["table"]), "--tree", str(tree), "--output", str(out), *extra])
+
+
+@pytest.mark.parametrize("length", ["-0.5", "inf"])
+def test_tree_with_a_negative_or_infinite_branch_is_refused(data, tmp_path, capsys, length):
+    tips = _sequences(data["table"])
+    tree = tmp_path / "bad.nwk"
+    tree.write_text("(" + ",".join(f"{s}:{length if k == 3 else '0.1'}" for k, s in enumerate(tips)) + ");\n")
+    capsys.readouterr()
+    assert _unifrac(data, tree, tmp_path / "dm.h5") == 2
+    _one_line_error(capsys, str(tree), "negative or infinite", tips[3][:10])
+    assert not (tmp_path / "dm.h5").exists()
+
+
+def test_tree_sharing_no_tip_with_the_table_is_refused(data, tmp_path, capsys):
+    tree = tmp_path / "other.nwk"
+    tree.write_text("((A:0.1,B:0.2):0.1,C:0.3);\n")
+    capsys.readouterr()
+    assert _unifrac(data, tree, tmp_path / "dm.h5", "--drop-missing-features") == 2
+    _one_line_error(capsys, "none of its", str(tree))
+
+
+@pytest.mark.parametrize("kind", ["relative", "negative", "nan"])
+def test_tables_that_are_not_counts(data, tmp_path, kind):
+    table = biom.load_table(str(data["table"]))
+    counts = table.matrix_data.toarray().astype(float)
+    if kind == "relative":
+        counts = counts / counts.sum(axis=0, keepdims=True)
+    else:
+        counts[2, 5] = -3.0 if kind == "negative" else np.nan
+    path = tmp_path / f"{kind}.biom"
+    _write_table(path, counts, [str(f) for f in table.ids(axis="observation")], [str(s) for s in table.ids()])
+    with pytest.raises(InputError) as err:
+        prepare_table(path, None, None, 0, 40)
+    assert str(path) in str(err.value)
+    if kind == "relative":
+        assert "non-integer" in str(err.value) and "--rarefy-depth 0" in str(err.value)
+        prepared = prepare_table(path, None, 0, 0, 40)  # the fix the message names works
+        assert prepared.table.shape[1] == counts.shape[1]
+    else:
+        assert "negative or non-finite" in str(err.value) and "S5" in str(err.value)
+
+
+def test_relative_table_refused_by_the_cli(data, tmp_path, capsys):
+    table = biom.load_table(str(data["table"]))
+    counts = table.matrix_data.toarray().astype(float)
+    path = tmp_path / "relative.biom"
+    _write_table(path, counts / counts.sum(axis=0, keepdims=True), [str(f) for f in table.ids(axis="observation")],
+                 [str(s) for s in table.ids()])
+    capsys.readouterr()
+    rc = main(["pretrain", "--table", str(path), "--unifrac-matrix", str(data["dm"]), "--output-dir",
+               str(tmp_path / "pre"), "--epochs", "1", *MODEL])
+    assert rc == 2
+    _one_line_error(capsys, "non-integer", "--rarefy-depth 0")
+
+
+@pytest.mark.parametrize("target", ["table", "model"])
+def test_predict_never_overwrites_its_inputs(data, model, tmp_path, capsys, target):
+    copy = tmp_path / f"input.{'biom' if target == 'table' else 'pt'}"
+    copy.write_bytes((data["table"] if target == "table" else model).read_bytes())
+    before = _digest(copy)
+    args = ["predict", "--model", str(copy if target == "model" else model), "--table",
+            str(copy if target == "table" else data["table"]), "--output", str(copy)]
+    capsys.readouterr()
+    assert main(args) == 2
+    _one_line_error(capsys, f"--{target}", "name a new output file")
+    assert _digest(copy) == before
+
+
+def test_predict_plot_next_to_the_output_cannot_replace_an_input(data, model, tmp_path, capsys):
+    md = tmp_path / "pred.metrics.json"  # the metrics file predict writes next to pred.tsv
+    md.write_text("sample_id\tage\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--table", str(data["table"]), "--metadata", str(md),
+                 "--output", str(tmp_path / "pred.tsv")]) == 2
+    _one_line_error(capsys, "--metadata", "metrics.json")
+    assert not (tmp_path / "pred.tsv").exists()
+
+
+def test_embed_distance_matrix_cannot_be_the_metadata(data, model, tmp_path, capsys):
+    md = tmp_path / "md.tsv"
+    md.write_bytes(data["md"].read_bytes())
+    before = _digest(md)
+    capsys.readouterr()
+    assert main(["embed", "--model", str(model), "--table", str(data["table"]), "--metadata", str(md),
+                 "--output", str(tmp_path / "emb.tsv"), "--distance-matrix", str(md)]) == 2
+    _one_line_error(capsys, "--distance-matrix", "--metadata")
+    assert _digest(md) == before and not (tmp_path / "emb.tsv").exists()
+
+
+def test_explain_output_cannot_be_the_taxonomy(data, model, tmp_path, capsys):
+    tax = tmp_path / "taxonomy.tsv"
+    tax.write_text("Feature ID\tTaxon\n")
+    capsys.readouterr()
+    assert main(["explain", "--model", str(model), "--table", str(data["table"]), "--taxonomy", str(tax),
+                 "--output", str(tax)]) == 2
+    _one_line_error(capsys, "--taxonomy")
+    assert tax.read_text() == "Feature ID\tTaxon\n"
+
+
+def test_predict_with_every_sample_dropped_is_an_error_and_keeps_earlier_output(data, model, tmp_path, capsys):
+    shallow = tmp_path / "shallow.biom"
+    features = _sequences(data["table"])
+    _write_table(shallow, np.ones((len(features), 3)), features, ["X1", "X2", "X3"])  # 40 reads < depth 300
+    out = tmp_path / "pred.tsv"
+    out.write_text("sample_id\tprediction\nS0\t41.5\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--table", str(shallow), "--output", str(out)]) == 2
+    _one_line_error(capsys, str(shallow), "no sample left to predict", "X1")
+    assert out.read_text() == "sample_id\tprediction\nS0\t41.5\n"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_training_saves_last_pt_and_exits(data, tmp_path, sig, code):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "aam.cli.main", "train", "--table", str(data["table"]), "--metadata",
+           str(data["md"]), "--metadata-column", "age", "--output-dir", str(out), "--epochs", "100000",
+           "--rarefy-depth", "300", "--ensemble", "1", *MODEL]
+    proc = subprocess.Popen(cmd, env=child_env(AAM_NO_PROGRESS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints/last.pt").is_file():  # training has run at least one epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    state = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert state["trainer_state"]["global_step"] > 0

@@ -4,6 +4,7 @@ output changed. Also Ctrl-C during training: last.pt is saved at the next step a
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -189,3 +190,98 @@ def test_a_signal_during_training_saves_last_pt_and_exits(data, tmp_path, sig, c
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     state = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert state["trainer_state"]["global_step"] > 0
+
+
+def _train_into(data, out, *extra) -> int:
+    return main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+                 "--output-dir", str(out), "--epochs", "1", "--rarefy-depth", "300", "--ensemble", "1", *MODEL,
+                 *extra])
+
+
+def test_one_run_per_folder(data, model, tmp_path, capsys):
+    run = model.parents[1]
+    kept = {p: _digest(p) for p in (run / "checkpoints/best.pt", run / "run_options.json", run / "training.log")}
+    capsys.readouterr()
+    assert _train_into(data, run, "--epochs", "2") == 2  # the same folder again, no --resume or --overwrite
+    _one_line_error(capsys, "already holds a run", "--resume", "--overwrite")
+    assert {p: _digest(p) for p in kept} == kept  # nothing of the finished run changed
+
+    other = tmp_path / "run"
+    assert _train_into(data, other) == 0
+    (other / "notes.txt").write_text("mine")
+    assert _train_into(data, other, "--overwrite", "--seed", "7") == 0
+    assert (other / "notes.txt").read_text() == "mine"  # only aam's own files are removed
+    assert '"seed": 7' in (other / "run_options.json").read_text()
+    assert "--overwrite: removed" in capsys.readouterr().err
+
+
+def test_a_folder_in_use_by_another_process_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; fh = open(sys.argv[1], 'w'); "
+                               "fcntl.flock(fh, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(out / ".aam.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert _train_into(data, out) == 2
+        _one_line_error(capsys, "another aam process")
+        assert not (out / "run_options.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_refuses_options_that_shape_the_data_or_model(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train_into(data, run) == 0
+    last = run / "checkpoints/last.pt"
+    before = _digest(last)
+    other_md = tmp_path / "md2.tsv"
+    other_md.write_bytes(data["md"].read_bytes())
+    for change, word in ((["--lr", "0.5"], "--lr"), (["--metadata", str(other_md)], "--metadata"),
+                         (["--token-limit", "8"], "--token-limit")):
+        args = ["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+                "--output-dir", str(run), "--epochs", "1", "--rarefy-depth", "300", "--ensemble", "1", *MODEL,
+                "--resume", str(last)]
+        capsys.readouterr()
+        assert main([*args, *change]) == 2, change
+        _one_line_error(capsys, "differ from the run it continues", word)
+        assert _digest(last) == before
+    capsys.readouterr()
+    assert _train_into(data, run, "--resume", str(last), "--epochs", "2") == 0  # --epochs may change
+    assert _digest(last) != before
+
+
+def test_atomic_writes_use_unique_temporary_files(tmp_path):
+    import threading
+
+    from aam.utils.io import atomic_path, write_text_atomic
+
+    target = tmp_path / "out.txt"
+    texts = {k: f"writer {k}\n" * 2000 for k in range(4)}
+    seen: list[str] = []
+
+    def write(k: int) -> None:
+        for _ in range(25):
+            write_text_atomic(target, texts[k])
+            seen.append(target.read_text())
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 100 and set(seen) <= set(texts.values())  # every read found one whole version
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temporary file left behind
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "failed.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -189,7 +189,7 @@ def test_resume_continues_with_the_same_columns_only(data, tmp_path, capsys):
     assert main([*base, "--metadata-column", "age,bmi"]) == 0
     last = str(out / "checkpoints/last.pt")
     err = run_err(capsys, [*base, "--metadata-column", "age", "--epochs", "3", "--resume", last])
-    assert "predicts --metadata-column age,bmi, not age" in err
+    assert "differ from the run it continues (--metadata-column 'age,bmi' -> 'age')" in err
     assert main([*base, "--metadata-column", "age,bmi", "--epochs", "3", "--resume", last]) == 0
     hist = torch.load(out / "checkpoints/last.pt", weights_only=True)["trainer_state"]["history"]
     assert [r["epoch"] for r in hist] == [1, 2, 3] and "val_bmi_r2" in hist[-1]

@@ -15,7 +15,7 @@ def _cv(**options) -> int:
     option of `aam train`; rerunning the same command resumes (finished folds are kept)."""
     from aam.workflows.cv import run_cv
 
-    train = TrainRequest.from_options({**options, "resume": None})
+    train = TrainRequest.from_options({**options, "resume": None, "overwrite": False})
     res = run_cv(CVRequest(train=train, folds=options["folds"], rf_trees=options["rf_trees"]))
     click.echo(f"{res['folds']}-fold cross-validation of {res['n_samples']} samples: {res['metrics']}, "
                f"{res['predictions']}" + (f", plots {', '.join(res['plots'])}" if res["plots"] else ""))
@@ -43,6 +43,6 @@ _own = [
                     help="fold<k>/ (each fold's `aam train` run and test predictions), oof_predictions.tsv, "
                          "cv_metrics.tsv (per fold, mean and SD), cv_summary.json and cv_<column>.png."),
 ]
-_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume")]
+_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume", "overwrite")]
 
 cv = O.GroupedCommand("cv", callback=_cv, params=[*_from_train, *_own], help=_cv.__doc__)

@@ -195,6 +195,9 @@ def training_options(d: TrainingOptions, best_metrics: tuple[str, ...]) -> list[
         opt("Training", "--seed", type=int, default=d.seed, help="Seed of rarefaction, split, initialisation and masking."),
         opt("Training", "--resume", type=click.Path(dir_okay=False), default=d.resume,
             help="Continue a run from its checkpoints/last.pt (or best.pt)."),
+        opt("Training", "--overwrite", is_flag=True, default=d.overwrite,
+            help="Replace the run already in --output-dir (removes the files aam wrote there, and lists them); "
+                 "without it a folder holding a run is refused unless --resume is given."),
         opt("Training", "--checkpoint-every", type=int, default=d.checkpoint_every,
             help="Also write last.pt every N optimizer steps (mid-epoch resume); 0 = once per epoch."),
         opt("Training", "--max-steps", type=int, default=d.max_steps,

@@ -19,7 +19,7 @@ def _tune(**options) -> int:
     from aam.workflows.tune import run_tune
 
     excluded = tuple(read_ids(options["exclude_samples"])) if options["exclude_samples"] else ()
-    train = TrainRequest.from_options({**options, "resume": None, "exclude_samples": excluded})
+    train = TrainRequest.from_options({**options, "resume": None, "overwrite": False, "exclude_samples": excluded})
     res = run_tune(TuneRequest(train=train, trials=options["trials"], folds=options["folds"]))
     click.echo(f"{res['trials']} trials; best trial {res['best_trial']}: cross-validated {res['objective']} "
                f"{res['best_value']:.4g} with {res['params']}")
@@ -38,6 +38,6 @@ _own = [
     O.GroupedOption(["--output-dir"], required=True, type=click.Path(file_okay=False), section="Output",
                     help="study.db (Optuna, SQLite), trials/, trials.tsv, tune_history.png, best_options.json."),
 ]
-_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume")]
+_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume", "overwrite")]
 
 tune = O.GroupedCommand("tune", callback=_tune, params=[*_from_train, *_own], help=_tune.__doc__)

@@ -14,39 +14,43 @@ METRIC_CHOICES = ("unweighted", "weighted_normalized", "weighted_unnormalized", 
 def write_matrix(path: Path, ids: list[str], data: np.ndarray) -> None:
     """ssu-style HDF5 (`matrix` + `order`) for .h5/.hdf5; scikit-bio TSV (blank corner) for .tsv/.txt."""
     suffix = path.suffix.lower()
-    tmp = path.with_name(path.name + ".tmp")
-    if suffix in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("matrix", data=data)
-            f.create_dataset("order", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-    elif suffix in (".tsv", ".txt"):
-        with open(tmp, "w") as f:
-            f.write("\t" + "\t".join(ids) + "\n")
-            fmt = "%.17g" if data.dtype == np.float64 else "%.9g"
-            for sid, row in zip(ids, data, strict=True):
-                f.write(sid + "\t" + "\t".join(fmt % x for x in row) + "\n")
-    else:
+    if suffix not in (".h5", ".hdf5", ".tsv", ".txt"):
         from aam.errors import AAMError
 
         raise AAMError(f"--output {path}: use a .h5/.hdf5 (ssu-style HDF5) or .tsv (scikit-bio) file name")
-    tmp.replace(path)
+    from aam.utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        if suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("matrix", data=data)
+                f.create_dataset("order", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        else:
+            with open(tmp, "w") as f:
+                f.write("\t" + "\t".join(ids) + "\n")
+                fmt = "%.17g" if data.dtype == np.float64 else "%.9g"
+                for sid, row in zip(ids, data, strict=True):
+                    f.write(sid + "\t" + "\t".join(fmt % x for x in row) + "\n")
 
 
 def write_faith_pd(path: Path, ids: list[str], values: np.ndarray) -> None:
     """`faith_pd` + `order` datasets for .h5/.hdf5, else a TSV with columns sample_id, faith_pd."""
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        import h5py
+    from aam.utils.io import atomic_path
 
-        with h5py.File(path, "w") as f:
-            f.create_dataset("faith_pd", data=np.asarray(values, dtype=np.float64))
-            f.create_dataset("order", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        return
-    with open(path, "w") as f:
-        f.write("sample_id\tfaith_pd\n")
-        for sid, v in zip(ids, values, strict=True):
-            f.write(f"{sid}\t{v:.17g}\n")
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("faith_pd", data=np.asarray(values, dtype=np.float64))
+                f.create_dataset("order", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+            return
+        with open(tmp, "w") as f:
+            f.write("sample_id\tfaith_pd\n")
+            for sid, v in zip(ids, values, strict=True):
+                f.write(f"{sid}\t{v:.17g}\n")
 
 
 @click.command("unifrac")

@@ -8,7 +8,6 @@ prepare a table exactly as in training), `versions`, and for resuming `optimizer
 
 from __future__ import annotations
 
-import os
 import platform
 import random
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from aam.errors import InputError
+from aam.utils.io import atomic_path
 
 FORMAT = "aam-checkpoint"
 FORMAT_VERSION = 1
@@ -71,13 +71,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write to `<path>.tmp` and rename, so a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (utils.io.atomic_path), so a crash never leaves a half-written checkpoint."""
     data = plain({"format": FORMAT, "format_version": FORMAT_VERSION, "versions": versions(), **payload})
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:

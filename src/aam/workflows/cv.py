@@ -86,7 +86,9 @@ def train_fold(train: TrainRequest, fold_dir: Path, test: list[str]) -> Path:
     last = fold_dir / "checkpoints/last.pt"
     run_train(dataclasses.replace(
         train, output_dir=str(fold_dir), exclude_samples=(*train.exclude_samples, *test),
-        training=dataclasses.replace(train.training, resume=str(last) if last.is_file() else None)))
+        # a fold folder killed before its first checkpoint is the CV's own: it starts again
+        training=dataclasses.replace(train.training, resume=str(last) if last.is_file() else None,
+                                     overwrite=not last.is_file())))
     hw = train.hardware
     run_predict(PredictRequest(
         source=SavedModelInput(model=str(fold_dir / "checkpoints/best.pt"), table=train.input.table,

@@ -38,8 +38,8 @@ def run_pretrain(req: PretrainRequest) -> dict[str, Any]:
     dist_opts = distances.from_resume(req.distances, resume)
     dist_opts = distances.resolve(dist_opts, req.preprocess.asv_sampling, required=True)  # before the run folder
     req = dataclasses.replace(req, distances=dist_opts)
-    run = start_run(req, req.hardware, req.training.seed)
     check_batch_size(req.training.batch_size, pairwise=req.loss.penalty > 0)
+    run = start_run(req, req.hardware, req.training.seed)  # after every check of the options: it writes the folder
     kernels = req.hardware.kernels
     pre = Preprocessing.from_dict(resume["preprocessing"]) if resume else \
         preprocessing(req.preprocess, req.training.seed, kernels, "pretrain")

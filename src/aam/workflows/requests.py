@@ -197,6 +197,7 @@ class TrainingOptions(Validated):
     max_grad_norm: float = 1.0  # 0 = no clipping
     seed: int = _TRAIN.seed
     resume: str | None = None
+    overwrite: bool = False  # replace the run already in --output-dir (its aam files only)
     checkpoint_every: int = _TRAIN.checkpoint_every
     max_steps: int | None = None
     log_every: int = _TRAIN.log_every

@@ -3,8 +3,10 @@ resuming, the trainer's and the encoder's configuration, and the closing report.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,84 @@ class Run:
     world: int
 
 
+# What a pretrain/train run writes into its --output-dir: --overwrite removes these and nothing else.
+RUN_FILES = ("run_options.json", "training.log", "checkpoints", "members", "plots", "tensorboard",
+             "val_predictions.tsv", "train_samples.txt", "val_samples.txt", "ensemble_metrics.json", "done.json")
+_LOCKS: dict[Path, int] = {}  # run folders this process holds the advisory lock of
+
+
+def claim_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """One run per folder: a folder holding a run (run_options.json) is refused unless the run is resumed or
+    --overwrite replaces it; an advisory lock (fcntl) keeps a second process out while this one runs."""
+    if (out / "run_options.json").is_file() and not resume:
+        if not overwrite:
+            raise AAMError(f"--output-dir {out} already holds a run; continue it with --resume "
+                           f"{out / 'checkpoints/last.pt'}, replace it with --overwrite, or name a new folder")
+        removed = [name for name in RUN_FILES if (out / name).exists()]
+        for name in removed:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.warning("--overwrite: removed %s from %s", ", ".join(removed), out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = out.resolve()
+    if key in _LOCKS:
+        return
+    import fcntl
+
+    fd = os.open(out / ".aam.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AAMError(f"--output-dir {out}: another aam process is writing there; wait for it or name a new "
+                       "folder") from None
+    _LOCKS[key] = fd  # held until the process exits
+
+
+# Options a resumed run may change; every other option must match the run it continues (run_options.json).
+MAY_CHANGE_ON_RESUME = frozenset({"output_dir", "resume", "overwrite", "epochs", "patience", "max_steps",
+                                  "checkpoint_every", "log_every", "device", "kernels", "num_workers",
+                                  "compile_model", "tf32", "mixed_precision"})
+PATH_OPTIONS = frozenset({"table", "sequences", "metadata", "tree", "unifrac_matrix", "unifrac_ids",
+                          "pretrained_encoder"})
+
+
+def check_resume_options(options: dict[str, Any], resume: str) -> None:
+    """Refuse to resume with an option that shapes the data or the model set differently from the run being
+    continued (its run_options.json, next to checkpoints/); an option left out (None) keeps the run's value."""
+    saved_path = Path(resume).resolve().parents[1] / "run_options.json"
+    if not saved_path.is_file():
+        log.warning("--resume %s: no run_options.json next to the checkpoint; options not compared", resume)
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(json.dumps(options, default=str))
+    differ = []
+    for key, value in now.items():
+        if key in MAY_CHANGE_ON_RESUME or key not in saved or value is None:
+            continue
+        old = saved[key]
+        if key in PATH_OPTIONS and old is not None:
+            same = os.path.realpath(str(value)) == os.path.realpath(str(old))
+        else:
+            same = value == old
+        if not same:
+            differ.append(f"--{key.replace('_', '-')} {old!r} -> {value!r}")
+    if differ:
+        free = sorted("--" + k.replace("_", "-") for k in MAY_CHANGE_ON_RESUME - {"output_dir", "resume", "overwrite"})
+        raise AAMError(f"--resume {resume}: {len(differ)} option(s) differ from the run it continues "
+                       f"({'; '.join(differ[:4])}); resume with the run's options (only {', '.join(free)} may "
+                       "change) or start a new run")
+
+
 def start_run(request: Any, hardware: Hardware, seed: int) -> Run:
-    """Process group (under torchrun), logging to <output_dir>/training.log, seeds, run_options.json."""
+    """Process group (under torchrun), the run folder claimed (see claim_folder), logging to
+    <output_dir>/training.log, seeds, run_options.json."""
     out = Path(request.output_dir)
     rank, world, device = init_distributed(hardware.device)
+    if request.training.resume:
+        check_resume_options(flat_options(request), request.training.resume)
+    if rank == 0:
+        claim_folder(out, request.training.resume, request.training.overwrite)
     setup_logging(out if rank == 0 else None)
     seed_everything(seed)
     if rank == 0:

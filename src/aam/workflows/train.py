@@ -303,7 +303,6 @@ def setup_training(req: TrainRequest, ensemble: bool = False) -> tuple[Setup, li
                                   required=False)
     req = dataclasses.replace(req, distances=dist_opts)
     use_dm = dist_opts.given and req.loss.penalty > 0
-    run = start_run(req, req.hardware, req.training.seed)
     check_batch_size(req.training.batch_size, pairwise=use_dm)
     if resume is not None and ("members" in resume) != ensemble:
         n = len(resume.get("member_folds", []))
@@ -313,6 +312,7 @@ def setup_training(req: TrainRequest, ensemble: bool = False) -> tuple[Setup, li
     if resume is not None and ensemble and len(resume["member_folds"]) != req.head.ensemble:
         raise AAMError(f"--resume {req.training.resume}: that run trains {len(resume['member_folds'])} members, not "
                        f"--ensemble {req.head.ensemble}; resume with the same --ensemble")
+    run = start_run(req, req.hardware, req.training.seed)  # after every check of the options: it writes the folder
     encoder_path = req.head.pretrained_encoder
     # an ensemble's members not trained yet start from the pretrained encoder, also when the run resumes
     pretrained = ckpt.load_checkpoint(encoder_path, "pretrain") if encoder_path and (ensemble or not resume) \

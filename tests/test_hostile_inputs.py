@@ -285,3 +285,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_cv_rerun_with_other_options_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "cv"
+    args = ["cv", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+            "--output-dir", str(out), "--folds", "2", "--epochs", "1", "--rarefy-depth", "300", "--ensemble", "1",
+            "--rf-trees", "20", *MODEL]
+    assert main(args) == 0
+    summary = _digest(out / "cv_summary.json")
+    capsys.readouterr()
+    assert main([*args, "--lr", "0.05"]) == 2
+    _one_line_error(capsys, "trained with other options", "--lr")
+    assert _digest(out / "cv_summary.json") == summary
+    assert main([*args, "--epochs", "1"]) == 0  # the same options: a rerun resumes (nothing left to do)

@@ -35,7 +35,9 @@ from aam.workflows.requests import (
     PredictRequest,
     SavedModelInput,
     TrainRequest,
+    flat_options,
 )
+from aam.workflows.runs import MAY_CHANGE_ON_RESUME
 from aam.workflows.train import run_train, target_columns
 
 log = logging.getLogger("aam")
@@ -74,6 +76,21 @@ def check_folds(out: Path, folds: list[list[str]]) -> None:
                              "or --group-column); use a new --output-dir")
         return
     write_json(path, folds)
+
+
+def check_cv_options(out: Path, train: TrainRequest) -> None:
+    """A rerun of a CV (which resumes it) must train with the same options; cv_options.json records them."""
+    options = {k: v for k, v in json.loads(json.dumps(flat_options(train), default=str)).items()
+               if k not in MAY_CHANGE_ON_RESUME and k != "exclude_samples"}
+    path = out / "cv_options.json"
+    if not path.is_file():
+        write_json(path, options)
+        return
+    saved = json.loads(path.read_text())
+    differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in options.items() if saved.get(k) != v]
+    if differ:
+        raise InputError(f"{out} holds a cross-validation trained with other options ({'; '.join(differ[:4])}); "
+                         "rerun with those options to resume it, or use a new --output-dir")
 
 
 def train_fold(train: TrainRequest, fold_dir: Path, test: list[str]) -> Path:
@@ -177,10 +194,11 @@ def run_cv(req: CVRequest) -> dict[str, Any]:
     lab = req.train.labels
     cols = target_columns(lab, req.train.target_loss.loss_type)
     out = Path(req.output_dir)
-    setup_logging(out, "cv.log")
     table, md = load_table(req.train.input.table), meta.load_metadata(lab.metadata)  # once: folds and baselines
     folds = fold_ids(req.train, cols, table, md, req.folds)
     check_folds(out, folds)
+    check_cv_options(out, req.train)
+    setup_logging(out, "cv.log")
     everyone = [s for f in folds for s in f]
     log.info("%d-fold cross-validation of %d samples%s: fold sizes %s", len(folds), len(everyone),
              f", grouped by {lab.group_column}" if lab.group_column else "", [len(f) for f in folds])

@@ -299,3 +299,47 @@ def test_cv_rerun_with_other_options_is_refused(data, tmp_path, capsys):
     _one_line_error(capsys, "trained with other options", "--lr")
     assert _digest(out / "cv_summary.json") == summary
     assert main([*args, "--epochs", "1"]) == 0  # the same options: a rerun resumes (nothing left to do)
+
+
+@pytest.mark.parametrize("case", ["continuous_as_classes", "one_class", "one_value"])
+def test_targets_nothing_can_be_learnt_from(data, tmp_path, capsys, case):
+    md = tmp_path / "md.tsv"
+    rows = data["md"].read_text().splitlines()
+    out = [rows[0]]
+    for row in rows[1:]:
+        cells = row.split("\t")
+        if case == "one_class":
+            cells[2] = "a"
+        if case == "one_value":
+            cells[1] = "40"
+        out.append("\t".join(cells))
+    md.write_text("\n".join(out) + "\n")
+    extra = ["--classifier", "--metadata-column", "age" if case == "continuous_as_classes" else "group"] \
+        if case != "one_value" else ["--metadata-column", "age"]
+    capsys.readouterr()
+    rc = main(["train", "--table", str(data["table"]), "--metadata", str(md), "--output-dir", str(tmp_path / "run"),
+               "--epochs", "1", "--rarefy-depth", "300", "--ensemble", "1", *MODEL, *extra])
+    assert rc == 2
+    word = {"continuous_as_classes": "drop --classifier", "one_class": "two or more classes",
+            "one_value": "nothing to predict"}[case]
+    _one_line_error(capsys, str(md), word)
+    assert not (tmp_path / "run/checkpoints").exists()
+
+
+def test_baseline_refuses_overlapping_train_and_validation(data, tmp_path, capsys):
+    ids = [f"S{i}" for i in range(24)]
+    (tmp_path / "train.txt").write_text("\n".join(ids[:20]) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(ids[10:]) + "\n")
+    capsys.readouterr()
+    assert main(["rf-baseline", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column",
+                 "age", "--train-samples", str(tmp_path / "train.txt"), "--val-samples", str(tmp_path / "val.txt"),
+                 "--output", str(tmp_path / "rf.tsv")]) == 2
+    _one_line_error(capsys, "10 sample(s) are in both", "disjoint")
+    assert not (tmp_path / "rf.tsv").exists()
+
+
+def test_r2_of_a_constant_target_is_undefined():
+    from aam.training.metrics import regression_metrics
+
+    metrics = regression_metrics(np.full(5, 3.0), np.arange(5.0))
+    assert np.isnan(metrics["r2"]) and metrics["mae"] == pytest.approx(1.4)

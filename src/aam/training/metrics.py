@@ -6,14 +6,14 @@ import numpy as np
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, R2 (R2 = 1 - SSE/SST; 0 when the targets are constant)."""
+    """MAE, RMSE, R2 (R2 = 1 - SSE/SST; NaN, undefined, when the targets are constant)."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if y_true.size == 0:
         return {}
     err = y_pred - y_true
     sst = float(((y_true - y_true.mean()) ** 2).sum())
-    r2 = 1.0 - float((err**2).sum()) / sst if sst > 0 else 0.0
+    r2 = 1.0 - float((err**2).sum()) / sst if sst > 0 else float("nan")
     return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())), "r2": r2}
 
 
@@ -24,7 +24,7 @@ def multi_regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list
     for j, name in enumerate(names):
         ok = np.isfinite(y_true[:, j])
         out.update({f"{name}_{k}": v for k, v in regression_metrics(y_true[ok, j], y_pred[ok, j]).items()})
-    r2 = [out[f"{n}_r2"] for n in names if f"{n}_r2" in out]
+    r2 = [out[f"{n}_r2"] for n in names if f"{n}_r2" in out and not np.isnan(out[f"{n}_r2"])]
     if r2:
         out["r2"] = float(np.mean(r2))
     return out

@@ -440,7 +440,7 @@ class Trainer:
         name = self._metric_name()
         key = name if name == "val_loss" else f"val_{name}"
         value = row.get(key)
-        if value is None:
+        if value is None or math.isnan(value):  # e.g. R2 of a validation set with one target value
             value = row.get("val_loss", row.get("train_loss"))
             if value is not None and name != "val_loss":
                 log.warning("metric %s is not available; early stopping uses the loss", name)

@@ -26,6 +26,7 @@ from scipy import sparse
 from aam.data.biom_io import load_table
 from aam.data.metadata import categorical_values, load_metadata, numeric_target
 from aam.errors import InputError
+from aam.training.metrics import regression_metrics
 
 
 @dataclass
@@ -156,12 +157,11 @@ def parse_max_features(value: str) -> str | float | int | None:
 
 # ------------------------------------------------------------------------------------------------- fitting
 def _metrics(classifier: bool, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
+    from sklearn.metrics import accuracy_score, f1_score
 
     if classifier:
         return {"accuracy": float(accuracy_score(truth, pred)), "f1_macro": float(f1_score(truth, pred, average="macro"))}
-    return {"mae": float(mean_absolute_error(truth, pred)), "rmse": float(np.sqrt(mean_squared_error(truth, pred))),
-            "r2": float(r2_score(truth, pred))}
+    return regression_metrics(truth, pred)  # the same definitions as aam's (R2 NaN on a constant target)
 
 
 def fit_baselines(
@@ -184,6 +184,11 @@ def fit_baselines(
     else:
         y, ok = numeric_target(md, column, ids, metadata_path if isinstance(metadata_path, (str, Path)) else None)
     keep = {s: k for k, s in enumerate(ids) if ok[k]}
+    both = sorted(set(train_ids) & set(val_ids))
+    if both:
+        raise InputError(f"{len(both)} sample(s) are in both the training and the validation samples (e.g. "
+                         f"{', '.join(both[:5])}); a model scored on samples it trained on looks better than it is: "
+                         "give disjoint lists")
     train = [s for s in train_ids if s in keep]
     val = [s for s in val_ids if s in keep]
     if not train or not val:

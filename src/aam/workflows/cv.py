@@ -258,10 +258,20 @@ def _summarize(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, An
         for method in METHODS:
             sel = [r for r in rows if r["target"] == target and r["method"] == method]
             n = sum(r["n_test"] for r in sel)
-            for stat, fn in (("mean", np.mean), ("sd", np.std)):
+            for stat, fn in (("mean", _nan_mean), ("sd", _nan_sd)):  # R2 is undefined on a one-value fold
                 out.append({"target": target, "method": method, "fold": stat, "n_test": n,
                             **{k: float(fn([r[k] for r in sel if k in r])) for k in keys if any(k in r for r in sel)}})
     return out
+
+
+def _nan_mean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _nan_sd(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.std(finite)) if finite else float("nan")
 
 
 def _best_baselines(summary: list[dict[str, Any]], classifier: bool) -> dict[str, str]:

@@ -166,6 +166,9 @@ def _preprocessing(req: TrainRequest, resume: dict[str, Any] | None,
     return pre
 
 
+MAX_CLASSES_FLOOR = 20  # --classifier accepts up to max(20, samples / 5) classes
+
+
 def _labelled(req: TrainRequest, pre: Preprocessing, cols: list[str]) -> Labelled:
     """Load and prepare the table; the samples with a target, minus the request's exclude_samples."""
     labels = req.labels
@@ -180,11 +183,34 @@ def _labelled(req: TrainRequest, pre: Preprocessing, cols: list[str]) -> Labelle
         held = set(req.exclude_samples)
         keep = np.array([s not in held for s in ids], dtype=bool)
         ids, raw = [s for s, k in zip(ids, keep, strict=True) if k], raw[keep]
+    check_labels(labels, cols, raw)
     groups = None
     if labels.group_column:
         meta.require_columns(md, [labels.group_column], labels.metadata)
         groups = md[labels.group_column].reindex(ids).tolist()
     return Labelled(prepared, md, ids, raw, groups)
+
+
+def check_labels(labels: LabelOptions, cols: list[str], raw: np.ndarray) -> None:
+    """InputError on targets nothing can be learnt from: a class column with about as many classes as samples
+    (a continuous column given --classifier), a single class, or a numeric column with one value."""
+    where = f"column {','.join(cols)!r} of {labels.metadata}"
+    if labels.classifier:
+        classes = {str(v) for v in raw}
+        if len(classes) < 2:
+            raise InputError(f"{where}: every labelled sample has the class {next(iter(classes), '')!r}; a "
+                             "classifier needs two or more classes")
+        if len(classes) > max(MAX_CLASSES_FLOOR, len(raw) // 5):
+            raise InputError(f"{where}: {len(classes)} classes over {len(raw)} labelled samples, too few samples "
+                             "per class to learn or validate; for a continuous column drop --classifier, else merge "
+                             "rare classes")
+        return
+    values = np.asarray(raw, dtype=float).reshape(len(raw), -1)
+    for k, col in enumerate(cols):
+        finite = values[np.isfinite(values[:, k]), k]
+        if len(finite) and np.all(finite == finite[0]):
+            raise InputError(f"column {col!r} of {labels.metadata}: every labelled sample has the value "
+                             f"{finite[0]:g}; there is nothing to predict")
 
 
 def split(req: TrainRequest, pre: Preprocessing, data: Labelled) -> tuple[list[str], list[str]]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -24,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from aam.errors import AAMError, Interrupted
+from aam.errors import AAMError
 from aam.models.encoders import encode_token_table
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
@@ -32,6 +30,7 @@ from aam.training import plots
 from aam.training.batches import EpochSampler, LayoutCollate
 from aam.training.config import TASKS, TENSOR_KEYS, TrainConfig
 from aam.training.distributed import distributed_info
+from aam.training.interrupt import StopRequest, stop_on_signal
 from aam.training.losses import EVAL_MASK_SEED, MultiTaskLoss, embedding_distances, mask_nucleotides
 from aam.training.optim import default_warmup, make_optimizer, make_scheduler, scale_base_lr
 from aam.training.validation import ValidationReport
@@ -117,7 +116,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, float]] = []
         self.writer = None
-        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: stop at the next optimizer step
+        self.stop = StopRequest()  # set by SIGINT/SIGTERM: stop at the next optimizer step
 
     # ------------------------------------------------------------------ plumbing
     def _loader(self, dataset: Dataset, sampler: Sampler, drop_last: bool) -> DataLoader:
@@ -286,9 +285,9 @@ class Trainer:
         log.info("training: %d samples, %d batches/epoch, %d optimizer steps (%d warmup), lr %g",
                  len(self.train_set), self.batches_per_epoch, self.total_steps, self.warmup_steps, cfg.lr)
         stopped = False
-        with self._stop_on_signal():
+        with stop_on_signal(self.stop, enabled=self.world == 1):
             try:
-                while self.epoch < cfg.epochs and not stopped and self.stop_signal is None:
+                while self.epoch < cfg.epochs and not stopped and not self.stop.asked:
                     train_row, stopped = self._train_epoch()
                     if stopped and self.batch_in_epoch < self.batches_per_epoch:
                         self.save("last.pt")  # mid-epoch stop: resume continues from this batch
@@ -310,37 +309,11 @@ class Trainer:
             finally:
                 if self.writer is not None:
                     self.writer.close()
-        if self.stop_signal is not None:
-            name = signal.Signals(self.stop_signal).name
-            raise Interrupted(f"{name}: stopped at epoch {self.epoch + 1}, batch {self.batch_in_epoch}; "
-                              f"{self.checkpoint_dir / 'last.pt'} is saved: rerun the command with --resume "
-                              "<output-dir>/checkpoints/last.pt to continue", self.stop_signal)
+        self.stop.raise_if_asked(f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}",
+                                 str(self.checkpoint_dir / "last.pt"))
         if self.is_main and self.history:
             plots.training_curves(self.history, self.plot_dir / "training_curves.png")
         return self.history
-
-    @contextlib.contextmanager
-    def _stop_on_signal(self):
-        """While training, SIGINT (Ctrl-C) and SIGTERM (e.g. a scheduler's preemption notice) stop the loop at the
-        next optimizer step, where last.pt is saved; a second Ctrl-C stops at once. Single-process runs only
-        (under torchrun the launcher forwards signals to every rank, which would stop at different steps)."""
-        if self.world > 1 or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def ask(signum: int, frame: Any) -> None:
-            if self.stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop_signal = signum
-            log.warning("%s: saving last.pt at the next step, then stopping (Ctrl-C again stops at once)",
-                        signal.Signals(signum).name)
-
-        previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def close(self) -> None:
         """Drop the DDP and compiled wrappers (before the process group is destroyed at the end of a run)."""
@@ -405,7 +378,7 @@ class Trainer:
                     window, window_batches = {}, 0
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     self.save("last.pt")
-                if self.stop_signal is not None or (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
+                if self.stop.asked or (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
                     stopped = True
                     break
         if bar is not None:

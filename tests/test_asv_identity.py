@@ -108,7 +108,7 @@ def test_cached_asv_embeddings_equal_the_encoder(data):
 
 def test_train_with_identity_and_frozen_asv_encoder_then_predict(data, pretrained, tmp_path):
     out = tmp_path / "ft"
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--pretrained-encoder", str(pretrained), "--output-dir", str(out), "--epochs", "2",
                  "--asv-identity", "--freeze-asv-encoder", "--dropout", "0", *MODEL]) == 0
     ck = torch.load(out / "checkpoints/best.pt", weights_only=True)
@@ -145,7 +145,7 @@ def read_tsv_ids(path) -> list[str]:
 
 
 def test_freeze_asv_encoder_needs_a_pretrained_encoder(data, tmp_path, capsys):
-    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    rc = main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                "--output-dir", str(tmp_path / "x"), "--epochs", "1", "--freeze-asv-encoder", *MODEL])
     assert rc == 2 and "--freeze-asv-encoder needs --pretrained-encoder" in capsys.readouterr().err
 

@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cv_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cv") / "run"
-    assert main(["cv", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["cv", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--group-column", "subject", "--output-dir", str(out), *CV]) == 0
     return out
 
@@ -133,7 +133,7 @@ def test_rerun_resumes_without_retraining_finished_folds(cv_run, data):
     before = {k: (cv_run / f"fold{k}/checkpoints/best.pt").stat().st_mtime_ns for k in (1, 2, 3)}
     metrics = (cv_run / "cv_metrics.tsv").read_text()
     (cv_run / "fold3/test_predictions.tsv").unlink()  # as if killed after fold 3's training
-    assert main(["cv", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["cv", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--group-column", "subject", "--output-dir", str(cv_run), *CV]) == 0
     after = {k: (cv_run / f"fold{k}/checkpoints/best.pt").stat().st_mtime_ns for k in (1, 2, 3)}
     assert after[1] == before[1] and after[2] == before[2]
@@ -141,14 +141,14 @@ def test_rerun_resumes_without_retraining_finished_folds(cv_run, data):
 
 
 def test_other_folds_in_the_same_output_dir_are_refused(cv_run, data, capsys):
-    err = run_err(capsys, ["cv", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column",
+    err = run_err(capsys, ["cv", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column",
                            "age", "--output-dir", str(cv_run), *CV, "--folds", "4"])
     assert "holds a cross-validation with other folds" in err and "--output-dir" in err
 
 
 def test_classifier_cv_reports_accuracy_and_f1(data, tmp_path):
     out = tmp_path / "cls"
-    assert main(["cv", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",
+    assert main(["cv", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",
                  "--classifier", "--output-dir", str(out), *CV]) == 0
     metrics = pd.read_csv(out / "cv_metrics.tsv", sep="\t", dtype={"fold": str})
     oof = pd.read_csv(out / "oof_predictions.tsv", sep="\t")
@@ -205,7 +205,7 @@ def test_fold_without_values_in_one_column_is_not_scored_on_it(data, tmp_path):
     path = tmp_path / "md.tsv"
     md.to_csv(path, sep="\t", na_rep="not provided")
     out = tmp_path / "cv"
-    assert main(["cv", "--table", str(data["table"]), "--metadata", str(path), "--metadata-column", "age,bmi",
+    assert main(["cv", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(path), "--metadata-column", "age,bmi",
                  "--output-dir", str(out), "--seed", "42", *CV]) == 0
     assert json.loads((out / "folds.json").read_text())[2] == third
     metrics = pd.read_csv(out / "cv_metrics.tsv", sep="\t", dtype={"fold": str})

@@ -76,7 +76,7 @@ def test_pretrain_outputs(pretrained):
 
 def test_train_regression_then_predict(pretrained, data, tmp_path):
     out = tmp_path / "ft"
-    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    rc = main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                "--pretrained-encoder", str(pretrained / "checkpoints/best.pt"), "--output-dir", str(out),
                "--epochs", "2", "--categorical-columns", "group", "--group-column", "subject", *MODEL])
     assert rc == 0
@@ -112,7 +112,7 @@ def test_train_regression_then_predict(pretrained, data, tmp_path):
 
 def test_asv_readout_trains_saves_and_predicts(pretrained, data, tmp_path):
     out = tmp_path / "ro"
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--pretrained-encoder", str(pretrained / "checkpoints/best.pt"), "--output-dir", str(out),
                  "--epochs", "1", "--asv-readout", "abundance", *MODEL]) == 0
     ck = torch.load(out / "checkpoints/best.pt", weights_only=True)
@@ -128,7 +128,7 @@ def test_asv_readout_trains_saves_and_predicts(pretrained, data, tmp_path):
 
 def test_train_classifier_from_scratch_then_predict(data, tmp_path):
     out = tmp_path / "cls"
-    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",
+    rc = main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",
                "--classifier", "--output-dir", str(out), "--epochs", "1", "--best-metric", "f1", *MODEL])
     assert rc == 0
     header = (out / "val_predictions.tsv").read_text().splitlines()[0].split("\t")
@@ -160,7 +160,7 @@ def test_train_classifier_from_scratch_then_predict(data, tmp_path):
 def test_predict_metadata_column_errors(data, tmp_path, capsys):
     """--metadata-column without --metadata, and a column with no value for any sample, are one-line errors."""
     model = tmp_path / "m"
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--output-dir", str(model), "--epochs", "1", *MODEL]) == 0
     base = ["predict", "--model", str(model / "checkpoints/last.pt"), "--table", str(data["table"]),
             "--output", str(tmp_path / "p.tsv"), "--device", "cpu"]
@@ -214,7 +214,7 @@ def test_metadata_missing_samples_lists_ids(data, tmp_path, capsys):
     md = tmp_path / "md.tsv"
     lines = data["md"].read_text().splitlines()
     md.write_text("\n".join(lines[:1] + lines[13:]) + "\n")  # drops S0..S11
-    msg = run_err(capsys, ["train", "--table", str(data["table"]), "--metadata", str(md), "--metadata-column",
+    msg = run_err(capsys, ["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(md), "--metadata-column",
                            "age", "--output-dir", str(tmp_path / "o"), "--epochs", "1", "--rarefy-depth", "0", *MODEL])
     assert msg.startswith("error:") and "12 table sample(s) are missing" in msg and "S0" in msg
     assert not (tmp_path / "o/train_samples.txt").exists()  # failed before the split
@@ -223,13 +223,13 @@ def test_metadata_missing_samples_lists_ids(data, tmp_path, capsys):
 def test_non_numeric_target_lists_values(data, tmp_path, capsys):
     md = tmp_path / "md.tsv"
     md.write_text(data["md"].read_text().replace("\tsubj0\n", "\tsubj0x\n").replace("S1\t", "S1\tforty-", 1))
-    msg = run_err(capsys, ["train", "--table", str(data["table"]), "--metadata", str(md), "--metadata-column",
+    msg = run_err(capsys, ["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(md), "--metadata-column",
                            "age", "--output-dir", str(tmp_path / "o"), "--epochs", "1", "--rarefy-depth", "0", *MODEL])
     assert "non-numeric" in msg and "S1=" in msg and "forty-" in msg
 
 
 def test_empty_split(data, tmp_path, capsys):
-    msg = run_err(capsys, ["train", "--table", str(data["table"]), "--metadata", str(data["md"]),
+    msg = run_err(capsys, ["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]),
                            "--metadata-column", "age", "--group-column", "site", "--output-dir", str(tmp_path / "o"), "--epochs", "1", "--rarefy-depth", "0", *MODEL])
     assert msg.startswith("error:") and "validation" in msg
 
@@ -265,7 +265,7 @@ def test_resume_missing_file(data, tmp_path, capsys):
 
 def test_predict_sample_without_known_asvs_is_reported(data, tmp_path, capsys):
     out = tmp_path / "ft"
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--output-dir", str(out), "--epochs", "1", "--max-steps", "1", *MODEL]) == 0
     t = biom.load_table(str(data["table"]))
     mat = t.matrix_data.toarray()
@@ -291,7 +291,7 @@ def test_compile_model_and_tf32_checkpoint_loads_in_predict(data, tmp_path, monk
     monkeypatch.setenv("AAM_COMPILE_BACKEND", "aot_eager")
     out = tmp_path / "compiled"
     precision = torch.get_float32_matmul_precision()
-    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    rc = main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                "--output-dir", str(out), "--epochs", "1", "--max-steps", "1", "--compile-model", "--tf32", *MODEL])
     assert rc == 0
     text = (out / "training.log").read_text()

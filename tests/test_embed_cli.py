@@ -69,7 +69,7 @@ def test_embedding_does_not_depend_on_the_batch(pretrained, data, tmp_path):
 
 def test_fine_tuned_encoder_embeds_but_predicts_no_distances(data, tmp_path, capsys):
     ft = tmp_path / "ft"
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--output-dir", str(ft), "--epochs", "1", "--max-steps", "1", *MODEL]) == 0
     model = ft / "checkpoints/last.pt"
     assert main(["embed", "--model", str(model), "--table", str(data["table"]), "--output",

@@ -92,6 +92,42 @@ def test_resume_keeps_finished_members(data, regression, tmp_path, capsys):
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
     capsys.readouterr()
     rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
-               "--output-dir", str(regression), "--epochs", "2", "--rarefy-depth", "300", *MODEL, "--resume",
+               "--output-dir", str(regression), "--epochs", "2", "--rarefy-depth", "300", "--ensemble", "1", *MODEL, "--resume",
                str(regression / "checkpoints/last.pt")])
     assert rc == 2 and "an ensemble of 3 models, not --ensemble 1" in capsys.readouterr().err
+
+
+def _setup(n: int, groups: list[str] | None):
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(ids=[f"s{i}" for i in range(n)], groups=groups, raw=np.arange(n, dtype=float))
+    return SimpleNamespace(data=data, req=SimpleNamespace(labels=SimpleNamespace(classifier=False)),
+                           pre=SimpleNamespace(seed=1))
+
+
+def test_default_ensemble_is_five_members_or_one_per_group_when_fewer():
+    from aam.workflows.ensemble import member_folds
+    from aam.workflows.requests import DEFAULT_ENSEMBLE
+
+    folds = member_folds(_setup(30, None), None)
+    assert len(folds) == DEFAULT_ENSEMBLE == 5 and sorted(s for f in folds for s in f) == sorted(f"s{i}" for i in range(30))
+    groups = [f"g{i % 3}" for i in range(30)]
+    folds = member_folds(_setup(30, groups), None)
+    assert len(folds) == 3  # three groups: three members, each validating on one whole group
+    for fold in folds:
+        assert len({groups[int(s[1:])] for s in fold}) == 1
+    assert len(member_folds(_setup(30, groups), 2)) == 2  # an explicit --ensemble wins
+
+
+def test_asv_encoder_is_frozen_by_default_only_with_a_pretrained_encoder():
+    from aam.workflows.requests import HeadOptions, LabelOptions, TableInput, TrainRequest
+    from aam.workflows.train import freeze_asv_encoder
+
+    def request(**head):
+        return TrainRequest(output_dir="x", input=TableInput(table="t.biom"),
+                            labels=LabelOptions(metadata="m.tsv", metadata_column="age"), head=HeadOptions(**head))
+
+    assert freeze_asv_encoder(request(pretrained_encoder="pre.pt"))
+    assert not freeze_asv_encoder(request())
+    assert not freeze_asv_encoder(request(pretrained_encoder="pre.pt", freeze_asv_encoder=False))
+    assert not freeze_asv_encoder(request(pretrained_encoder="pre.pt", freeze_base=True))  # the whole base is frozen

@@ -22,7 +22,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def regressor(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reg")
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
                  "--output-dir", str(out), "--epochs", "2", "--rarefy-depth", "300", *WIDE]) == 0
     return out / "checkpoints/last.pt"
 
@@ -71,7 +71,7 @@ def test_attribution_is_the_prediction_change_when_the_asv_is_removed(regressor,
 
 def test_classifier_with_taxonomy_and_a_one_asv_sample(data, tmp_path, capsys):
     model = tmp_path / "cls"
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "group",
                  "--classifier", "--output-dir", str(model), "--epochs", "1", "--rarefy-depth", "300", *WIDE]) == 0
     model = model / "checkpoints/last.pt"
     table = biom.load_table(str(data["table"]))

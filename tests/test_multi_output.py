@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("multi")
-    assert main(["train", "--table", str(data["table"]), "--metadata", str(data["md2"]), "--metadata-column",
+    assert main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md2"]), "--metadata-column",
                  "age, bmi", "--output-dir", str(out), *TRAIN]) == 0
     return out
 
@@ -117,7 +117,7 @@ def test_explain_attributes_the_chosen_target(model, data, tmp_path):
     (["--metadata-column", "age,weight"], "no column 'weight'"),
 ])
 def test_bad_multi_output_requests(data, tmp_path, capsys, extra, expect):
-    err = run_err(capsys, ["train", "--table", str(data["table"]), "--metadata", str(data["md2"]),
+    err = run_err(capsys, ["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md2"]),
                            "--output-dir", str(tmp_path / "o"), *extra, *TRAIN])
     assert expect in err
 
@@ -185,7 +185,7 @@ def test_multi_regression_metrics_per_column():
 
 def test_resume_continues_with_the_same_columns_only(data, tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["train", "--table", str(data["table"]), "--metadata", str(data["md2"]), "--output-dir", str(out), *TRAIN]
+    base = ["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md2"]), "--output-dir", str(out), *TRAIN]
     assert main([*base, "--metadata-column", "age,bmi"]) == 0
     last = str(out / "checkpoints/last.pt")
     err = run_err(capsys, [*base, "--metadata-column", "age", "--epochs", "3", "--resume", last])

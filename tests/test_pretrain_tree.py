@@ -209,7 +209,7 @@ def test_unifrac_metric_without_tree_is_an_error(data, tmp_path, capsys):
 
 def test_train_takes_tree(data, tmp_path):
     out = tmp_path / "ft"
-    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["metadata"]), "--metadata-column",
+    rc = main(["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["metadata"]), "--metadata-column",
                "ph", "--tree", str(data["tree"]), "--output-dir", str(out), *MODEL])
     assert rc == 0
     ck = torch.load(out / "checkpoints/last.pt", weights_only=True)

@@ -67,7 +67,7 @@ def test_pretrain_from_qza_matches_plain_files(files):
 def test_cv_and_explain_from_qza(files):
     r, p = files["root"], files["plain"]
     data = ["--table", str(r / "table.qza"), "--sequences", str(r / "rep-seqs.qza")]
-    assert main(["cv", *data, "--metadata", str(p["metadata"]), "--metadata-column", "ph", "--group-column",
+    assert main(["cv", "--ensemble", "1", *data, "--metadata", str(p["metadata"]), "--metadata-column", "ph", "--group-column",
                  "subject", "--folds", "2", "--rf-trees", "10", "--output-dir", str(r / "cv"), *TINY]) == 0
     metrics = pd.read_csv(r / "cv/cv_metrics.tsv", sep="\t", dtype={"fold": str})
     assert set(metrics["method"]) == {"aam", "random_forest", "boosted_trees", "ridge", "constant"}

@@ -42,7 +42,7 @@ def test_ibd_pretrain_train_predict(ibd_dir, tmp_path):
                  str(pre), "--epochs", "1", "--max-steps", "3", "--checkpoint-every", "2", *TINY]) == 0
     assert (pre / "checkpoints/last.pt").is_file()
     ft = tmp_path / "ft"
-    assert main(["train", "--table", str(path), "--metadata", str(ibd_dir / "metadata.tsv"), "--metadata-column",
+    assert main(["train", "--ensemble", "1", "--table", str(path), "--metadata", str(ibd_dir / "metadata.tsv"), "--metadata-column",
                  "ibd", "--classifier", "--group-column", "host_subject_id", "--pretrained-encoder",
                  str(pre / "checkpoints/last.pt"), "--output-dir", str(ft), "--epochs", "1", *TINY]) == 0
     md = {}

@@ -67,7 +67,7 @@ def test_tune_scores_held_out_folds_only_and_resumes(data, tmp_path):
 def test_train_reads_a_config_and_the_command_line_wins(data, tmp_path, capsys):
     config = tmp_path / "best.json"
     config.write_text(json.dumps({"lr": 0.0025, "weight_decay": 0.05, "loss_type": "mae"}))
-    base = ["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+    base = ["train", "--ensemble", "1", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
             "--epochs", "1", "--rarefy-depth", "300", "--config", str(config), *MODEL]
     assert main([*base, "--output-dir", str(tmp_path / "a")]) == 0
     used = json.loads((tmp_path / "a/run_options.json").read_text())

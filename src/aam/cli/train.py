@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from aam.cli import options as O
-from aam.workflows.requests import LabelOptions, TrainRequest, default_of, group_defaults
+from aam.workflows.requests import DEFAULT_ENSEMBLE, LabelOptions, TrainRequest, default_of, group_defaults
 
 D = group_defaults(TrainRequest)
 BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
@@ -35,7 +35,7 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
 @O.opt("Model", "--freeze-base/--no-freeze-base", default=D.head.freeze_base,
        help="Train only the heads on a pretrained encoder.")
 @O.opt("Model", "--freeze-asv-encoder/--no-freeze-asv-encoder", default=D.head.freeze_asv_encoder,
-       help="Keep the pretrained nucleotide-level ASV encoder fixed (the sample encoder and heads still train): "
+       show_default="on with --pretrained-encoder", help="Keep the pretrained nucleotide-level ASV encoder fixed (the sample encoder and heads still train): "
             "each ASV is then encoded once per run instead of once per batch.")
 @O.opt("Model", "--asv-identity/--no-asv-identity", default=D.head.asv_identity,
        help="Add a learned vector per ASV of the training split to its sequence embedding (ASVs never seen in "
@@ -45,10 +45,9 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
             "useful for unseen ASVs).")
 @O.opt("Model", "--asv-bag-dim", type=int, default=D.head.asv_bag_dim,
        help="Width of a hidden layer on the sample's presence profile over the training ASVs (the sum of one "
-            "learned vector per ASV present), concatenated to the target head's input; 0 = off. Needs "
-            "--asv-identity.")
+            "learned vector per ASV present), concatenated to the target head's input; 0 = off.")
 @O.opt("Training", "--ensemble", type=int, default=D.head.ensemble,
-       help="Train K cross-fitted models that predict together: the labelled samples are cut into K folds, model k "
+       show_default=f"{DEFAULT_ENSEMBLE}, fewer with fewer --group-column groups", help="Train K cross-fitted models that predict together: the labelled samples are cut into K folds, model k "
             "trains on the others and validates on fold k, so every sample is used for training and the validation "
             "metrics are out-of-fold over all samples (--test-size is then not used). 1 = one model.")
 @O.opt("Model", "--classifier", is_flag=True, default=default_of(LabelOptions, "classifier"),

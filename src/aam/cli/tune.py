@@ -12,14 +12,17 @@ from aam.workflows.requests import TrainRequest, TuneRequest, default_of
 def _tune(**options) -> int:
     """Search the fine-tuning options (learning rate, weight decay, dropout, identity dropout, regression loss)
     with Optuna. Each trial is scored by --folds-fold cross-validation of `aam train` on the labelled samples
-    (MAE, or 1 - ROC AUC for classifiers); samples in --exclude-samples never enter the search. The study is
+    (MAE, or 1 - ROC AUC for classifiers; one model per fold unless --ensemble is given); samples in --exclude-samples never enter the search. The study is
     stored in <output-dir>/study.db: rerunning the command resumes it. Writes trials.tsv, tune_history.png and
     best_options.json (use it with `aam train --config`). Takes every option of `aam train` as the fixed part."""
     from aam.data.split import read_ids
     from aam.workflows.tune import run_tune
 
     excluded = tuple(read_ids(options["exclude_samples"])) if options["exclude_samples"] else ()
-    train = TrainRequest.from_options({**options, "resume": None, "overwrite": False, "exclude_samples": excluded})
+    # trials score one model per fold unless --ensemble is given: the options found carry over to ensembles
+    ensemble = options["ensemble"] if options["ensemble"] is not None else 1
+    train = TrainRequest.from_options({**options, "resume": None, "overwrite": False, "exclude_samples": excluded,
+                                       "ensemble": ensemble})
     res = run_tune(TuneRequest(train=train, trials=options["trials"], folds=options["folds"]))
     click.echo(f"{res['trials']} trials; best trial {res['best_trial']}: cross-validated {res['objective']} "
                f"{res['best_value']:.4g} with {res['params']}")

@@ -67,6 +67,7 @@ class ModelConfig:
     # to the sequence embedding of that ASV; 0 = off. Identity dropout zeroes it for a random fraction of a
     # batch's ASVs in training, so the sequence path keeps working for ASVs outside the vocabulary.
     asv_vocab_size: int = 0
+    asv_identity: bool = True  # with a vocabulary: add its identity vectors to the sequence embeddings
     asv_identity_dropout: float = 0.0
     # ASV bag: a hidden layer of this width on the sample's presence profile over the vocabulary (sum of one
     # vector per ASV present, GELU, dropout), concatenated to the target head's input; 0 = off.
@@ -102,7 +103,7 @@ class ModelConfig:
             (self.asv_vocab_size >= 0, "asv_vocab_size must be >= 0"),
             (0.0 <= self.asv_identity_dropout < 1.0, "--asv-identity-dropout must be in [0, 1)"),
             (self.asv_bag_dim >= 0 and (not self.asv_bag_dim or self.asv_vocab_size),
-             "--asv-bag-dim needs the ASV vocabulary of --asv-identity"),
+             "--asv-bag-dim needs an ASV vocabulary (asv_vocab_size > 0)"),
             (0.0 <= self.asv_bag_dropout < 1.0 and 0.0 <= self.asv_bag_input_dropout < 1.0,
              "ASV bag dropouts must be in [0, 1)"),
         ]

@@ -103,7 +103,7 @@ class SequencePredictor(nn.Module):
             self.asv_score = nn.Linear(d, self.output_width)
             nn.init.zeros_(self.asv_score.weight)
             nn.init.zeros_(self.asv_score.bias)
-        if config.asv_vocab_size:
+        if config.asv_vocab_size and config.asv_identity:
             self.asv_identity = ASVIdentity(config.asv_vocab_size, d, config.asv_identity_dropout)
         if config.asv_bag_dim:
             self.asv_bag = ASVBag(config.asv_vocab_size, config.asv_bag_dim, config.asv_bag_dropout,
@@ -142,9 +142,9 @@ class SequencePredictor(nn.Module):
                 **_: object) -> dict[str, torch.Tensor | None]:
         """`asv_ids` [U]: identity index of each row of `tokens` (needed with an ASV vocabulary);
         `asv_embeddings` [U, D]: the ASV encoder's output for those rows, when cached."""
-        if self.config.asv_vocab_size:
-            if asv_ids is None:
-                raise ValueError("this model has ASV identity embeddings: the batch must carry asv_ids")
+        if self.config.asv_vocab_size and asv_ids is None:
+            raise ValueError("this model has an ASV vocabulary: the batch must carry asv_ids")
+        if self.config.asv_vocab_size and self.config.asv_identity:
             if asv_embeddings is None:
                 asv_embeddings = self.asv_encoder(tokens, with_logits=False)[0]
             asv_embeddings = asv_embeddings + self.asv_identity(asv_ids).to(asv_embeddings.dtype)

@@ -23,26 +23,38 @@ import torch
 
 from aam.data.split import kfold_samples
 from aam.training import checkpoint as ckpt
+from aam.training import plots
 from aam.training.distributed import finish_distributed
-from aam.training.metrics import classification_metrics, multi_regression_metrics, regression_metrics
+from aam.training.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    multi_regression_metrics,
+    regression_metrics,
+)
 from aam.utils.io import read_tsv, write_json, write_tsv
-from aam.workflows.requests import TrainRequest
+from aam.workflows.requests import DEFAULT_ENSEMBLE, TrainRequest
 from aam.workflows.train import Setup, fit_model, setup_training
 
 log = logging.getLogger("aam")
 
 
-def member_folds(setup: Setup, k: int) -> list[list[str]]:
+def member_folds(setup: Setup, k: int | None) -> list[list[str]]:
+    """K folds of the labelled samples; K None: DEFAULT_ENSEMBLE, or the number of groups when fewer."""
     data = setup.data
+    if k is None:
+        units = len(set(map(str, data.groups))) if data.groups is not None else len(data.ids)
+        k = min(DEFAULT_ENSEMBLE, units)
+        if k < DEFAULT_ENSEMBLE:
+            log.info("%d groups: an ensemble of %d members (set --ensemble to choose)", units, k)
     stratify = [str(v) for v in data.raw] if setup.req.labels.classifier else None
     return kfold_samples(data.ids, k, setup.pre.seed, data.groups, stratify)
 
 
 def run_ensemble(req: TrainRequest) -> dict[str, Any]:
     out = Path(req.output_dir)
-    k = req.head.ensemble
     setup, _, _ = setup_training(req, ensemble=True)
-    folds = setup.resume["member_folds"] if setup.resume is not None else member_folds(setup, k)
+    folds = setup.resume["member_folds"] if setup.resume is not None else member_folds(setup, req.head.ensemble)
+    k = len(folds)
     log.info("ensemble of %d cross-fitted members over %d labelled samples (fold sizes %s)", k, len(setup.data.ids),
              [len(f) for f in folds])
     states: list[dict[str, torch.Tensor]] = []
@@ -95,17 +107,26 @@ def _report(setup: Setup, out: Path, folds: list[list[str]], epochs: list[int]) 
     header = list(rows[0])
     write_tsv(out / "val_predictions.tsv", header, [[r[h] for h in header] for r in rows])
     classes = setup.targets.class_labels
+    title = f"out-of-fold validation, ensemble of {len(folds)}"
     if classes:
         index = {c: j for j, c in enumerate(classes)}
-        metrics = classification_metrics(np.array([index[r["actual"]] for r in rows]),
-                                         np.array([index[r["prediction"]] for r in rows]), len(classes))
-    elif len(setup.cols) > 1:
-        metrics = multi_regression_metrics(
-            np.array([[float(r[f"actual_{c}"]) for c in setup.cols] for r in rows]),
-            np.array([[float(r[f"prediction_{c}"]) for c in setup.cols] for r in rows]), setup.cols)
+        truth = np.array([index[r["actual"]] for r in rows])
+        pred = np.array([index[r["prediction"]] for r in rows])
+        metrics = classification_metrics(truth, pred, len(classes))
+        plots.confusion_matrix_plot(confusion_matrix(truth, pred, len(classes)), classes,
+                                    out / "plots/confusion_matrix.png", title)
     else:
-        metrics = regression_metrics(np.array([float(r["actual"]) for r in rows]),
-                                     np.array([float(r["prediction"]) for r in rows]))
+        truth = np.array([[float(r[f"actual_{c}" if len(setup.cols) > 1 else "actual"]) for c in setup.cols]
+                          for r in rows])
+        pred = np.array([[float(r[f"prediction_{c}" if len(setup.cols) > 1 else "prediction"]) for c in setup.cols]
+                         for r in rows])
+        if len(setup.cols) > 1:
+            metrics = multi_regression_metrics(truth, pred, setup.cols)
+        else:
+            metrics = regression_metrics(truth[:, 0], pred[:, 0])
+        for j, col in enumerate(setup.cols):
+            name = "pred_vs_true.png" if len(setup.cols) == 1 else f"pred_vs_true_{plots.file_safe(col)}.png"
+            plots.predicted_vs_true(truth[:, j], pred[:, j], out / "plots" / name, f"{col}: {title}")
     metrics = {f"val_{k}": v for k, v in metrics.items()}
     write_json(out / "ensemble_metrics.json", {"members": len(folds), "member_best_epochs": epochs,
                                                "n_samples": len(rows), "out_of_fold": metrics})

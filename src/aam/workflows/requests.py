@@ -28,7 +28,12 @@ PRETRAINED_BASE_LR_SCALE = 0.1  # a pretrained encoder learns at 0.1 x --lr unde
 DEFAULT_TEST_SIZE = 0.2
 DEFAULT_TARGET_TRANSFORM = "zscore"
 COUNT_EMBEDDING_METHOD = "add"
-DEFAULT_ENSEMBLE = 1
+# Fine-tuning defaults chosen by cross-validation on oral-age-dev (docs/SCIENCE.md, "What changed"):
+FINETUNE_LR = 1e-3
+FINETUNE_LOSS = "mae"
+DEFAULT_ASV_IDENTITY = True
+DEFAULT_ASV_BAG_DIM = 256
+DEFAULT_ENSEMBLE = 5
 
 G = TypeVar("G")
 
@@ -237,10 +242,10 @@ class HeadOptions(Validated):
 
     pretrained_encoder: str | None = None
     freeze_base: bool = False
-    freeze_asv_encoder: bool = False
-    asv_identity: bool = _MODEL.asv_vocab_size > 0
+    freeze_asv_encoder: bool | None = None  # None: frozen when --pretrained-encoder is given
+    asv_identity: bool = DEFAULT_ASV_IDENTITY
     asv_identity_dropout: float = _MODEL.asv_identity_dropout
-    asv_bag_dim: int = _MODEL.asv_bag_dim
+    asv_bag_dim: int = DEFAULT_ASV_BAG_DIM
     base_lr_scale: float | None = None  # None: PRETRAINED_BASE_LR_SCALE with --pretrained-encoder, else 1
     target_input: str = _MODEL.target_input
     asv_readout: str = _MODEL.asv_readout
@@ -248,7 +253,9 @@ class HeadOptions(Validated):
     count_target: str = _MODEL.count_target
     categorical_fusion: str = _MODEL.categorical_fusion
     categorical_embed_dim: int = _MODEL.categorical_embed_dim
-    ensemble: int = DEFAULT_ENSEMBLE  # cross-fitted models that predict together (1 = one model)
+    # cross-fitted models that predict together (1 = one model); None: DEFAULT_ENSEMBLE, or fewer when the
+    # labelled samples hold fewer --group-column groups
+    ensemble: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,8 +304,8 @@ class TrainRequest:
     model: ModelOptions = field(default_factory=ModelOptions)
     head: HeadOptions = field(default_factory=HeadOptions)
     loss: LossOptions = field(default_factory=LossOptions)
-    target_loss: TargetLossOptions = field(default_factory=TargetLossOptions)
-    training: TrainingOptions = field(default_factory=TrainingOptions)
+    target_loss: TargetLossOptions = field(default_factory=lambda: TargetLossOptions(loss_type=FINETUNE_LOSS))
+    training: TrainingOptions = field(default_factory=lambda: TrainingOptions(lr=FINETUNE_LR))
     hardware: Hardware = field(default_factory=Hardware)
     # Samples kept out of training and validation altogether (`aam cv`: the fold's test samples).
     exclude_samples: tuple[str, ...] = ()

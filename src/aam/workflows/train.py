@@ -277,8 +277,8 @@ def _predictor_config(req: TrainRequest, pre: Preprocessing, resume: dict[str, A
         n_classes=len(class_labels) if class_labels else 0, quantiles=quantiles,
         count_prediction=head.count_prediction, count_target=head.count_target, count_heads=heads, count_layers=1,
         target_heads=heads, target_layers=layers, target_input=head.target_input, asv_readout=head.asv_readout,
-        asv_vocab_size=len(pre.asv_vocabulary or []), asv_identity_dropout=head.asv_identity_dropout,
-        asv_bag_dim=head.asv_bag_dim,
+        asv_vocab_size=len(pre.asv_vocabulary or []), asv_identity=head.asv_identity,
+        asv_identity_dropout=head.asv_identity_dropout, asv_bag_dim=head.asv_bag_dim,
         categorical_cardinalities=tgt.CategoryEncoder.from_dict(pre.category_encoder).cardinalities
         if pre.category_encoder else [],
         categorical_embed_dim=head.categorical_embed_dim, categorical_fusion=head.categorical_fusion)
@@ -335,7 +335,8 @@ def setup_training(req: TrainRequest, ensemble: bool = False) -> tuple[Setup, li
         raise AAMError(f"--resume {req.training.resume}: that run trained "
                        f"{f'an ensemble of {n} models' if n else 'a single model'}, not --ensemble "
                        f"{req.head.ensemble}; resume with the same --ensemble (or start a new run)")
-    if resume is not None and ensemble and len(resume["member_folds"]) != req.head.ensemble:
+    if resume is not None and ensemble and req.head.ensemble is not None and \
+            len(resume["member_folds"]) != req.head.ensemble:
         raise AAMError(f"--resume {req.training.resume}: that run trains {len(resume['member_folds'])} members, not "
                        f"--ensemble {req.head.ensemble}; resume with the same --ensemble")
     run = start_run(req, req.hardware, req.training.seed)  # after every check of the options: it writes the folder
@@ -355,9 +356,10 @@ def setup_training(req: TrainRequest, ensemble: bool = False) -> tuple[Setup, li
     _check_best_metric(req.training.best_metric, req.labels.classifier, cols)
     data = _labelled(req, pre, cols)
     train_ids, val_ids = (data.ids, data.ids) if ensemble else split(req, pre, data)
-    if req.head.asv_identity and not resume:
+    if (req.head.asv_identity or req.head.asv_bag_dim) and not resume:
         pre.asv_vocabulary = asv_vocabulary(data.prepared, train_ids)
-        log.info("ASV identity embeddings for the %d ASVs of the training samples", len(pre.asv_vocabulary))
+        log.info("ASV vocabulary (identity vectors%s): the %d ASVs of the training samples",
+                 ", presence bag" if req.head.asv_bag_dim else "", len(pre.asv_vocabulary))
     targets, val_ids = _fit_targets(req, pre, data, cols, train_ids, val_ids)
     cat_codes = _category_codes(req, pre, data, train_ids)
     dm = distances.load(dist_opts, req.input.table, req.hardware.num_workers, data.ids, data.prepared, pre) \
@@ -380,14 +382,15 @@ def fit_model(setup: Setup, train_ids: list[str], val_ids: list[str], out: Path,
         model.base_model.load_state_dict(ckpt.strip_prefixes(setup.pretrained["model_state"]))
         log.info("loaded pretrained encoder %s", req.head.pretrained_encoder)
     frozen = req.head.freeze_base
+    freeze_asv = freeze_asv_encoder(req)
     if frozen:
         model.freeze_base()
-    elif req.head.freeze_asv_encoder:
+    elif freeze_asv:
         model.freeze_asv_encoder()
     log.info("SequencePredictor: %d parameters (%d trainable); %d train / %d val samples", count_parameters(model),
              count_parameters(model, trainable_only=True), len(train_ids), len(val_ids))
     loss = _loss(req, mcfg, setup.dm, frozen, setup.targets.class_labels, setup.run.world,
-                 nucleotides=not (frozen or req.head.freeze_asv_encoder))
+                 nucleotides=not (frozen or freeze_asv))
     info = {"kind": "train", "model_config": mcfg.to_dict(), "preprocessing": pre.to_dict()}
     classes = setup.targets.class_labels
     trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=setup.dm),
@@ -403,14 +406,20 @@ def fit_model(setup: Setup, train_ids: list[str], val_ids: list[str], out: Path,
     return trainer, history
 
 
+def freeze_asv_encoder(req: TrainRequest) -> bool:
+    """--freeze-asv-encoder, by default on with a pretrained encoder: the nucleotide encoder keeps its pretrained
+    weights and each ASV is encoded once per run (docs/SCIENCE.md measures what fine-tuning it would add)."""
+    if req.head.freeze_asv_encoder is not None:
+        return req.head.freeze_asv_encoder
+    return req.head.pretrained_encoder is not None and not req.head.freeze_base
+
+
 def metric_keys(classifier: bool) -> list[str]:
     return ["val_loss", "val_accuracy", "val_f1"] if classifier else ["val_loss", "val_mae", "val_rmse", "val_r2"]
 
 
 def run_train(req: TrainRequest) -> dict[str, Any]:
-    if req.head.ensemble < 1:
-        raise AAMError(f"--ensemble must be >= 1 (1 = one model), got {req.head.ensemble}")
-    if req.head.ensemble > 1:
+    if req.head.ensemble is None or req.head.ensemble > 1:
         from aam.workflows.ensemble import run_ensemble  # the same layer; imported only when needed
 
         return run_ensemble(req)

@@ -97,8 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     sets = prepare(args.data, args.work)
     oral = sets["oral"]
-    encoder, _ = pretrain("oral", oral, args.work / "default", [])
-    md = pd.read_csv(oral["metadata"], sep="\t", index_col=0, dtype={"study": str})
+    encoder, _ = pretrain("oral", oral, args.work, [])
+    md = pd.read_csv(oral["metadata"], sep="\t", index_col=0, dtype={"sample_id": str, "study": str})
     ids = md.index.astype(str).to_numpy()
     rows = []
     t0 = time.perf_counter()

@@ -1,6 +1,9 @@
-"""Markdown tables for docs/SCIENCE.md from the JSON that study.py and label_efficiency.py wrote.
+"""Markdown tables for docs/SCIENCE.md from the JSON that study.py, label_efficiency.py and explore.py wrote.
 
-    .venv/bin/python benchmarks/science/report.py benchmarks/results/science-2026-12-07 [--variant default]
+    .venv/bin/python benchmarks/science/report.py benchmarks/results/science-2026-12-07 [--variant default,single]
+
+Per task the first --variant with a result is shown; explore.py's variants (in <results>/explore) are listed with
+the classical methods fitted on the same folds.
 """
 
 from __future__ import annotations
@@ -57,17 +60,37 @@ def label_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def explore_table(folder: Path) -> str:
+    """The explore.py variants on the random folds, best first, under the baselines of the same folds."""
+    lines = ["| variant | `aam train` flags | MAE (mean ± SD over 5 folds) | per fold |", "|---|---|---|---|"]
+    base = folder / "baselines.json"
+    if base.is_file():
+        res = json.loads(base.read_text())
+        for m, v in res["mae_mean"].items():
+            folds = " ".join(f"{f[m]['mae']:.2f}" for f in res["folds"].values())
+            lines.append(f"| {m} | (classical) | {v:.3f} ± {res['mae_sd'][m]:.3f} | {folds} |")
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if not p.stem.startswith("baselines")]
+    for res in sorted((r for r in runs if r.get("split", "random") == "random"), key=lambda r: r["mae_mean"]):
+        folds = " ".join(f"{f['mae']:.2f}" for f in res["folds"].values())
+        lines.append(f"| {res['name']} | `{' '.join(res['flags'])}` | {res['mae_mean']:.3f} ± {res['mae_sd']:.3f} | "
+                     f"{folds} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
-    ap.add_argument("--variant", default="default")
+    ap.add_argument("--variant", default="default,single", help="variants in order of preference")
     args = ap.parse_args()
+    if (args.results / "explore").is_dir():
+        print(f"### Model development (explore.py)\n\n{explore_table(args.results / 'explore')}\n")
     for task, title in TASK_TITLES.items():
-        path = args.results / f"{args.variant}_{task}.json"
-        if path.is_file():
+        paths = [args.results / f"{v}_{task}.json" for v in args.variant.split(",")]
+        path = next((p for p in paths if p.is_file()), None)
+        if path is not None:
             res = json.loads(path.read_text())
             print(f"### {title}\n\n{task_table(res)}\n\n`{res['command']}` ({res['n_samples']} samples, "
-                  f"{res['cv_wall_s'] / 60:.0f} min)\n")
+                  f"{res['cv_wall_s'] / 60:.0f} min, variant {res['variant']})\n")
     if (args.results / "label_efficiency.json").is_file():
         print(f"### Label efficiency\n\n{label_table(args.results / 'label_efficiency.json')}\n")
 

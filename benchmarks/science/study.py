@@ -78,7 +78,7 @@ def prepare(data: Path, work: Path) -> dict[str, dict[str, Path]]:
 
 def pretrain(name: str, paths: dict[str, Path], work: Path, flags: list[str]) -> tuple[Path, float]:
     """The evaluation command's pretraining on every sample of the dataset (cached in --work)."""
-    run = work / f"pretrain-{name}"
+    run = work / ("pretrain-" + "_".join([name, *(f.lstrip("-") for f in flags)]))
     best = run / "checkpoints/best.pt"
     wall = run / "wall_s.txt"
     if best.is_file() and wall.is_file():
@@ -96,7 +96,7 @@ def run_task(task: str, sets: dict, work: Path, out: Path, variant: str, train_f
     paths = sets[spec["data"]]
     encoder, pretrain_s = pretrain(paths.get("pretrained_on", spec["data"]), sets[paths.get("pretrained_on",
                                                                                             spec["data"])],
-                                   work / variant, pretrain_flags)
+                                   work, pretrain_flags)
     cv_dir = work / variant / task
     command = ["cv", "--table", str(paths["table"]), "--metadata", str(paths["metadata"]), "--metadata-column",
                spec["column"], "--pretrained-encoder", str(encoder), "--output-dir", str(cv_dir), *TRAIN,

@@ -299,6 +299,10 @@ def test_cv_rerun_with_other_options_is_refused(data, tmp_path, capsys):
     _one_line_error(capsys, "trained with other options", "--lr")
     assert _digest(out / "cv_summary.json") == summary
     assert main([*args, "--epochs", "1"]) == 0  # the same options: a rerun resumes (nothing left to do)
+    fresh = [*args[:args.index("--output-dir") + 1], str(tmp_path / "cv2"), *args[args.index("--output-dir") + 2:]]
+    capsys.readouterr()
+    assert main([*fresh, "--batch-size", "1", "--unifrac-matrix", str(data["dm"])]) == 2  # rejected before training
+    assert main(fresh) == 0  # ... so the corrected command is not held to the rejected options
 
 
 @pytest.mark.parametrize("case", ["continuous_as_classes", "one_class", "one_value"])

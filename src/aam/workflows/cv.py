@@ -88,6 +88,9 @@ def check_cv_options(out: Path, train: TrainRequest) -> None:
         return
     saved = json.loads(path.read_text())
     differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in options.items() if saved.get(k) != v]
+    if differ and not any(out.glob("fold*/checkpoints")):  # nothing trained yet (e.g. a rejected option): restart
+        write_json(path, options)
+        return
     if differ:
         raise InputError(f"{out} holds a cross-validation trained with other options ({'; '.join(differ[:4])}); "
                          "rerun with those options to resume it, or use a new --output-dir")

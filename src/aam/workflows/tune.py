@@ -38,6 +38,7 @@ SPACE: dict[str, tuple[str, tuple]] = {
     "dropout": ("model", ("float", 0.0, 0.3)),
     "asv_identity_dropout": ("head", ("float", 0.0, 0.5)),
     "loss_type": ("target_loss", ("choice", ("huber", "mae", "mse"))),
+    "asv_bag_dim": ("head", ("choice", (0, 128, 256, 512))),
 }
 
 

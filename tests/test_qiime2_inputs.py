@@ -78,3 +78,15 @@ def test_cv_and_explain_from_qza(files):
     rows = read_tsv(out)
     assert rows and all(r_["taxon"].startswith("k__Bacteria; g__G") for r_ in rows)
     assert {r_["feature_id"] for r_ in rows} <= set(files["md5"].values())  # reported by the table's own IDs
+
+
+def test_unifrac_reads_a_qza_table(files):
+    r, p = files["root"], files["plain"]
+    assert main(["unifrac", "--table", str(r / "table.qza"), "--tree", str(r / "rooted-tree.qza"), "--output",
+                 str(r / "dm_q2.tsv")]) == 0
+    assert main(["unifrac", "--table", str(p["table"]), "--tree", str(p["tree"]), "--output",
+                 str(r / "dm_plain.tsv")]) == 0
+    a = pd.read_csv(r / "dm_q2.tsv", sep="\t", index_col=0)
+    b = pd.read_csv(r / "dm_plain.tsv", sep="\t", index_col=0)
+    assert list(a.index) == list(b.index) and a.shape[0] == 36
+    np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=0, atol=1e-12)

@@ -77,7 +77,10 @@ def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: fl
     a = check_metric(metric, alpha)
     np_dtype = unifrac_dtype(dtype)
     tree = read_tree(tree_path)
-    table = tips_table(table_path, tree, drop_missing_features)
+    from aam.data.biom_io import load_table
+
+    # BIOM (HDF5 or JSON) or a QIIME 2 FeatureTable .qza, read as every other command reads it
+    table = tips_table(load_table(table_path), tree, drop_missing_features, source=table_path)
     impl = registry.select("unifrac", "auto", registry.KernelRequest(torch.device("cpu"), getattr(torch, dtype)))
     out = Path(output)
     if metric == "faith_pd":

@@ -27,7 +27,7 @@ def split_samples(
     ids = [str(s) for s in sample_ids]
     n = len(ids)
     if not 0.0 < val_fraction < 1.0:
-        raise AAMError(f"val_fraction must be between 0 and 1 (got {val_fraction}); e.g. --val-fraction 0.2")
+        raise AAMError(f"val_fraction must be between 0 and 1 (got {val_fraction}); e.g. --test-size 0.2")
     for name, vals in (("groups", groups), ("stratify", stratify)):
         if vals is not None and len(vals) != n:
             raise AAMError(f"{name} has {len(vals)} values for {n} samples")
@@ -64,7 +64,7 @@ def split_samples(
         what = f"{n_units} groups" if groups is not None else f"{n} samples"
         raise InputError(
             f"the split of {what} with val_fraction={val_fraction} leaves {len(train)} training and "
-            f"{len(val)} validation samples; use more samples (or groups) or change --val-fraction"
+            f"{len(val)} validation samples; use more samples (or groups) or change --test-size"
         )
     return train, val
 

@@ -347,3 +347,46 @@ def test_r2_of_a_constant_target_is_undefined():
 
     metrics = regression_metrics(np.full(5, 3.0), np.arange(5.0))
     assert np.isnan(metrics["r2"]) and metrics["mae"] == pytest.approx(1.4)
+
+
+def _baseline_args(data, tmp_path) -> list[str]:
+    (tmp_path / "train.txt").write_text("\n".join(f"S{i}" for i in range(16)) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(f"S{i}" for i in range(16, 24)) + "\n")
+    return ["rf-baseline", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+            "--train-samples", str(tmp_path / "train.txt"), "--val-samples", str(tmp_path / "val.txt"), "--output",
+            str(tmp_path / "rf.tsv")]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--max-features", "bogus"], ("--max-features", "sqrt")),
+    (["--max-features", "-2"], ("--max-features",)),
+    (["--n-estimators", "0"], ("--n-estimators",)),
+])
+def test_baseline_options_out_of_range(data, tmp_path, capsys, extra, words):
+    capsys.readouterr()
+    assert main([*_baseline_args(data, tmp_path), *extra]) == 2
+    _one_line_error(capsys, *words)
+    assert not (tmp_path / "rf.tsv").exists()
+
+
+def test_binary_taxonomy_is_refused(data, model, tmp_path, capsys):
+    tax = tmp_path / "tax.tsv"
+    tax.write_bytes(bytes(range(256)) * 4)
+    capsys.readouterr()
+    assert main(["explain", "--model", str(model), "--table", str(data["table"]), "--taxonomy", str(tax),
+                 "--output", str(tmp_path / "attr.tsv")]) == 2
+    _one_line_error(capsys, str(tax), "not text")
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "demo_samples"])
+def test_output_folder_problems_and_demo_size(data, tmp_path, capsys, where):
+    capsys.readouterr()
+    if where == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        rc = _train_into(data, tmp_path / "afile" / "run")
+        assert rc == 2
+        _one_line_error(capsys, "afile", "Not a directory")
+    else:
+        assert main(["demo", "--samples", "0", "--output-dir", str(tmp_path / "demo")]) == 2
+        _one_line_error(capsys, "--samples")
+        assert not (tmp_path / "demo").exists()

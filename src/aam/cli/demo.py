@@ -21,7 +21,8 @@ TRAIN_LR = ["--lr", "2e-3"]
 @click.command()
 @click.option("--output-dir", default="demo-run", show_default=True, type=click.Path(file_okay=False),
               help="Where data/, pretrain/, train/ and predictions.tsv go.")
-@click.option("--samples", default=300, show_default=True, help="Samples to generate.")
+@click.option("--samples", default=300, show_default=True, type=click.IntRange(min=30),
+              help="Samples to generate (at least 30: five folds of six).")
 @click.option("--pretrain-epochs", default=25, show_default=True,
               help="On the default data, 25 epochs fit UniFrac to R2 0.45 and give pH R2 0.56 after fine-tuning "
                    "(8 epochs: 0.29 and 0.45) for ~30 s more.")

@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: file not found: {exc.filename or exc}", err=True)
         return 2
+    except OSError as exc:  # an output under a file, a folder without write permission, a full disk...
+        if os.environ.get("AAM_DEBUG"):
+            raise
+        where = exc.filename or "an output"
+        click.echo(f"error: cannot write {where}: {exc.strerror or exc}; check the path (a folder, not a file) and "
+                   "its permissions", err=True)
+        return 2
     return rv if isinstance(rv, int) else 0
 
 

@@ -23,7 +23,8 @@ import click
               help="Comma-separated: random_forest (relative abundances), boosted_trees (LightGBM on relative "
                    "abundances), ridge (RidgeCV, or L2 logistic regression, on CLR-transformed counts).")
 @click.option("--classifier", is_flag=True, help="Classify the column's labels instead of regressing.")
-@click.option("--n-estimators", default=500, show_default=True, help="Trees of the random forest.")
+@click.option("--n-estimators", default=500, show_default=True, type=click.IntRange(min=1),
+              help="Trees of the random forest.")
 @click.option("--max-features", default="sqrt", show_default=True,
               help="Random forest: sqrt, log2, none, a count or a fraction.")
 @click.option("--random-seed", default=42, show_default=True)

@@ -15,12 +15,16 @@ def load_taxonomy(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"taxonomy file not found: {path}")
-    if path.suffix.lower() == ".qza":
-        from aam.data.biom_io import _qza_member
+    try:
+        if path.suffix.lower() == ".qza":
+            from aam.data.biom_io import _qza_member
 
-        text = _qza_member(path, ("taxonomy.tsv", ".tsv"), "taxonomy TSV").decode("utf-8")
-    else:
-        text = path.read_text()
+            text = _qza_member(path, ("taxonomy.tsv", ".tsv"), "taxonomy TSV").decode("utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"taxonomy file {path} is not text (UTF-8); give the QIIME 2 taxonomy TSV or "
+                         "taxonomy.qza") from None
     rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
     if not rows:
         raise InputError(f"taxonomy file {path} is empty")

@@ -151,7 +151,12 @@ def parse_max_features(value: str) -> str | float | int | None:
         return value
     if value.lower() == "none":
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not (number > 0):  # also NaN
+        raise InputError(f"--max-features {value!r}: use sqrt, log2, none, a count >= 1 or a fraction in (0, 1]")
     return int(number) if number.is_integer() and number > 1 else number
 
 

@@ -53,8 +53,9 @@ def label_table(path: Path) -> str:
     lines = ["| labelled samples | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for n in sizes:
         sel = [r for r in rows if r["n_labelled"] == n]
-        cells = [f"{np.mean([r[m] for r in sel]):.2f} ± {np.std([r[m] for r in sel]):.2f}" for m in methods]
-        best = min(range(len(methods)), key=lambda i: np.mean([r[methods[i]] for r in sel]))
+        cells = [f"{np.mean(v):.2f} ± {np.std(v):.2f}" if (v := [r[m] for r in sel if m in r]) else "not run"
+                 for m in methods]
+        best = min(range(len(methods)), key=lambda i: np.mean([r.get(methods[i], np.inf) for r in sel]))
         cells[best] = f"**{cells[best]}**"
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

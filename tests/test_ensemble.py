@@ -101,7 +101,7 @@ def _setup(n: int, groups: list[str] | None):
     from types import SimpleNamespace
 
     data = SimpleNamespace(ids=[f"s{i}" for i in range(n)], groups=groups, raw=np.arange(n, dtype=float))
-    return SimpleNamespace(data=data, req=SimpleNamespace(labels=SimpleNamespace(classifier=False)),
+    return SimpleNamespace(data=data, req=SimpleNamespace(labels=SimpleNamespace(classifier=False, group_column="g")),
                            pre=SimpleNamespace(seed=1))
 
 

@@ -390,3 +390,16 @@ def test_output_folder_problems_and_demo_size(data, tmp_path, capsys, where):
         assert main(["demo", "--samples", "0", "--output-dir", str(tmp_path / "demo")]) == 2
         _one_line_error(capsys, "--samples")
         assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--group-column", "site"], ("1 group(s) of --group-column site",)),  # every sample in one group
+    (["--ensemble", "30"], ("--ensemble 30", "or fewer")),
+])
+def test_ensemble_needs_enough_groups(data, tmp_path, capsys, extra, words):
+    capsys.readouterr()
+    rc = main(["train", "--table", str(data["table"]), "--metadata", str(data["md"]), "--metadata-column", "age",
+               "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--rarefy-depth", "300", *MODEL, *extra])
+    assert rc == 2
+    _one_line_error(capsys, *words)
+    assert not (tmp_path / "run/checkpoints/best.pt").exists()

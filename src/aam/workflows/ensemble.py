@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from aam.data.split import kfold_samples
+from aam.errors import AAMError
 from aam.training import checkpoint as ckpt
 from aam.training import plots
 from aam.training.distributed import finish_distributed
@@ -41,8 +42,15 @@ log = logging.getLogger("aam")
 def member_folds(setup: Setup, k: int | None) -> list[list[str]]:
     """K folds of the labelled samples; K None: DEFAULT_ENSEMBLE, or the number of groups when fewer."""
     data = setup.data
+    units = len(set(map(str, data.groups))) if data.groups is not None else len(data.ids)
+    what = f"group(s) of --group-column {setup.req.labels.group_column}" if data.groups is not None else "sample(s)"
+    if units < 2:
+        raise AAMError(f"the labelled samples hold {units} {what}: training and validation need two or more; "
+                       "use a --group-column with several groups, or more labelled samples")
+    if k is not None and k > units:
+        raise AAMError(f"--ensemble {k}: the labelled samples hold only {units} {what}, one member per fold needs "
+                       f"at least as many; use --ensemble {units} or fewer")
     if k is None:
-        units = len(set(map(str, data.groups))) if data.groups is not None else len(data.ids)
         k = min(DEFAULT_ENSEMBLE, units)
         if k < DEFAULT_ENSEMBLE:
             log.info("%d groups: an ensemble of %d members (set --ensemble to choose)", units, k)

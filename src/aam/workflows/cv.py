@@ -37,7 +37,7 @@ from aam.workflows.requests import (
     TrainRequest,
     flat_options,
 )
-from aam.workflows.runs import MAY_CHANGE_ON_RESUME
+from aam.workflows.runs import MAY_CHANGE_ON_RESUME, option_change
 from aam.workflows.train import run_train, target_columns
 
 log = logging.getLogger("aam")
@@ -87,7 +87,7 @@ def check_cv_options(out: Path, train: TrainRequest) -> None:
         write_json(path, options)
         return
     saved = json.loads(path.read_text())
-    differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in options.items() if saved.get(k) != v]
+    differ = [option_change(k, saved.get(k), v) for k, v in options.items() if saved.get(k) != v]
     if differ and not any(out.glob("fold*/checkpoints")):  # nothing trained yet (e.g. a rejected option): restart
         write_json(path, options)
         return
@@ -261,20 +261,17 @@ def _summarize(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, An
         for method in METHODS:
             sel = [r for r in rows if r["target"] == target and r["method"] == method]
             n = sum(r["n_test"] for r in sel)
-            for stat, fn in (("mean", _nan_mean), ("sd", _nan_sd)):  # R2 is undefined on a one-value fold
+            for stat, fn in (("mean", np.mean), ("sd", np.std)):
                 out.append({"target": target, "method": method, "fold": stat, "n_test": n,
-                            **{k: float(fn([r[k] for r in sel if k in r])) for k in keys if any(k in r for r in sel)}})
+                            **{k: _over_defined(fn, [r[k] for r in sel if k in r]) for k in keys
+                               if any(k in r for r in sel)}})
     return out
 
 
-def _nan_mean(values: list[float]) -> float:
-    finite = [v for v in values if not np.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def _nan_sd(values: list[float]) -> float:
-    finite = [v for v in values if not np.isnan(v)]
-    return float(np.std(finite)) if finite else float("nan")
+def _over_defined(fn: Any, values: list[float]) -> float:
+    """fn over the values that are defined (R2 is NaN on a fold with one target value); NaN when none is."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(fn(defined)) if defined else float("nan")
 
 
 def _best_baselines(summary: list[dict[str, Any]], classifier: bool) -> dict[str, str]:

@@ -83,6 +83,11 @@ PATH_OPTIONS = frozenset({"table", "sequences", "metadata", "tree", "unifrac_mat
                           "pretrained_encoder"})
 
 
+def option_change(key: str, old: Any, new: Any) -> str:
+    """How an option differs from the run's record, as the error messages show it."""
+    return f"--{key.replace('_', '-')} {old!r} -> {new!r}"
+
+
 def check_resume_options(options: dict[str, Any], resume: str) -> None:
     """Refuse to resume with an option that shapes the data or the model set differently from the run being
     continued (its run_options.json, next to checkpoints/); an option left out (None) keeps the run's value."""
@@ -102,7 +107,7 @@ def check_resume_options(options: dict[str, Any], resume: str) -> None:
         else:
             same = value == old
         if not same:
-            differ.append(f"--{key.replace('_', '-')} {old!r} -> {value!r}")
+            differ.append(option_change(key, old, value))
     if differ:
         free = sorted("--" + k.replace("_", "-") for k in MAY_CHANGE_ON_RESUME - {"output_dir", "resume", "overwrite"})
         raise AAMError(f"--resume {resume}: {len(differ)} option(s) differ from the run it continues "

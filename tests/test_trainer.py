@@ -220,16 +220,16 @@ def test_compile_failure_falls_back_to_eager(tmp_path):
         raise RuntimeError("backend exploded")
 
     t = make_trainer(tmp_path, epochs=1, compile_model=True)
-    assert t.compiled_model is not None
-    t.compiled_model = torch.compile(t.ddp_model, backend=broken_backend)
+    assert t.compiled.module is not None
+    t.compiled.module = torch.compile(t.ddp_model, backend=broken_backend)
     hist = t.fit()
-    assert calls and t.compiled_model is None and np.isfinite(hist[0]["train_loss"])
+    assert calls and t.compiled.module is None and np.isfinite(hist[0]["train_loss"])
     assert not any("_orig_mod" in k for k in t.state_payload()["model_state"])
 
 
 def test_compile_skipped_on_rocm(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)
-    assert make_trainer(tmp_path, epochs=1, compile_model=True).compiled_model is None
+    assert make_trainer(tmp_path, epochs=1, compile_model=True).compiled.module is None
 
 
 def test_base_lr_scale_default_follows_the_pretrained_encoder_and_resume():

@@ -15,7 +15,6 @@ from aam.data.tokenizer import tokenize
 from aam.models import ModelConfig, build_model
 from aam.ops.unifrac import unifrac
 from aam.training import metrics as M
-from aam.training.batches import EpochSampler
 from aam.training.config import TrainConfig
 from aam.training.losses import LossConfig, MultiTaskLoss
 from aam.training.trainer import Trainer
@@ -38,7 +37,7 @@ def test_pretraining_fits_unifrac_on_train_pairs(tmp_path):
     info = {"kind": "pretrain", "model_config": model.config.to_dict(), "preprocessing": {"max_bp": 32}}
     trainer = Trainer(model, MultiTaskLoss(LossConfig()), data, None, functools.partial(collate, distances=dm),
                       cfg, torch.device("cpu"), tmp_path / "run", info)
-    loader = trainer._loader(data, EpochSampler(len(data), False, 0), drop_last=False)
+    loader = trainer.batching.ordered_loader(data)
     before = trainer.predict_loader(loader)
     trainer.fit()
     after = trainer.predict_loader(loader)

@@ -205,6 +205,18 @@ def training_options(d: TrainingOptions, best_metrics: tuple[str, ...]) -> list[
         opt("Training", "--log-every", type=int, default=d.log_every, help="Optimizer steps between progress/TensorBoard updates."),
         opt("Training", "--best-metric", type=click.Choice(best_metrics), default=d.best_metric,
             help="Validation metric that selects best.pt and drives early stopping."),
+        opt("Training", "--max-tokens", type=int, default=d.max_tokens, show_default="off",
+            help="Batches hold as many samples as fit under N nucleotide tokens (unique ASVs x read length, what "
+                 "the ASV encoder runs on) instead of --batch-size samples; every sample once per epoch."),
+        opt("Training", "--max-memory-gb", type=float, default=d.max_memory_gb, show_default="off",
+            help="Batches hold as many samples as fit under G GB of predicted peak memory per training step "
+                 "(a memory model fitted to a few probe steps on this device: memory_model.json)."),
+        opt("Training", "--auto-batch-size", is_flag=True, default=d.auto_batch_size,
+            help="Use the largest fixed batch whose every batch fits --max-memory-gb (default 90% of the device's "
+                 "memory) and --max-tokens; the choice is logged and saved in batch_plan.json and checkpoints."),
+        opt("Training", "--target-effective-batch-size", type=int, default=d.target_effective_batch_size,
+            show_default="off", help="Samples per optimizer step over all ranks: sets the gradient accumulation "
+                                     "from the (chosen) batch size."),
     ]
 
 
@@ -223,6 +235,12 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
                             "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))
         out.append(opt("Hardware", "--tf32", is_flag=True, default=d.tf32,
                        help="Allow TF32 tensor-core float32 matmuls (CUDA only; no effect on CPU)."))
+        out.append(opt("Hardware", "--memory-profile", is_flag=True, default=d.memory_profile,
+                       help="Log the peak memory of each stage of a training step (data, ASV encoder, sample "
+                            "encoder, loss, backward, optimizer) for the first micro-batches; memory_profile.json."))
+        out.append(opt("Hardware", "--profile", type=int, default=d.profile, show_default="off",
+                       help="torch.profiler trace of N micro-batches after the first: profile/trace.json (Chrome "
+                            "trace) and profile/top_ops.txt."))
     return out
 
 

@@ -57,11 +57,12 @@ def encode_token_table(encoder: ASVEncoder, token_table: np.ndarray | torch.Tens
     was_training = encoder.training
     encoder.eval()
     rows = torch.as_tensor(np.asarray(token_table), dtype=torch.long)
+    dtype = torch.float64 if encoder.token_embedding.weight.dtype == torch.float64 else torch.float32
     out = []
     for lo in range(0, rows.shape[0], chunk):
         part = rows[lo:lo + chunk]
         width = int((part != PAD).sum(1).max()) if part.numel() else 1
-        out.append(encoder(part[:, :max(width, 1)].to(device), with_logits=False)[0].float())
+        out.append(encoder(part[:, :max(width, 1)].to(device), with_logits=False)[0].to(dtype))
     encoder.train(was_training)
     d = encoder.token_embedding.embedding_dim
     return torch.cat(out) if out else torch.zeros(0, d, device=device)

@@ -41,6 +41,14 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 42
     num_workers: int = 0
+    # batch sizing (aam.training.planning): budgets per batch, or the largest fixed batch under the budget
+    max_tokens: int | None = None
+    max_memory_gb: float | None = None
+    auto_batch_size: bool = False
+    target_effective_batch_size: int | None = None
+    # diagnostics: peak memory per stage of the first steps; a torch.profiler trace of N steps
+    memory_profile: bool = False
+    profile_steps: int = 0
     progress: bool = True
     tensorboard: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,3 +66,18 @@ class TrainConfig:
             raise AAMError(f"--base-lr-scale must be >= 0, got {self.base_lr_scale}")
         if self.epochs < 1:
             raise AAMError("--epochs must be >= 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise AAMError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise AAMError(f"--max-memory-gb must be > 0, got {self.max_memory_gb}")
+        if self.target_effective_batch_size is not None:
+            if self.target_effective_batch_size < 1:
+                raise AAMError(f"--target-effective-batch-size must be >= 1, got {self.target_effective_batch_size}")
+            if self.gradient_accumulation_steps != 1:
+                raise AAMError("--target-effective-batch-size sets the gradient accumulation itself; drop "
+                               "--gradient-accumulation-steps")
+
+    @property
+    def budgeted(self) -> bool:
+        """Batches are sized by a budget (tokens or memory) rather than by --batch-size alone."""
+        return self.max_tokens is not None or self.max_memory_gb is not None or self.auto_batch_size

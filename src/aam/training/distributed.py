@@ -58,6 +58,13 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
+def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
+    """The element-wise largest of `values` over all ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
 def is_distributed(group: Any = None) -> bool:
     """True when torch.distributed is initialised with more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1

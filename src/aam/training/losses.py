@@ -228,3 +228,21 @@ class MultiTaskLoss:
             raise AAMError("no loss term applies to this batch (no distances, nucleotides, counts or targets)")
         terms["total"] = total
         return terms
+
+
+def mean_terms(sums: dict[str, torch.Tensor], n: int, world: int = 1) -> dict[str, float]:
+    """Device sums of loss terms over `n` batches -> host means (one sync; summed over the ranks when `world` >
+    1); the nucleotide accuracy from its counters."""
+    if not sums:
+        return {}
+    keys = list(sums)
+    vals = torch.stack([sums[k] for k in keys])
+    if world > 1:
+        torch.distributed.all_reduce(vals)
+        n *= world
+    host = dict(zip(keys, vals.tolist(), strict=True))
+    out = {("loss" if k == "total" else k): v / max(n, 1) for k, v in host.items()
+           if k not in ("nuc_correct", "nuc_total")}
+    if host.get("nuc_total"):
+        out["nuc_accuracy"] = host["nuc_correct"] / host["nuc_total"]
+    return out

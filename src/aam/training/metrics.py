@@ -58,3 +58,4 @@ def is_improvement(metric: str, value: float, best: float | None) -> bool:
     if best is None or not np.isfinite(best):
         return bool(np.isfinite(value))
     return value > best if HIGHER_IS_BETTER.get(metric, False) else value < best
+

@@ -9,6 +9,7 @@ exactly, including mid-epoch (`checkpoint_every`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -20,36 +21,57 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from aam.errors import AAMError
 from aam.models.encoders import encode_token_table
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
-from aam.training.batches import EpochSampler, LayoutCollate
+from aam.training.batches import LayoutCollate
+from aam.training.compiled import CompiledForward, compile_or_none
 from aam.training.config import TASKS, TENSOR_KEYS, TrainConfig
-from aam.training.distributed import distributed_info
+from aam.training.distributed import distributed_info, max_over_ranks
 from aam.training.interrupt import StopRequest, stop_on_signal
-from aam.training.losses import EVAL_MASK_SEED, MultiTaskLoss, embedding_distances, mask_nucleotides
+from aam.training.losses import (
+    EVAL_MASK_SEED,
+    MultiTaskLoss,
+    mask_nucleotides,
+    mean_terms,
+)
+from aam.training.memory import (
+    BatchShape,
+    MemoryModel,
+    PeakMeter,
+    fit_by_probing,
+    optimizer_state_bytes,
+    probe_sizes,
+)
 from aam.training.optim import default_warmup, make_optimizer, make_scheduler, scale_base_lr
-from aam.training.validation import ValidationReport
+from aam.training.planning import Batching, BatchPlan, epoch_order, plan_batches
+from aam.training.profiling import Diagnostics, op_ranges
+from aam.training.validation import EvalPass, ValidationReport
+from aam.utils.io import write_json
 
 log = logging.getLogger("aam")
+
+PROBE_LARGEST = 32  # the memory model's largest probe batch (probes stop earlier when a budget is near)
 
 class Trainer:
     """Fit a model on a train dataset, validate, checkpoint, plot.
 
     `checkpoint_info` holds `kind`, `model_config` and `preprocessing` copied into every checkpoint.
     `denormalize` maps model-scale regression values to the original units; `class_labels` names classes;
-    `target_names` names the columns of a multi-output regression.
+    `target_names` names the columns of a multi-output regression. `batch_plan` (a checkpoint's) replaces
+    planning the batches anew, so a resumed run batches as it did.
     """
 
     def __init__(self, model: nn.Module, loss_fn: MultiTaskLoss, train_set: Dataset, val_set: Dataset | None,
                  collate_fn: Callable, config: TrainConfig, device: torch.device, output_dir: Path,
                  checkpoint_info: dict[str, Any], task: str = "pretrain",
                  denormalize: Callable[[np.ndarray], np.ndarray] | None = None,
-                 class_labels: list[str] | None = None, target_names: list[str] | None = None) -> None:
+                 class_labels: list[str] | None = None, target_names: list[str] | None = None,
+                 batch_plan: dict[str, Any] | None = None) -> None:
         if task not in TASKS:
             raise ValueError(task)
         self.config = config
@@ -72,8 +94,8 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)
         # torch.compile wraps only the training forward; checkpoints keep saving `self.model` (no `_orig_mod.`)
-        self.compiled_model: nn.Module | None = self._compile(self.ddp_model) if config.compile_model else None
-        self._compile_checked = False
+        self.compiled = CompiledForward(compile_or_none(self.ddp_model, config.compile_backend)
+                                        if config.compile_model else None)
         if config.tf32:
             if device.type == "cuda":
                 torch.set_float32_matmul_precision("high")
@@ -82,20 +104,9 @@ class Trainer:
                 log.info("--tf32 has no effect on %s (CUDA only)", device)
 
         self.train_set, self.val_set, self.collate_fn = train_set, val_set, LayoutCollate(collate_fn)
-        self.train_sampler = EpochSampler(len(train_set), True, config.seed, self.rank, self.world)
-        self.train_loader = self._loader(train_set, self.train_sampler, drop_last=False)
-        self.batches_per_epoch = len(self.train_loader)
-        if self.batches_per_epoch == 0:
-            raise AAMError("the training split is empty; lower --test-size or add samples")
-        accum = config.gradient_accumulation_steps
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.warmup_steps = config.warmup_steps if config.warmup_steps is not None else default_warmup(self.total_steps)
-
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
         if config.base_lr_scale != 1.0:
             scale_base_lr(self.optimizer, self.model, config.base_lr_scale)
-        self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         amp = config.mixed_precision
         if amp != "none" and device.type == "cpu" and amp == "fp16":
             raise AAMError("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
@@ -108,6 +119,20 @@ class Trainer:
         self._asv_caches: dict[int, torch.Tensor] = {}
         self._asv_cache: torch.Tensor | None = None
 
+        self.diagnostics = Diagnostics(False, 0, device, self.model, self.output_dir)  # fit() starts the asked ones
+        self.plan = BatchPlan.from_dict(batch_plan) if batch_plan else self._plan_batches()
+        log.info("%s", self.plan.describe())
+        self.accum = self.plan.accumulation
+        self.batching = Batching(self.plan, train_set, self.collate_fn, config.seed, self.rank, self.world,
+                                 config.num_workers, pin_memory=device.type == "cuda")
+        self.train_loader = self.batching.train_loader
+        self.batches_per_epoch = self.batching.batches_in_epoch(0)
+        if self.batches_per_epoch == 0:
+            raise AAMError("the training split is empty; lower --test-size or add samples")
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.accum)
+        self.total_steps = self.steps_per_epoch * config.epochs  # budget batches: epoch 0's count (the schedule clamps)
+        self.warmup_steps = config.warmup_steps if config.warmup_steps is not None else default_warmup(self.total_steps)
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
         self.epoch = 0
         self.batch_in_epoch = 0
         self.global_step = 0
@@ -118,13 +143,39 @@ class Trainer:
         self.writer = None
         self.stop = StopRequest()  # set by SIGINT/SIGTERM: stop at the next optimizer step
 
-    # ------------------------------------------------------------------ plumbing
-    def _loader(self, dataset: Dataset, sampler: Sampler, drop_last: bool) -> DataLoader:
-        workers = self.config.num_workers
-        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, collate_fn=self.collate_fn,
-                          num_workers=workers, drop_last=drop_last, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, generator=torch.Generator().manual_seed(self.config.seed),
-                          prefetch_factor=2 if workers > 0 else None)
+    # ------------------------------------------------------------------ batch planning
+    def _plan_batches(self) -> BatchPlan:
+        pairwise = self.loss_fn.config.unifrac_weight > 0 and self.task == "pretrain"
+        return plan_batches(self.config, self.train_set, self.world, pairwise, self.device, self.fit_memory_model)
+
+    def fit_memory_model(self, meter: PeakMeter, budget: int | None = None) -> MemoryModel:
+        """Probe training steps (forward + backward, no optimizer step) of growing batches of epoch 1's order and
+        fit the memory model to their peaks (aam.training.memory.fit_by_probing). The random state is restored
+        afterwards: a probed run trains exactly like one that was not."""
+        rng = ckpt.rng_state()
+        order = epoch_order(len(self.train_set), True, self.config.seed, 0)
+        self._use_asv_cache(self.train_set)
+
+        def probe(size: int) -> tuple[BatchShape, Callable[[], None]]:
+            batch = self._to_device(self.collate_fn([self.train_set[i] for i in order[:size]]))
+            return BatchShape.of_batch(batch), lambda: self._probe_step(batch)
+
+        # every rank fits the same model: the largest of the ranks' measurements
+        reduce = functools.partial(max_over_ranks, device=self.device) if self.world > 1 else None
+        optimizer_bytes = 0 if self.optimizer.state else optimizer_state_bytes(self.model)
+        try:
+            return fit_by_probing(meter, probe, probe_sizes(len(order), PROBE_LARGEST), budget, optimizer_bytes,
+                                  str(self.device), reduce)
+        finally:
+            ckpt.set_rng_state(rng)
+
+    def _probe_step(self, batch: dict[str, Any]) -> None:
+        self.ddp_model.train()
+        sync = self.ddp_model.no_sync() if self.world > 1 else contextlib.nullcontext()
+        with sync:
+            _, terms = self._forward(self.ddp_model, batch)
+            terms["total"].backward()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = dict(batch)
@@ -138,34 +189,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _compile(self, model: nn.Module) -> nn.Module | None:
-        """torch.compile(model), or None (eager) on ROCm or when compilation cannot start."""
-        if torch.version.hip:
-            log.warning("--compile-model skipped on ROCm (torch.compile is unreliable there); running eagerly")
-            return None
-        try:
-            compiled = torch.compile(model, backend=self.config.compile_backend)
-        except Exception as exc:  # noqa: BLE001 - any compiler setup failure falls back to eager
-            log.warning("--compile-model failed (%s: %s); running eagerly", type(exc).__name__, exc)
-            return None
-        log.info("--compile-model: training forward compiled with backend %s", self.config.compile_backend)
-        return compiled
-
     def _train_forward(self, batch: dict[str, Any]):
-        """Training forward through the compiled model when there is one; a failure of its first call (where
-        compilation happens) falls back to the eager model with a warning."""
-        if self.compiled_model is not None:
-            try:
-                result = self._forward(self.compiled_model, batch)
-                self._compile_checked = True
-                return result
-            except Exception as exc:  # noqa: BLE001
-                if self._compile_checked:
-                    raise
-                log.warning("--compile-model: compilation failed (%s: %s); running eagerly",
-                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-                self.compiled_model = None
-        return self._forward(self.ddp_model, batch)
+        return self.compiled(lambda model: self._forward(model, batch), self.ddp_model)
 
     def _use_asv_cache(self, dataset: Dataset) -> None:
         """Point the forward at the cached ASV embeddings of `dataset`'s token table (built on first use), when
@@ -201,9 +226,11 @@ class Trainer:
         with self._autocast():
             layout = (batch["entry_sample"], batch["entry_pos"], batch["max_slots"]) if "entry_sample" in batch else None
             cached = self._asv_cache[batch["asv_rows"]] if self._asv_cache is not None else None
+            self.diagnostics.stage("sample_encoder")
             outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
                             counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens,
                             layout=layout, asv_ids=batch.get("asv_ids"), asv_embeddings=cached)
+            self.diagnostics.stage("loss")
             terms = self.loss_fn(outputs, batch)
         return outputs, terms
 
@@ -219,6 +246,7 @@ class Trainer:
                               "global_step": self.global_step, "best_value": self.best_value,
                               "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
                               "best_metric": self.config.best_metric, "history": self.history,
+                              "batch_plan": self.plan.to_dict(),
                               "train_config": {k: v for k, v in asdict(self.config).items() if k != "extra"}},
             "rng_state": ckpt.rng_state(),
         }
@@ -243,7 +271,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
         self.best_value, self.best_epoch, self.bad_epochs = st["best_value"], st["best_epoch"], st["bad_epochs"]
         self.history = list(st["history"])
-        if self.batch_in_epoch >= self.batches_per_epoch:
+        if self.batch_in_epoch >= self.batching.batches_in_epoch(self.epoch):
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         ckpt.set_rng_state(data["rng_state"])
         log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.epoch + 1, self.batch_in_epoch,
@@ -278,14 +306,19 @@ class Trainer:
         cfg = self.config
         if self.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            if self.plan.memory_model:
+                write_json(self.output_dir / "memory_model.json", self.plan.memory_model)
             if cfg.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+            write_json(self.output_dir / "batch_plan.json", self.plan.to_dict())
+        self.diagnostics = Diagnostics(self.config.memory_profile, self.config.profile_steps if self.is_main else 0,
+                                       self.device, self.model, self.output_dir, self.is_main)
         log.info("training: %d samples, %d batches/epoch, %d optimizer steps (%d warmup), lr %g",
                  len(self.train_set), self.batches_per_epoch, self.total_steps, self.warmup_steps, cfg.lr)
         stopped = False
-        with stop_on_signal(self.stop, enabled=self.world == 1):
+        with stop_on_signal(self.stop, enabled=self.world == 1), op_ranges(self.device):
             try:
                 while self.epoch < cfg.epochs and not stopped and not self.stop.asked:
                     train_row, stopped = self._train_epoch()
@@ -307,6 +340,7 @@ class Trainer:
                                  cfg.patience)
                         break
             finally:
+                self.diagnostics.close(self.writer, self.global_step)
                 if self.writer is not None:
                     self.writer.close()
         self.stop.raise_if_asked(f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}",
@@ -318,17 +352,17 @@ class Trainer:
     def close(self) -> None:
         """Drop the DDP and compiled wrappers (before the process group is destroyed at the end of a run)."""
         self.ddp_model = self.model
-        self.compiled_model = None
+        self.compiled = CompiledForward(None)
 
     def _train_epoch(self) -> tuple[dict[str, float], bool]:
         cfg = self.config
         self.ddp_model.train()
         self._use_asv_cache(self.train_set)
-        self.train_sampler.epoch = self.epoch
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)  # reseeds random ASV selection
-        self.train_sampler.skip = self.batch_in_epoch * cfg.batch_size
-        accum = cfg.gradient_accumulation_steps
+        self.batches_per_epoch = self.batching.batches_in_epoch(self.epoch)
+        self.batching.start_epoch_at(self.batch_in_epoch)
+        accum = self.accum
         sums: dict[str, torch.Tensor] = {}
         window: dict[str, torch.Tensor] = {}
         n_batches = 0
@@ -343,6 +377,7 @@ class Trainer:
                        leave=False, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
         stopped = False
+        self.diagnostics.stage("data")
         for batch in self.train_loader:
             batch = self._to_device(batch)
             self.batch_in_epoch += 1
@@ -355,6 +390,7 @@ class Trainer:
                 group = accum if self.batch_in_epoch <= (self.batches_per_epoch // accum) * accum else \
                     self.batches_per_epoch % accum
                 loss = terms["total"] / group
+                self.diagnostics.stage("backward")
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             for k, v in terms.items():
                 v = v.detach().float()
@@ -366,7 +402,10 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             if step_now:
+                self.diagnostics.stage("optimizer")
                 self._optimizer_step()
+            self.diagnostics.end_micro_batch(self.writer, self.global_step)
+            if step_now:
                 if self.global_step % cfg.log_every == 0:
                     values = self._reduce(window, window_batches)
                     values["lr"] = self.scheduler.get_last_lr()[0]
@@ -389,21 +428,7 @@ class Trainer:
         return row, stopped
 
     def _reduce(self, sums: dict[str, torch.Tensor], n: int, across_ranks: bool = True) -> dict[str, float]:
-        """Device sums -> host means (one sync; summed over ranks unless told not to); nucleotide accuracy
-        from its counters."""
-        if not sums:
-            return {}
-        keys = list(sums)
-        vals = torch.stack([sums[k] for k in keys])
-        if across_ranks and self.world > 1:
-            torch.distributed.all_reduce(vals)
-            n *= self.world
-        host = dict(zip(keys, vals.tolist(), strict=True))
-        out = {("loss" if k == "total" else k): v / max(n, 1) for k, v in host.items()
-               if k not in ("nuc_correct", "nuc_total")}
-        if host.get("nuc_total"):
-            out["nuc_accuracy"] = host["nuc_correct"] / host["nuc_total"]
-        return out
+        return mean_terms(sums, n, self.world if across_ranks else 1)
 
     # ------------------------------------------------------------------ validation
     def _metric_name(self) -> str:
@@ -431,43 +456,16 @@ class Trainer:
         """Run the model in eval mode with the fixed evaluation masking; collect losses and outputs."""
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(EVAL_MASK_SEED)
-        sums: dict[str, torch.Tensor] = {}
-        n = 0
-        ids: list[str] = []
-        preds, ys, pair_pred, pair_true = [], [], [], []
-        lc = self.loss_fn.config
+        collected = EvalPass(self.loss_fn.config, offset=self.loss_fn.pairwise_fn is None)
         for batch in loader:
             batch = self._to_device(batch)
-            outputs, terms = self._forward(self.model, batch, gen, evaluate=True)
-            b = len(batch["sample_ids"])
-            for k, v in terms.items():
-                v = v.detach().float() * (1 if k in ("nuc_correct", "nuc_total") else b)
-                sums[k] = sums[k] + v if k in sums else v
-            n += b
-            ids.extend(batch["sample_ids"])
-            if outputs.get("target") is not None:
-                preds.append(outputs["target"].float())
-                if batch.get("y") is not None:
-                    ys.append(batch["y"])
-            if batch.get("unifrac_target") is not None and b > 1:
-                d = embedding_distances(outputs["embeddings"], lc.unifrac_transform, lc.unifrac_scale)
-                if outputs.get("distance_offset") is not None and self.loss_fn.pairwise_fn is None:
-                    d = d + outputs["distance_offset"].float()
-                iu = torch.triu_indices(b, b, offset=1, device=d.device)
-                pair_pred.append(d[iu[0], iu[1]])
-                pair_true.append(batch["unifrac_target"][iu[0], iu[1]].float())
-        out: dict[str, Any] = {"sample_ids": ids, "n": n, "sums": sums}
-        out["pred"] = torch.cat(preds).cpu() if preds else None
-        out["y"] = torch.cat(ys).cpu() if ys else None
-        if pair_pred:
-            out["pair_pred"] = torch.cat(pair_pred).cpu().numpy()
-            out["pair_true"] = torch.cat(pair_true).cpu().numpy()
-        return out
+            collected.add(batch, *self._forward(self.model, batch, gen, evaluate=True))
+        return collected.result()
 
     def validate(self) -> dict[str, float]:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
-        loader = self._loader(self.val_set, EpochSampler(len(self.val_set), False, 0), drop_last=False)
+        loader = self.batching.ordered_loader(self.val_set)
         self._use_asv_cache(self.val_set)
         res = self.predict_loader(loader)
         row = {f"val_{k}": v for k, v in self._reduce(res["sums"], res["n"], across_ranks=False).items()}

@@ -13,8 +13,52 @@ import torch
 
 from aam.training import metrics as M
 from aam.training import plots
-from aam.training.losses import point_prediction
+from aam.training.losses import LossConfig, embedding_distances, point_prediction
 from aam.utils.io import write_tsv
+
+
+class EvalPass:
+    """What an evaluation pass collects batch by batch: loss terms summed over samples, predictions and targets,
+    and the predicted vs true UniFrac distance of every pair inside a batch (`offset`: add the model's learned
+    distance offset, as the loss does without a distributed pairwise hook)."""
+
+    def __init__(self, loss: LossConfig, offset: bool) -> None:
+        self.loss, self.offset = loss, offset
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+        self.ids: list[str] = []
+        self.preds: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+        self.pair_pred: list[torch.Tensor] = []
+        self.pair_true: list[torch.Tensor] = []
+
+    def add(self, batch: dict[str, Any], outputs: dict[str, Any], terms: dict[str, torch.Tensor]) -> None:
+        b = len(batch["sample_ids"])
+        for k, v in terms.items():
+            v = v.detach().float() * (1 if k in ("nuc_correct", "nuc_total") else b)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += b
+        self.ids.extend(batch["sample_ids"])
+        if outputs.get("target") is not None:
+            self.preds.append(outputs["target"].float())
+            if batch.get("y") is not None:
+                self.ys.append(batch["y"])
+        if batch.get("unifrac_target") is not None and b > 1:
+            d = embedding_distances(outputs["embeddings"], self.loss.unifrac_transform, self.loss.unifrac_scale)
+            if outputs.get("distance_offset") is not None and self.offset:
+                d = d + outputs["distance_offset"].float()
+            iu = torch.triu_indices(b, b, offset=1, device=d.device)
+            self.pair_pred.append(d[iu[0], iu[1]])
+            self.pair_true.append(batch["unifrac_target"][iu[0], iu[1]].float())
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sample_ids": self.ids, "n": self.n, "sums": self.sums}
+        out["pred"] = torch.cat(self.preds).cpu() if self.preds else None
+        out["y"] = torch.cat(self.ys).cpu() if self.ys else None
+        if self.pair_pred:
+            out["pair_pred"] = torch.cat(self.pair_pred).cpu().numpy()
+            out["pair_true"] = torch.cat(self.pair_true).cpu().numpy()
+        return out
 
 
 @dataclass

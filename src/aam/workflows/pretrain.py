@@ -23,6 +23,7 @@ from aam.workflows.runs import (
     pairwise_hook,
     preprocessing,
     report,
+    saved_plan,
     start_run,
     train_config,
     write_split,
@@ -66,7 +67,7 @@ def run_pretrain(req: PretrainRequest) -> dict[str, Any]:
             "unifrac": {"transform": lo.unifrac_transform, "scale": lo.unifrac_scale}}  # for `aam embed`
     trainer = Trainer(model, loss, train_set, val_set, functools.partial(collate, distances=dm),
                       train_config(req.training, lo, req.hardware, req.training.best_metric), run.device, run.out,
-                      info, task="pretrain")
+                      info, task="pretrain", batch_plan=saved_plan(resume))
     if req.training.resume:
         trainer.resume(req.training.resume)
     history = trainer.fit()

@@ -190,7 +190,8 @@ class TrainingOptions(Validated):
         "epochs": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
         "warmup_steps": at_least(0), "patience": at_least(0), "gradient_accumulation_steps": at_least(1),
         "max_grad_norm": at_least(0), "seed": at_least(0), "checkpoint_every": at_least(0),
-        "max_steps": at_least(1), "log_every": at_least(1)}
+        "max_steps": at_least(1), "log_every": at_least(1), "max_tokens": at_least(1), "max_memory_gb": above(0),
+        "target_effective_batch_size": at_least(1)}
 
     epochs: int = _TRAIN.epochs
     batch_size: int = _TRAIN.batch_size
@@ -207,11 +208,15 @@ class TrainingOptions(Validated):
     max_steps: int | None = None
     log_every: int = _TRAIN.log_every
     best_metric: str = _TRAIN.best_metric
+    max_tokens: int | None = _TRAIN.max_tokens  # nucleotide tokens (unique ASVs x read length) per batch
+    max_memory_gb: float | None = _TRAIN.max_memory_gb  # predicted peak memory of a training step
+    auto_batch_size: bool = _TRAIN.auto_batch_size
+    target_effective_batch_size: int | None = _TRAIN.target_effective_batch_size
 
 
 @dataclass(frozen=True, kw_only=True)
 class Hardware(Validated):
-    RULES: ClassVar[dict[str, Rule]] = {"num_workers": at_least(0)}
+    RULES: ClassVar[dict[str, Rule]] = {"num_workers": at_least(0), "profile": at_least(0)}
 
     device: str = "auto"
     kernels: str = _MODEL.kernels
@@ -219,6 +224,8 @@ class Hardware(Validated):
     mixed_precision: str = _TRAIN.mixed_precision
     compile_model: bool = _TRAIN.compile_model
     tf32: bool = _TRAIN.tf32
+    memory_profile: bool = _TRAIN.memory_profile
+    profile: int = _TRAIN.profile_steps  # micro-batches traced by torch.profiler (0 = off)
 
 
 @dataclass(frozen=True, kw_only=True)

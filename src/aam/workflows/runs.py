@@ -43,7 +43,8 @@ class Run:
 
 # What a pretrain/train run writes into its --output-dir: --overwrite removes these and nothing else.
 RUN_FILES = ("run_options.json", "training.log", "checkpoints", "members", "plots", "tensorboard",
-             "val_predictions.tsv", "train_samples.txt", "val_samples.txt", "ensemble_metrics.json", "done.json")
+             "val_predictions.tsv", "train_samples.txt", "val_samples.txt", "ensemble_metrics.json", "done.json",
+             "batch_plan.json", "memory_model.json", "memory_profile.json", "profile")
 _LOCKS: dict[Path, int] = {}  # run folders this process holds the advisory lock of
 
 
@@ -78,7 +79,8 @@ def claim_folder(out: Path, resume: str | None, overwrite: bool) -> None:
 # Options a resumed run may change; every other option must match the run it continues (run_options.json).
 MAY_CHANGE_ON_RESUME = frozenset({"output_dir", "resume", "overwrite", "epochs", "patience", "max_steps",
                                   "checkpoint_every", "log_every", "device", "kernels", "num_workers",
-                                  "compile_model", "tf32", "mixed_precision"})
+                                  "compile_model", "tf32", "mixed_precision", "memory_profile",
+                                  "profile"})
 PATH_OPTIONS = frozenset({"table", "sequences", "metadata", "tree", "unifrac_matrix", "unifrac_ids",
                           "pretrained_encoder"})
 
@@ -143,6 +145,11 @@ def load_resume(path: str | None, kind: str) -> dict[str, Any] | None:
     return ckpt.load_checkpoint(path, kind)
 
 
+def saved_plan(resume: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The batch plan of the checkpoint a run resumes (None: plan anew; checkpoints before plans used --batch-size)."""
+    return resume["trainer_state"].get("batch_plan") if resume and "trainer_state" in resume else None
+
+
 def train_config(training: TrainingOptions, loss: LossOptions, hardware: Hardware, best_metric: str,
                  base_lr_scale: float = 1.0) -> TrainConfig:
     return TrainConfig(
@@ -154,7 +161,9 @@ def train_config(training: TrainingOptions, loss: LossOptions, hardware: Hardwar
         nuc_asv_fraction=loss.nuc_asv_fraction, log_every=max(1, training.log_every),
         checkpoint_every=training.checkpoint_every, max_steps=training.max_steps, seed=training.seed,
         num_workers=hardware.num_workers, progress=os.environ.get("AAM_NO_PROGRESS") is None,
-        base_lr_scale=base_lr_scale,
+        base_lr_scale=base_lr_scale, max_tokens=training.max_tokens, max_memory_gb=training.max_memory_gb,
+        auto_batch_size=training.auto_batch_size, target_effective_batch_size=training.target_effective_batch_size,
+        memory_profile=hardware.memory_profile, profile_steps=hardware.profile,
     )
 
 

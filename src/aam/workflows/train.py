@@ -44,6 +44,7 @@ from aam.workflows.runs import (
     pairwise_hook,
     preprocessing,
     report,
+    saved_plan,
     start_run,
     train_config,
     write_split,
@@ -398,7 +399,7 @@ def fit_model(setup: Setup, train_ids: list[str], val_ids: list[str], out: Path,
                                    base_lr_scale(req.head, resume)),
                       setup.run.device, out, info, task="classification" if classes else "regression",
                       denormalize=setup.targets.denormalize, class_labels=classes,
-                      target_names=setup.cols if len(setup.cols) > 1 else None)
+                      target_names=setup.cols if len(setup.cols) > 1 else None, batch_plan=saved_plan(resume))
     if resume_path:
         trainer.resume(resume_path)
     history = trainer.fit()

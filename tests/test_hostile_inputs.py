@@ -172,8 +172,9 @@ def test_predict_with_every_sample_dropped_is_an_error_and_keeps_earlier_output(
     assert out.read_text() == "sample_id\tprediction\nS0\t41.5\n"
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_during_training_saves_last_pt_and_exits(data, tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 0, "preempted"),
+                                             (signal.SIGUSR1, 0, "preempted")])
+def test_a_signal_during_training_saves_last_pt_and_exits(data, tmp_path, sig, code, word):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "aam.cli.main", "train", "--table", str(data["table"]), "--metadata",
            str(data["md"]), "--metadata-column", "age", "--output-dir", str(out), "--epochs", "100000",
@@ -187,7 +188,7 @@ def test_a_signal_during_training_saves_last_pt_and_exits(data, tmp_path, sig, c
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
-    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert word in err and "--resume auto" in err and "Traceback" not in err
     state = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert state["trainer_state"]["global_step"] > 0
 

@@ -14,8 +14,14 @@ class BackendUnavailable(AAMError, RuntimeError):
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT or SIGTERM after saving last.pt; the CLI exits 128 + the signal number."""
+    """Training stopped by a signal after saving last.pt. The CLI exits 0 after a preemption signal (SIGTERM,
+    SIGUSR1: the job can be requeued) and 128 + the signal number otherwise (Ctrl-C: 130)."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, preempted: bool = False):
         super().__init__(message)
         self.signum = signum
+        self.preempted = preempted
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.preempted else 128 + self.signum

@@ -43,6 +43,6 @@ _own = [
                     help="fold<k>/ (each fold's `aam train` run and test predictions), oof_predictions.tsv, "
                          "cv_metrics.tsv (per fold, mean and SD), cv_summary.json and cv_<column>.png."),
 ]
-_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume", "overwrite")]
+_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume", "overwrite", "nproc_per_node", "data_parallel")]
 
 cv = O.GroupedCommand("cv", callback=_cv, params=[*_from_train, *_own], help=_cv.__doc__)

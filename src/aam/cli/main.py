@@ -52,13 +52,15 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the group and turns user errors into one line and exit code 2."""
+    from aam.cli.launch import ARGV
     from aam.errors import AAMError, Interrupted
 
+    ARGV.set(list(sys.argv[1:] if argv is None else argv))  # what --nproc-per-node workers rerun
     try:
         rv = cli.main(args=argv, standalone_mode=False, prog_name="aam")
     except Interrupted as exc:
-        click.echo(f"interrupted: {exc}", err=True)
-        return 128 + exc.signum
+        click.echo(f"{'preempted' if exc.preempted else 'interrupted'}: {exc}", err=True)
+        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

@@ -194,7 +194,8 @@ def training_options(d: TrainingOptions, best_metrics: tuple[str, ...]) -> list[
         opt("Training", "--max-grad-norm", type=float, default=d.max_grad_norm, help="Gradient clipping norm (0 = off)."),
         opt("Training", "--seed", type=int, default=d.seed, help="Seed of rarefaction, split, initialisation and masking."),
         opt("Training", "--resume", type=click.Path(dir_okay=False), default=d.resume,
-            help="Continue a run from its checkpoints/last.pt (or best.pt)."),
+            help="Continue a run from its checkpoints/last.pt (or best.pt); 'auto': from the newest checkpoint "
+                 "of --output-dir, or start the run there when it has none (what a requeued job runs)."),
         opt("Training", "--overwrite", is_flag=True, default=d.overwrite,
             help="Replace the run already in --output-dir (removes the files aam wrote there, and lists them); "
                  "without it a folder holding a run is refused unless --resume is given."),
@@ -235,6 +236,10 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
                             "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))
         out.append(opt("Hardware", "--tf32", is_flag=True, default=d.tf32,
                        help="Allow TF32 tensor-core float32 matmuls (CUDA only; no effect on CPU)."))
+        out.append(opt("Hardware", "--distributed", type=click.Choice(["ddp", "fsdp"]), default=d.distributed,
+                       help="Under torchrun or --nproc-per-node: DDP (a model copy per rank) or FSDP2 (parameters, "
+                            "gradients and AdamW state sharded; sharded checkpoints that predict/embed and a resume "
+                            "on any number of ranks read)."))
         out.append(opt("Hardware", "--memory-profile", is_flag=True, default=d.memory_profile,
                        help="Log the peak memory of each stage of a training step (data, ASV encoder, sample "
                             "encoder, loss, backward, optimizer) for the first micro-batches; memory_profile.json."))
@@ -242,6 +247,28 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
                        help="torch.profiler trace of N micro-batches after the first: profile/trace.json (Chrome "
                             "trace) and profile/top_ops.txt."))
     return out
+
+
+def launch_options() -> list[Callable]:
+    """--nproc-per-node / --data-parallel: local DDP workers started from the one command (aam.cli.launch)."""
+    return [
+        opt("Hardware", "--nproc-per-node", type=int, default=None, show_default="1 (or torchrun's)",
+            help="Start N DDP workers on this node through torch.distributed's launcher (like torchrun "
+                 "--standalone); --batch-size is per worker and the UniFrac loss covers the global batch."),
+        opt("Hardware", "--data-parallel", is_flag=True, default=False,
+            help="The reference AAM's spelling: --nproc-per-node with one worker per visible GPU (DDP, not "
+                 "nn.DataParallel)."),
+    ]
+
+
+def take_launch(options: dict) -> int | None:
+    """Remove the launch options from a command's options; start the workers when they ask for several (the
+    job's exit code), else None: this process trains."""
+    from aam.cli.launch import maybe_launch
+
+    launch = {"nproc_per_node": options.pop("nproc_per_node", None),
+              "data_parallel": options.pop("data_parallel", False), "device": options.get("device", "auto")}
+    return maybe_launch(launch)
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

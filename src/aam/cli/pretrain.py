@@ -22,6 +22,7 @@ D = group_defaults(PretrainRequest)
 @O.apply(O.loss_options(D.loss))
 @O.apply(O.training_options(D.training, ("val_loss", "unifrac_r2", "nuc_accuracy")))
 @O.apply(O.hardware_options(D.hardware))
+@O.apply(O.launch_options())
 @O.output_option()
 def pretrain(**options) -> int:
     """Pretrain an encoder: pairwise UniFrac distances between samples + masked-nucleotide prediction.
@@ -30,5 +31,8 @@ def pretrain(**options) -> int:
     """
     from aam.workflows.pretrain import run_pretrain
 
+    launched = O.take_launch(options)
+    if launched is not None:
+        return launched
     run_pretrain(PretrainRequest.from_options(options))
     return 0

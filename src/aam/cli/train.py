@@ -89,11 +89,15 @@ BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1")
 @O.apply(O.loss_options(D.loss))
 @O.apply(O.training_options(D.training, BEST_METRICS))
 @O.apply(O.hardware_options(D.hardware))
+@O.apply(O.launch_options())
 @O.output_option()
 @O.config_option()
 def train(**options) -> int:
     """Fine-tune for regression (default) or classification (--classifier) on --metadata-column."""
     from aam.workflows.train import run_train
 
+    launched = O.take_launch(options)
+    if launched is not None:
+        return launched
     run_train(TrainRequest.from_options(options))
     return 0

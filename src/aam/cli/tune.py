@@ -41,6 +41,6 @@ _own = [
     O.GroupedOption(["--output-dir"], required=True, type=click.Path(file_okay=False), section="Output",
                     help="study.db (Optuna, SQLite), trials/, trials.tsv, tune_history.png, best_options.json."),
 ]
-_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume", "overwrite")]
+_from_train = [p for p in train_command.params if p.name not in ("output_dir", "resume", "overwrite", "nproc_per_node", "data_parallel")]
 
 tune = O.GroupedCommand("tune", callback=_tune, params=[*_from_train, *_own], help=_tune.__doc__)

@@ -89,6 +89,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         raise InputError(f"cannot read checkpoint {path}: the file is corrupted or not a torch file ({reason[:120]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"{path} is not an aam checkpoint (no '{FORMAT}' marker); use a file written by aam pretrain/train")
+    if data.get("sharded"):  # an FSDP run's index: the weights are in the folder it names
+        from aam.training.sharding import materialize
+
+        data = materialize(path, data)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise InputError(f"checkpoint {path} lacks {missing}; it is incomplete or from another aam version")

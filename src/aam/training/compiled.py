@@ -1,4 +1,5 @@
-"""`--compile-model`: torch.compile of the training forward, falling back to eager where it cannot run."""
+"""How the training forward runs: `--compile-model` (torch.compile, falling back to eager where it cannot run)
+and `--tf32`."""
 
 from __future__ import annotations
 
@@ -49,3 +50,12 @@ class CompiledForward:
                             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 self.module = None
         return run(eager)
+
+
+def allow_tf32(device: torch.device) -> None:
+    """--tf32: float32 matmuls on TF32 tensor cores (CUDA only)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        log.info("--tf32: float32 matmuls use TF32 tensor cores")
+    else:
+        log.info("--tf32 has no effect on %s (CUDA only)", device)

@@ -41,6 +41,7 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 42
     num_workers: int = 0
+    distributed: str = "ddp"  # under torchrun: DDP, or FSDP2 (aam.training.sharding)
     # batch sizing (aam.training.planning): budgets per batch, or the largest fixed batch under the budget
     max_tokens: int | None = None
     max_memory_gb: float | None = None
@@ -66,6 +67,8 @@ class TrainConfig:
             raise AAMError(f"--base-lr-scale must be >= 0, got {self.base_lr_scale}")
         if self.epochs < 1:
             raise AAMError("--epochs must be >= 1")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise AAMError(f"--distributed must be ddp or fsdp, got {self.distributed!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise AAMError(f"--max-tokens must be >= 1, got {self.max_tokens}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:

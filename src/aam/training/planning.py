@@ -31,6 +31,7 @@ log = logging.getLogger("aam")
 Fits = Callable[[BatchShape], bool]
 PLAN_MODES = ("fixed", "budget")
 AUTO_MEMORY_FRACTION = 0.9  # --auto-batch-size without --max-memory-gb: this share of the device's memory
+MEMORY_HEADROOM = 0.9  # batches are planned to 90% of a memory budget: allocator slack and the model's error
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class BatchPlan:
         def fits(shape: BatchShape) -> bool:
             if self.max_tokens is not None and shape.nucleotide_tokens > self.max_tokens:
                 return False
-            return model is None or self.max_memory_bytes is None or model.predict(shape) <= self.max_memory_bytes
+            return (model is None or self.max_memory_bytes is None
+                    or model.predict(shape) <= MEMORY_HEADROOM * self.max_memory_bytes)
 
         return fits
 
@@ -215,7 +217,7 @@ def plan_batches(cfg: TrainConfig, dataset: Any, world: int, pairwise: bool, dev
             memory_bytes = int(AUTO_MEMORY_FRACTION * meter.capacity())
             log.info("--auto-batch-size: budget %.2f GB (%.0f%% of the %s's memory; --max-memory-gb sets it)",
                      memory_bytes / GB, 100 * AUTO_MEMORY_FRACTION, device.type.upper())
-        model = fit_memory_model(meter, memory_bytes)
+        model = fit_memory_model(meter, int(MEMORY_HEADROOM * memory_bytes))
         log.info("%s", model.describe())
     memory = model.to_dict() if model else None
     fits = BatchPlan("budget", 0, 1, cfg.max_tokens, memory_bytes, memory).fits()

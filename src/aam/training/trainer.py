@@ -29,7 +29,7 @@ from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
 from aam.training.batches import LayoutCollate
-from aam.training.compiled import CompiledForward, compile_or_none
+from aam.training.compiled import CompiledForward, allow_tf32, compile_or_none
 from aam.training.config import TASKS, TENSOR_KEYS, TrainConfig
 from aam.training.distributed import distributed_info, max_over_ranks
 from aam.training.interrupt import StopRequest, stop_on_signal
@@ -50,6 +50,14 @@ from aam.training.memory import (
 from aam.training.optim import default_warmup, make_optimizer, make_scheduler, scale_base_lr
 from aam.training.planning import Batching, BatchPlan, epoch_order, plan_batches
 from aam.training.profiling import Diagnostics, op_ranges
+from aam.training.sharding import (
+    is_fsdp,
+    load_training_state,
+    no_gradient_sync,
+    remove_shards,
+    save_sharded,
+    wrap,
+)
 from aam.training.validation import EvalPass, ValidationReport
 from aam.utils.io import write_json
 
@@ -88,31 +96,22 @@ class Trainer:
         self.is_main = self.rank == 0
 
         self.model = model.to(device)
-        self.ddp_model: nn.Module = self.model
-        if self.world > 1:
-            self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=True)
-        # torch.compile wraps only the training forward; checkpoints keep saving `self.model` (no `_orig_mod.`)
-        self.compiled = CompiledForward(compile_or_none(self.ddp_model, config.compile_backend)
-                                        if config.compile_model else None)
-        if config.tf32:
-            if device.type == "cuda":
-                torch.set_float32_matmul_precision("high")
-                log.info("--tf32: float32 matmuls use TF32 tensor cores")
-            else:
-                log.info("--tf32 has no effect on %s (CUDA only)", device)
-
-        self.train_set, self.val_set, self.collate_fn = train_set, val_set, LayoutCollate(collate_fn)
-        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
-        if config.base_lr_scale != 1.0:
-            scale_base_lr(self.optimizer, self.model, config.base_lr_scale)
         amp = config.mixed_precision
         if amp != "none" and device.type == "cpu" and amp == "fp16":
             raise AAMError("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-
+        # DDP wraps the model; FSDP shards it in place (then self.ddp_model is self.model)
+        self.ddp_model: nn.Module = wrap(self.model, config.distributed, device, self.world, self.amp_dtype)
+        # torch.compile wraps only the training forward; checkpoints keep saving `self.model` (no `_orig_mod.`)
+        self.compiled = CompiledForward(compile_or_none(self.ddp_model, config.compile_backend)
+                                        if config.compile_model else None)
+        if config.tf32:
+            allow_tf32(device)
+        self.train_set, self.val_set, self.collate_fn = train_set, val_set, LayoutCollate(collate_fn)
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay)
+        if config.base_lr_scale != 1.0:
+            scale_base_lr(self.optimizer, self.model, config.base_lr_scale)
         # A frozen ASV encoder gives the same embedding to an ASV in every batch: encode each once per run.
         asv_encoder = getattr(self.model, "asv_encoder", None)
         self.cache_asv = asv_encoder is not None and not any(p.requires_grad for p in asv_encoder.parameters())
@@ -125,7 +124,6 @@ class Trainer:
         self.accum = self.plan.accumulation
         self.batching = Batching(self.plan, train_set, self.collate_fn, config.seed, self.rank, self.world,
                                  config.num_workers, pin_memory=device.type == "cuda")
-        self.train_loader = self.batching.train_loader
         self.batches_per_epoch = self.batching.batches_in_epoch(0)
         if self.batches_per_epoch == 0:
             raise AAMError("the training split is empty; lower --test-size or add samples")
@@ -133,12 +131,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs  # budget batches: epoch 0's count (the schedule clamps)
         self.warmup_steps = config.warmup_steps if config.warmup_steps is not None else default_warmup(self.total_steps)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, self.warmup_steps)
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.global_step = 0
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best_value: float | None = None
-        self.best_epoch = -1
-        self.bad_epochs = 0
+        self.best_epoch, self.bad_epochs = -1, 0
         self.history: list[dict[str, float]] = []
         self.writer = None
         self.stop = StopRequest()  # set by SIGINT/SIGTERM: stop at the next optimizer step
@@ -171,8 +166,7 @@ class Trainer:
 
     def _probe_step(self, batch: dict[str, Any]) -> None:
         self.ddp_model.train()
-        sync = self.ddp_model.no_sync() if self.world > 1 else contextlib.nullcontext()
-        with sync:
+        with no_gradient_sync(self.ddp_model, skip=True):
             _, terms = self._forward(self.ddp_model, batch)
             terms["total"].backward()
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,11 +229,14 @@ class Trainer:
         return outputs, terms
 
     # ------------------------------------------------------------------ checkpoints
-    def state_payload(self) -> dict[str, Any]:
+    def state_payload(self, weights: bool = True) -> dict[str, Any]:
+        """What a checkpoint holds; `weights` False leaves out the model and optimizer state (FSDP writes them
+        sharded)."""
+        weights_state = {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict()} \
+            if weights else {}
         return {
             **self.info,
-            "model_state": self.model.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
+            **weights_state,
             "scheduler_state": self.scheduler.state_dict(),
             "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
             "trainer_state": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -253,8 +250,12 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         path = self.checkpoint_dir / name
-        if self.is_main:
+        if is_fsdp(self.model):  # every rank writes its shards
+            save_sharded(path, self.model, self.optimizer, self.state_payload(weights=False), self.global_step,
+                         self.is_main)
+        elif self.is_main:
             ckpt.save_checkpoint(path, self.state_payload())
+            remove_shards(path)  # of an earlier FSDP part of the run
         return path
 
     def resume(self, path: str | Path) -> None:
@@ -262,8 +263,7 @@ class Trainer:
         data = ckpt.load_checkpoint(path, kind=self.info["kind"])
         if "optimizer_state" not in data or "trainer_state" not in data:
             raise AAMError(f"{path} has no optimizer/trainer state; resume from a last.pt or best.pt of this run")
-        self.model.load_state_dict(ckpt.strip_prefixes(data["model_state"]))
-        self.optimizer.load_state_dict(data["optimizer_state"])
+        load_training_state(self.model, self.optimizer, data)
         self.scheduler.load_state_dict(data["scheduler_state"])
         if self.scaler is not None and data.get("scaler_state"):
             self.scaler.load_state_dict(data["scaler_state"])
@@ -318,9 +318,9 @@ class Trainer:
         log.info("training: %d samples, %d batches/epoch, %d optimizer steps (%d warmup), lr %g",
                  len(self.train_set), self.batches_per_epoch, self.total_steps, self.warmup_steps, cfg.lr)
         stopped = False
-        with stop_on_signal(self.stop, enabled=self.world == 1), op_ranges(self.device):
+        with stop_on_signal(self.stop), op_ranges(self.device):
             try:
-                while self.epoch < cfg.epochs and not stopped and not self.stop.asked:
+                while self.epoch < cfg.epochs and not stopped and not self.stop.agree(self.world, self.device):
                     train_row, stopped = self._train_epoch()
                     if stopped and self.batch_in_epoch < self.batches_per_epoch:
                         self.save("last.pt")  # mid-epoch stop: resume continues from this batch
@@ -378,13 +378,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         stopped = False
         self.diagnostics.stage("data")
-        for batch in self.train_loader:
+        for batch in self.batching.train_loader:
             batch = self._to_device(batch)
             self.batch_in_epoch += 1
             last_of_epoch = self.batch_in_epoch == self.batches_per_epoch
             step_now = self.batch_in_epoch % accum == 0 or last_of_epoch
-            sync = contextlib.nullcontext() if (step_now or self.world == 1) else self.ddp_model.no_sync()
-            with sync:
+            with no_gradient_sync(self.ddp_model, skip=not step_now):
                 _, terms = self._train_forward(batch)
                 # a trailing partial accumulation group is divided by its own size
                 group = accum if self.batch_in_epoch <= (self.batches_per_epoch // accum) * accum else \
@@ -417,7 +416,8 @@ class Trainer:
                     window, window_batches = {}, 0
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 and not last_of_epoch:
                     self.save("last.pt")
-                if self.stop.asked or (cfg.max_steps is not None and self.global_step >= cfg.max_steps):
+                if self.stop.agree(self.world, self.device) or (cfg.max_steps is not None
+                                                                and self.global_step >= cfg.max_steps):
                     stopped = True
                     break
         if bar is not None:

@@ -23,6 +23,7 @@ from aam.workflows.runs import (
     pairwise_hook,
     preprocessing,
     report,
+    resolve_resume,
     saved_plan,
     start_run,
     train_config,
@@ -35,6 +36,7 @@ PRETRAIN_METRICS = ["val_loss", "val_unifrac_loss", "val_unifrac_r2", "val_unifr
 
 
 def run_pretrain(req: PretrainRequest) -> dict[str, Any]:
+    req = resolve_resume(req)
     resume = load_resume(req.training.resume, "pretrain")
     dist_opts = distances.from_resume(req.distances, resume)
     dist_opts = distances.resolve(dist_opts, req.preprocess.asv_sampling, required=True)  # before the run folder

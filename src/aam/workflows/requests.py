@@ -224,6 +224,7 @@ class Hardware(Validated):
     mixed_precision: str = _TRAIN.mixed_precision
     compile_model: bool = _TRAIN.compile_model
     tf32: bool = _TRAIN.tf32
+    distributed: str = _TRAIN.distributed  # under torchrun / --nproc-per-node: ddp or fsdp
     memory_profile: bool = _TRAIN.memory_profile
     profile: int = _TRAIN.profile_steps  # micro-batches traced by torch.profiler (0 = off)
 

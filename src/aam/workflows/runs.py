@@ -3,13 +3,14 @@ resuming, the trainer's and the encoder's configuration, and the closing report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -32,6 +33,7 @@ from aam.workflows.requests import (
 )
 
 log = logging.getLogger("aam")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def claim_folder(out: Path, resume: str | None, overwrite: bool) -> None:
 MAY_CHANGE_ON_RESUME = frozenset({"output_dir", "resume", "overwrite", "epochs", "patience", "max_steps",
                                   "checkpoint_every", "log_every", "device", "kernels", "num_workers",
                                   "compile_model", "tf32", "mixed_precision", "memory_profile",
-                                  "profile"})
+                                  "profile", "distributed"})
 PATH_OPTIONS = frozenset({"table", "sequences", "metadata", "tree", "unifrac_matrix", "unifrac_ids",
                           "pretrained_encoder"})
 
@@ -136,6 +138,23 @@ def start_run(request: Any, hardware: Hardware, seed: int) -> Run:
     return Run(out, device, world)
 
 
+AUTO_RESUME = "auto"
+
+
+def resolve_resume(request: R) -> R:
+    """--resume auto: the newest checkpoint of --output-dir (checkpoints/last.pt or best.pt), or, when it has none
+    (a new folder, or a run stopped before its first checkpoint), a fresh start in it. What a requeued job runs."""
+    if request.training.resume != AUTO_RESUME:
+        return request
+    folder = Path(request.output_dir) / "checkpoints"
+    found = [p for p in (folder / "last.pt", folder / "best.pt") if p.is_file()]
+    if found:
+        training = dataclasses.replace(request.training, resume=str(max(found, key=lambda p: p.stat().st_mtime)))
+    else:
+        training = dataclasses.replace(request.training, resume=None, overwrite=True)
+    return dataclasses.replace(request, training=training)
+
+
 def load_resume(path: str | None, kind: str) -> dict[str, Any] | None:
     """The checkpoint --resume names, or None."""
     if not path:
@@ -163,7 +182,7 @@ def train_config(training: TrainingOptions, loss: LossOptions, hardware: Hardwar
         num_workers=hardware.num_workers, progress=os.environ.get("AAM_NO_PROGRESS") is None,
         base_lr_scale=base_lr_scale, max_tokens=training.max_tokens, max_memory_gb=training.max_memory_gb,
         auto_batch_size=training.auto_batch_size, target_effective_batch_size=training.target_effective_batch_size,
-        memory_profile=hardware.memory_profile, profile_steps=hardware.profile,
+        memory_profile=hardware.memory_profile, profile_steps=hardware.profile, distributed=hardware.distributed,
     )
 
 

@@ -44,6 +44,7 @@ from aam.workflows.runs import (
     pairwise_hook,
     preprocessing,
     report,
+    resolve_resume,
     saved_plan,
     start_run,
     train_config,
@@ -420,6 +421,7 @@ def metric_keys(classifier: bool) -> list[str]:
 
 
 def run_train(req: TrainRequest) -> dict[str, Any]:
+    req = resolve_resume(req)
     if req.head.ensemble is None or req.head.ensemble > 1:
         from aam.workflows.ensemble import run_ensemble  # the same layer; imported only when needed
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from aam.models.transformer import Transformer
-from aam.ops import dropout, registry
-from aam.ops.dropout import _dropout_cpu, self_check_dropout
+from aam.ops import registry
+from aam.ops.dropout import _dropout_cpu, dropout, self_check_dropout
 from aam.ops.registry import KernelRequest
 
 needs_kernel = pytest.mark.native("dropout")

@@ -31,7 +31,7 @@ except BackendUnavailable as exc:
 table_ids = ["AC", "AG"]
 import biom
 table = biom.Table(np.array([[1.0, 0.0], [2.0, 3.0]]), table_ids, ["s1", "s2"])
-dm = ops.unifrac(table, "(AC:1,AG:2):0;", "unweighted")
+dm = ops.unifrac.unifrac(table, "(AC:1,AG:2):0;", "unweighted")
 assert dm.data.shape == (2, 2) and abs(dm.data[0, 1] - 1 / 3) < 1e-12  # branch AC (1 of 3) is unique to s1, dm.data
 print("OK")
 """

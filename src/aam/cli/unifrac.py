@@ -67,11 +67,9 @@ def write_faith_pd(path: Path, ids: list[str], values: np.ndarray) -> None:
 def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: float | None, threads: int | None,
             dtype: str, drop_missing_features: bool) -> None:
     """Compute UniFrac distances (or Faith's PD) natively, with no external tool."""
-    import torch
     from tqdm import tqdm
 
-    from aam.ops import registry
-    from aam.ops.unifrac import check_metric, read_tree, tips_table, unifrac_dtype
+    from aam.ops.unifrac import check_metric, custom, read_tree, reference, tips_table, unifrac_dtype
 
     start = time.perf_counter()
     a = check_metric(metric, alpha)
@@ -81,10 +79,14 @@ def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: fl
 
     # BIOM (HDF5 or JSON) or a QIIME 2 FeatureTable .qza, read as every other command reads it
     table = tips_table(load_table(table_path), tree, drop_missing_features, source=table_path)
-    impl = registry.select("unifrac", "auto", registry.KernelRequest(torch.device("cpu"), getattr(torch, dtype)))
+    # the registry's choice for UniFrac on the CPU (custom > math), made without importing torch
+    reason = custom.engine_unavailable()
+    engine = custom.unifrac_custom if reason is None else reference.unifrac_math
+    if reason is not None:
+        click.echo(f"unifrac: the C++ engine cannot run ({reason}); using the numpy reference (slow)", err=True)
     out = Path(output)
     if metric == "faith_pd":
-        values = impl.fn(tree, table, metric, a, threads, np_dtype, None)
+        values = engine(tree, table, metric, a, threads, np_dtype, None)
         write_faith_pd(out, table.sample_ids, values)
     else:
         with tqdm(total=1, unit="node", desc=f"{metric} UniFrac", leave=False) as bar:
@@ -92,7 +94,7 @@ def unifrac(table_path: str, tree_path: str, metric: str, output: str, alpha: fl
                 bar.total = total
                 bar.update(done - bar.n)
 
-            data = impl.fn(tree, table, metric, a, threads, np_dtype, progress)
+            data = engine(tree, table, metric, a, threads, np_dtype, progress)
         write_matrix(out, table.sample_ids, data)
     dropped = f", {table.n_dropped} features dropped" if table.n_dropped else ""
     click.echo(f"{metric}: {table.n_samples} samples, {len(table.feature_ids)} features{dropped}, "

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import biom
 import numpy as np
 
 from aam.data import biom_io, sequences, tokenizer
-from aam.data.dataset import SampleDataset
 from aam.errors import InputError
+
+if TYPE_CHECKING:
+    from aam.data.dataset import SampleDataset
 
 log = logging.getLogger("aam")
 DEFAULT_MAX_DEPTH = 5000
@@ -150,6 +152,8 @@ def prepare_table(table_path: str | Path, sequences_path: str | Path | None, dep
 def make_dataset(prepared: PreparedTable, sample_ids: list[str], pre: Preprocessing,
                  targets: np.ndarray | None = None, categorical: np.ndarray | None = None) -> SampleDataset:
     """SampleDataset over `sample_ids` (in that order) of a prepared table; the token rows stay aligned."""
+    from aam.data.dataset import SampleDataset  # torch: imported where a dataset is made
+
     table = prepared.table.filter(sample_ids, axis="sample", inplace=False)
     asv_ids = vocabulary_ids(pre.asv_vocabulary, prepared.sequences) if pre.asv_vocabulary is not None else None
     return SampleDataset(table, prepared.tokens, pre.token_limit, pre.asv_sampling, pre.seed, targets, categorical,

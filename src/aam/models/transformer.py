@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aam.ops import dropout, masked_attention
-from aam.ops.attention import masked_attention_varlen, packed_backend
+from aam.ops.attention import masked_attention, masked_attention_varlen, packed_backend
+from aam.ops.dropout import dropout
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ reason when that backend cannot run. `status(op, req)` lists every backend with 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +29,9 @@ from typing import Any
 import torch
 
 from aam.errors import BackendUnavailable
+from aam.ops import BACKEND_CHOICES  # noqa: F401 - re-exported: where the backends are chosen
 
 log = logging.getLogger("aam.ops")
-
-BACKEND_CHOICES = ("auto", "custom", "triton", "sdpa", "math")
-
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,19 @@ def register(
     _backends.setdefault(op, {})[name] = Backend(op, name, fn, check, priority, self_check, auto_refusal)
 
 
+OP_MODULES = ("aam.ops.attention", "aam.ops.pairwise_loss", "aam.ops.unifrac.dispatch", "aam.ops.dropout")
+_loaded = False
+
+
+def load_ops() -> None:
+    """Import every op module, which registers its backends (aam.ops itself loads them lazily)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in OP_MODULES:
+            importlib.import_module(module)
+
+
 def register_diagnostic(op: str, fn: Callable[..., Any]) -> None:
     """`fn(backend, device)` checks one backend of `op` for `aam kernels`: it returns None (pass), a string
     (the failure) or a dict with at least `ok` and `detail`."""
@@ -100,6 +112,7 @@ def register_diagnostic(op: str, fn: Callable[..., Any]) -> None:
 
 def diagnostic(op: str) -> Callable[..., Any] | None:
     """The diagnostic check of `op`, or None when it has none."""
+    load_ops()
     return _diagnostics.get(op)
 
 
@@ -110,10 +123,12 @@ def auto_skips_triton_interpreter(req: KernelRequest) -> str | None:
 
 def backends(op: str) -> list[Backend]:
     """Backends of `op`, most preferred first."""
+    load_ops()
     return sorted(_backends.get(op, {}).values(), key=lambda b: -b.priority)
 
 
 def ops() -> list[str]:
+    load_ops()
     return sorted(_backends)
 
 
@@ -141,6 +156,7 @@ def resolve_name(op: str, requested: str) -> str:
 
     (`--kernels sdpa` picks SDPA attention; the UniFrac loss has no SDPA backend and uses `auto`.)
     """
+    load_ops()
     if requested not in BACKEND_CHOICES:
         raise BackendUnavailable(f"unknown kernel backend {requested!r}; choose one of {', '.join(BACKEND_CHOICES)}")
     if requested != "auto" and requested not in _backends.get(op, {}):
@@ -150,6 +166,7 @@ def resolve_name(op: str, requested: str) -> str:
 
 def select(op: str, requested: str, req: KernelRequest) -> Backend:
     """The backend that runs `op` for request `req` (see the module docstring)."""
+    load_ops()
     if op not in _backends:
         raise KeyError(f"no backends registered for op {op!r}")
     if requested != "auto":
@@ -204,4 +221,5 @@ def select_name(op: str, requested: str, req: KernelRequest) -> str:
 
 def get(op: str, name: str) -> Backend:
     """Backend `name` of `op` (KeyError when absent)."""
+    load_ops()
     return _backends[op][name]

@@ -1,4 +1,6 @@
-"""`TrainConfig`: how the trainer runs (schedule, precision, early stopping, checkpoints); stored in checkpoints."""
+"""`TrainConfig`: how the trainer runs (schedule, precision, early stopping, checkpoints; stored in checkpoints),
+and `LossConfig`: which loss terms and how they are weighted. Plain dataclasses without torch, so the CLI's
+`--help` reads their defaults without importing it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from aam.errors import AAMError
 TASKS = ("pretrain", "regression", "classification")
 BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
 PRECISIONS = ("none", "bf16", "fp16")
+REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
+UNIFRAC_TRANSFORMS = ("identity", "tanh")
 TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",
                "entry_pos", "asv_rows", "asv_ids")
 
@@ -84,3 +88,36 @@ class TrainConfig:
     def budgeted(self) -> bool:
         """Batches are sized by a budget (tokens or memory) rather than by --batch-size alone."""
         return self.max_tokens is not None or self.max_memory_gb is not None or self.auto_batch_size
+
+
+@dataclass
+class LossConfig:
+    """Which terms and how they are weighted."""
+
+    unifrac_weight: float = 1.0
+    unifrac_transform: str = "identity"
+    unifrac_scale: float = 10.0
+    nuc_weight: float = 1.0
+    count_weight: float = 1.0
+    count_target: str = "log"
+    target_weight: float = 1.0
+    loss_type: str = "huber"
+    quantiles: list[float] = field(default_factory=list)
+    over_penalty: float = 1.0
+    under_penalty: float = 1.0
+    class_weights: list[float] | None = None
+    classifier: bool = False
+    kernels: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.unifrac_transform not in UNIFRAC_TRANSFORMS:
+            raise AAMError(f"--unifrac-transform must be one of {UNIFRAC_TRANSFORMS}, got {self.unifrac_transform!r}")
+        if self.loss_type not in REGRESSION_LOSSES:
+            raise AAMError(f"--loss-type must be one of {REGRESSION_LOSSES}, got {self.loss_type!r}")
+        if self.loss_type == "quantile":
+            q = sorted(set(self.quantiles or [0.1, 0.5, 0.9]))
+            if any(not 0 < t < 1 for t in q):
+                raise AAMError(f"--quantiles must lie strictly between 0 and 1, got {q}")
+            self.quantiles = q
+        if self.over_penalty <= 0 or self.under_penalty <= 0:
+            raise AAMError("--over-penalty and --under-penalty must be > 0")

@@ -6,16 +6,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
 from aam.errors import AAMError
 from aam.ops import pairwise_unifrac_loss
+from aam.training.config import REGRESSION_LOSSES, LossConfig
 
-REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
-UNIFRAC_TRANSFORMS = ("identity", "tanh")
 MASK_STRATEGIES = ("random", "span")
 MASK_TOKEN = 6
 EVAL_MASK_SEED = 20240613
@@ -134,39 +131,6 @@ def unifrac_offset(emb: torch.Tensor, target: torch.Tensor, offset: torch.Tensor
         best = (w * res).sum() / w.sum().clamp_min(1e-12)
     offset.lerp_(best.to(offset.dtype), OFFSET_MOMENTUM)
     return best
-
-
-@dataclass
-class LossConfig:
-    """Which terms and how they are weighted."""
-
-    unifrac_weight: float = 1.0
-    unifrac_transform: str = "identity"
-    unifrac_scale: float = 10.0
-    nuc_weight: float = 1.0
-    count_weight: float = 1.0
-    count_target: str = "log"
-    target_weight: float = 1.0
-    loss_type: str = "huber"
-    quantiles: list[float] = field(default_factory=list)
-    over_penalty: float = 1.0
-    under_penalty: float = 1.0
-    class_weights: list[float] | None = None
-    classifier: bool = False
-    kernels: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.unifrac_transform not in UNIFRAC_TRANSFORMS:
-            raise AAMError(f"--unifrac-transform must be one of {UNIFRAC_TRANSFORMS}, got {self.unifrac_transform!r}")
-        if self.loss_type not in REGRESSION_LOSSES:
-            raise AAMError(f"--loss-type must be one of {REGRESSION_LOSSES}, got {self.loss_type!r}")
-        if self.loss_type == "quantile":
-            q = sorted(set(self.quantiles or [0.1, 0.5, 0.9]))
-            if any(not 0 < t < 1 for t in q):
-                raise AAMError(f"--quantiles must lie strictly between 0 and 1, got {q}")
-            self.quantiles = q
-        if self.over_penalty <= 0 or self.under_penalty <= 0:
-            raise AAMError("--over-penalty and --under-penalty must be > 0")
 
 
 class MultiTaskLoss:

@@ -18,8 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from aam.data.prepare import Preprocessing
 from aam.errors import AAMError
 from aam.models import ModelConfig
-from aam.training.config import TrainConfig
-from aam.training.losses import LossConfig
+from aam.training.config import LossConfig, TrainConfig
 
 _MODEL, _TRAIN, _LOSS, _PRE = ModelConfig(), TrainConfig(), LossConfig(), Preprocessing()
 

@@ -14,8 +14,12 @@ Generalized UniFrac (Chen et al. 2012) with alpha in [0, 1]; alpha = 1 is weight
 Distance-matrix files (`DistanceMatrix`, read/write) are a data format: aam.data.distances.
 """
 
-from aam.ops.unifrac.custom import METRICS
-from aam.ops.unifrac.dispatch import ALL_METRICS, OP, check_metric, faith_pd, unifrac, unifrac_dtype
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from aam.ops.unifrac.metrics import ALL_METRICS, METRICS, check_metric, unifrac_dtype
 from aam.ops.unifrac.tree import (
     TipsTable,
     Tree,
@@ -27,6 +31,15 @@ from aam.ops.unifrac.tree import (
     tips_table,
 )
 from aam.ops.unifrac.tree_distances import TreeDistances
+
+_DISPATCH = ("OP", "faith_pd", "unifrac")
+
+
+def __getattr__(name: str) -> Any:
+    """The public op and its registration load (with torch) on first use; `aam unifrac` runs without them."""
+    if name in _DISPATCH:
+        return getattr(importlib.import_module("aam.ops.unifrac.dispatch"), name)
+    raise AttributeError(f"module 'aam.ops.unifrac' has no attribute {name!r}")
 
 __all__ = [
     "ALL_METRICS", "METRICS", "OP", "TipsTable", "Tree", "TreeDistances", "check_metric", "faith_pd", "from_skbio",

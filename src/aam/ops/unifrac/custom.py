@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from aam import native
 from aam.errors import InputError
-from aam.ops.registry import KernelRequest
+from aam.ops.unifrac.metrics import METRICS, dtype_reason
 from aam.ops.unifrac.tree import TipsTable, Tree
 
-METRICS = {"unweighted": 0, "weighted_normalized": 1, "weighted_unnormalized": 2, "generalized": 3}  # engine codes
+if TYPE_CHECKING:
+    from aam.ops.registry import KernelRequest
 
 
 def _args(tree: Tree, t: TipsTable) -> tuple:
@@ -33,12 +34,15 @@ def unifrac_custom(
         raise InputError(f"{tree.source}: {exc}") from None
 
 
-def check(req: KernelRequest) -> str | None:
+def engine_unavailable() -> str | None:
+    """Why the C++ engine cannot run here (None: it can)."""
     mod = native.cpu_module()
     if mod is None:
         return native.load_error("_C") or "aam._C not built"
     if not hasattr(mod, "unifrac_matrix"):
         return "aam._C was built without the UniFrac engine"
-    if req.dtype not in (None, torch.float32, torch.float64):
-        return f"dtype {req.dtype} not supported (float32, float64)"
     return None
+
+
+def check(req: KernelRequest) -> str | None:
+    return engine_unavailable() or dtype_reason(req.dtype)

@@ -12,38 +12,17 @@ import numpy as np
 import torch
 
 from aam.data.distances import DistanceMatrix
-from aam.errors import AAMError
 from aam.ops import registry
 from aam.ops.registry import KernelRequest
 from aam.ops.unifrac import custom, reference
-from aam.ops.unifrac.custom import METRICS
+from aam.ops.unifrac.metrics import ALL_METRICS, check_metric, unifrac_dtype
 from aam.ops.unifrac.tree import load_tree, tips_table
 
 OP = "unifrac"
-ALL_METRICS = (*METRICS, "faith_pd")
+__all__ = ["ALL_METRICS", "OP", "check_metric", "faith_pd", "unifrac", "unifrac_dtype"]
 
 registry.register(OP, "custom", custom.unifrac_custom, custom.check, priority=10)
 registry.register(OP, "math", reference.unifrac_math, reference.check, priority=0)
-
-
-def check_metric(metric: str, alpha: float | None) -> float:
-    """Validate the metric name and return alpha (0.5 by default for generalized)."""
-    if metric not in ALL_METRICS:
-        raise AAMError(f"unknown UniFrac metric {metric!r}; choose one of {', '.join(ALL_METRICS)}")
-    if alpha is not None and metric != "generalized":
-        raise AAMError(f"alpha applies only to metric 'generalized', not {metric!r}")
-    a = 0.5 if alpha is None else float(alpha)
-    if not 0.0 <= a <= 1.0:
-        raise AAMError(f"alpha must be in [0, 1], got {a}")
-    return a
-
-
-def unifrac_dtype(dtype: str | np.dtype | torch.dtype) -> np.dtype:
-    """The numpy dtype of a `dtype` option (float32 or float64; AAMError otherwise)."""
-    name = str(dtype).replace("torch.", "")
-    if name not in ("float32", "float64"):
-        raise AAMError(f"dtype must be float32 or float64, not {dtype}")
-    return np.dtype(name)
 
 
 def unifrac(

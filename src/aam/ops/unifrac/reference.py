@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from aam.errors import InputError
-from aam.ops.registry import KernelRequest
+from aam.ops.unifrac.metrics import dtype_reason
 from aam.ops.unifrac.tree import TipsTable, Tree
+
+if TYPE_CHECKING:
+    from aam.ops.registry import KernelRequest
 
 
 def node_counts(tree: Tree, t: TipsTable) -> np.ndarray:
@@ -70,6 +73,4 @@ def unifrac_math(
 
 
 def check(req: KernelRequest) -> str | None:
-    if req.dtype not in (None, torch.float32, torch.float64):
-        return f"dtype {req.dtype} not supported (float32, float64)"
-    return None
+    return dtype_reason(req.dtype)

@@ -14,7 +14,7 @@ import numpy as np
 
 from aam import native
 from aam.errors import AAMError, InputError
-from aam.ops.unifrac.custom import METRICS
+from aam.ops.unifrac.metrics import METRICS
 from aam.ops.unifrac.tree import load_tree, tips_table
 
 

@@ -8,7 +8,8 @@ Config: the DESIGN.md pretraining benchmark's (D 128, 4 heads, 4 layers per stac
     PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_roofline.py --benchmark-enable -q -s \
         --benchmark-json=benchmarks/results/<dir>/roofline.json
 
-Environment: AAM_BENCH_COMPILE (1: also time torch.compile of the math path; default 1), AAM_BENCH_ROUNDS (5).
+The bf16 row runs the same step under torch.autocast(bfloat16) (--mixed-precision bf16); its FLOP/s are
+against the fp32 count. Environment: AAM_BENCH_COMPILE (1: also time torch.compile of the math path; default 1), AAM_BENCH_ROUNDS (5).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def matmul_peak(dtype: torch.dtype, m: int, k: int, n: int) -> float:
 class Step:
     """One pretraining step of the benchmark config on a fixed batch."""
 
-    def __init__(self, kernels: str, compiled: bool = False) -> None:
+    def __init__(self, kernels: str, compiled: bool = False, amp: torch.dtype | None = None) -> None:
+        self.amp = amp
         torch.manual_seed(0)
         ds = make_dataset(BATCH * 2, n_features=400, seed=1, min_len=140, max_len=150, richness=100)
         tokens, _, _ = tokenize(ds.sequences, 150)
@@ -86,9 +88,11 @@ class Step:
 
     def fwd_bwd(self) -> None:
         b = self.batch
-        out = self.forward(tokens=b["tokens"], asv_index=b["asv_index"], offsets=b["offsets"], counts=b["counts"],
-                           nuc_tokens=self.nuc)
-        self.loss(out, b)["total"].backward()
+        with torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):
+            out = self.forward(tokens=b["tokens"], asv_index=b["asv_index"], offsets=b["offsets"],
+                               counts=b["counts"], nuc_tokens=self.nuc)
+            loss = self.loss(out, b)["total"]
+        loss.backward()
 
     def step(self) -> None:
         self.fwd_bwd()
@@ -133,14 +137,15 @@ def peak() -> dict[str, float]:
 def test_pretrain_step_roofline(benchmark, peak):
     total, asv = step_flops()
     rows = {}
-    variants = [("auto", "auto", False), ("math", "math", False)]
+    variants = [("auto", "auto", False, None), ("math", "math", False, None),
+                ("auto+bf16 autocast", "auto", False, torch.bfloat16)]
     if COMPILE:
-        variants.append(("math+compile", "math", True))
-    for name, kernels, compiled in variants:
-        step = Step(kernels, compiled)
+        variants.append(("math+compile", "math", True, None))
+    for name, kernels, compiled, amp in variants:
+        step = Step(kernels, compiled, amp)
         t_step = _median_time(step.step, warmup=2 if compiled else 1)
         rows[name] = {"step_s": t_step, "gflops": total / t_step / 1e9}
-        if not compiled:
+        if not compiled and amp is None:
             t_asv = _median_time(step.asv_encoder)
             t_opt = _median_time(step.optimizer)
             rows[name].update({"asv_encoder_s": t_asv, "asv_encoder_gflops": asv / t_asv / 1e9,

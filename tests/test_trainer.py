@@ -242,3 +242,25 @@ def test_base_lr_scale_default_follows_the_pretrained_encoder_and_resume():
     resumed = {"trainer_state": {"train_config": {"base_lr_scale": 0.1}}}
     assert base_lr_scale(HeadOptions(), resumed) == 0.1
     assert base_lr_scale(HeadOptions(), {"trainer_state": {}}) == 1.0
+
+
+def test_mixed_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from aam.training import compiled
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(compiled, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert compiled.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(compiled, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert compiled.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(compiled, "cpu_flags", lambda: {"avx2", "fma"})
+    assert compiled.resolve_precision("auto", cpu) == "none"
+    assert compiled.resolve_precision("fp16", cpu) == "fp16"  # explicit choices pass through
+
+
+def test_mixed_precision_auto_trains_in_the_chosen_precision(tmp_path, monkeypatch):
+    from aam.training import compiled
+
+    monkeypatch.setattr(compiled, "cpu_flags", lambda: {"avx512_bf16"})
+    assert make_trainer(tmp_path, mixed_precision="auto").amp_dtype == torch.bfloat16
+    monkeypatch.setattr(compiled, "cpu_flags", lambda: set())
+    assert make_trainer(tmp_path / "b", mixed_precision="auto").amp_dtype is None

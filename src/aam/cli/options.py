@@ -229,8 +229,10 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
         opt("Hardware", "--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes."),
     ]
     if training:
-        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16"]), default=d.mixed_precision,
-                       help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU)."))
+        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16", "auto"]),
+                       default=d.mixed_precision,
+                       help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU); auto: bf16 on GPUs "
+                            "with bf16 and on CPUs with AVX512-BF16/AMX-BF16, where it is faster, else none."))
         out.append(opt("Hardware", "--compile-model", is_flag=True, default=d.compile_model,
                        help="torch.compile the training forward (skipped on ROCm; falls back to eager if "
                             "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))

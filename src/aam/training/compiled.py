@@ -1,5 +1,5 @@
-"""How the training forward runs: `--compile-model` (torch.compile, falling back to eager where it cannot run)
-and `--tf32`."""
+"""How the training forward runs: `--compile-model` (torch.compile, falling back to eager where it cannot run),
+`--tf32`, and which precision `--mixed-precision auto` means on this device."""
 
 from __future__ import annotations
 
@@ -59,3 +59,34 @@ def allow_tf32(device: torch.device) -> None:
         log.info("--tf32: float32 matmuls use TF32 tensor cores")
     else:
         log.info("--tf32 has no effect on %s (CUDA only)", device)
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs whose bf16 matmuls beat fp32 (AVX2-only ones run bf16 slower)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """`--mixed-precision auto` -> bf16 on GPUs that support it and on CPUs with AVX512-BF16 or AMX-BF16, where
+    bf16 matmuls run faster than fp32 (benchmarks/bench_roofline.py: 1.9x a pretraining step on an AVX512-BF16
+    EPYC); none elsewhere. Other values pass through."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        chosen, why = ("bf16", "the GPU supports bf16") if torch.cuda.is_bf16_supported() else ("none", "no bf16")
+    else:
+        has = sorted(set(BF16_CPU_FLAGS) & cpu_flags())
+        chosen, why = ("bf16", f"this CPU has {', '.join(has)}") if has else (
+            "none", "this CPU has no AVX512-BF16/AMX-BF16: bf16 would be slower than fp32")
+    log.info("--mixed-precision auto: %s (%s)", chosen, why)
+    return chosen

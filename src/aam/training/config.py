@@ -12,7 +12,7 @@ from aam.errors import AAMError
 
 TASKS = ("pretrain", "regression", "classification")
 BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
-PRECISIONS = ("none", "bf16", "fp16")
+PRECISIONS = ("none", "bf16", "fp16", "auto")  # auto: bf16 where the hardware runs it faster (compiled.py)
 REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
 UNIFRAC_TRANSFORMS = ("identity", "tanh")
 TENSOR_KEYS = ("tokens", "asv_index", "offsets", "counts", "unifrac_target", "y", "categorical", "entry_sample",

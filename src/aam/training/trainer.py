@@ -29,7 +29,7 @@ from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
 from aam.training.batches import LayoutCollate
-from aam.training.compiled import CompiledForward, allow_tf32, compile_or_none
+from aam.training.compiled import CompiledForward, allow_tf32, compile_or_none, resolve_precision
 from aam.training.config import TASKS, TENSOR_KEYS, TrainConfig
 from aam.training.distributed import distributed_info, max_over_ranks
 from aam.training.interrupt import StopRequest, stop_on_signal
@@ -96,8 +96,8 @@ class Trainer:
         self.is_main = self.rank == 0
 
         self.model = model.to(device)
-        amp = config.mixed_precision
-        if amp != "none" and device.type == "cpu" and amp == "fp16":
+        amp = resolve_precision(config.mixed_precision, device)
+        if amp == "fp16" and device.type == "cpu":
             raise AAMError("--mixed-precision fp16 needs a CUDA device; use bf16 on CPU")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None

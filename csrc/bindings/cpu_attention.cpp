@@ -45,4 +45,6 @@ void bind_attention_cpu(py::module_& m) {
       py::call_guard<py::gil_scoped_release>(),
       "Masked attention backward (fp32/fp64): writes every row of dq, dk, dv (0 at padded keys and at queries without a key).");
   m.def("attention_has_avx2", &aam::attention_cpu_has_avx2, "Whether the AVX2+FMA attention path runs here.");
+  m.def("attention_isa", &aam::attention_cpu_isa,
+        "The instruction set of the fp32 attention path that runs now: avx512, avx2 or baseline.");
 }

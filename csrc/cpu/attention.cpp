@@ -14,7 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -421,6 +423,7 @@ void fwd_f32_base(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1
 }
 void bwd_f32_base(const Problem& p, int64_t n, int64_t h, Work<float>& w) { backward_task<float>(p, n, h, w); }
 #if defined(__x86_64__) && defined(__GNUC__)
+#define AAM_X86_ISA 1
 __attribute__((target("avx2,fma"))) void fwd_f32_avx2(const Problem& p, int64_t n, int64_t h, int64_t i0,
                                                       int64_t i1, Work<float>& w) {
   forward_task<float>(p, n, h, i0, i1, w);
@@ -428,20 +431,47 @@ __attribute__((target("avx2,fma"))) void fwd_f32_avx2(const Problem& p, int64_t 
 __attribute__((target("avx2,fma"))) void bwd_f32_avx2(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
   backward_task<float>(p, n, h, w);
 }
+#define AAM_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+__attribute__((target(AAM_AVX512))) void fwd_f32_avx512(const Problem& p, int64_t n, int64_t h, int64_t i0,
+                                                         int64_t i1, Work<float>& w) {
+  forward_task<float>(p, n, h, i0, i1, w);
+}
+__attribute__((target(AAM_AVX512))) void bwd_f32_avx512(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
+  backward_task<float>(p, n, h, w);
+}
 bool have_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool have_avx512() {
+  return have_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
 #else
 bool have_avx2() { return false; }
+bool have_avx512() { return false; }
 #endif
 
+// The widest instruction set this CPU runs, or a narrower one that AAM_CPU_ISA (baseline | avx2 | avx512)
+// asks for (tests and benchmarks force each path); a wider one than the CPU has is never used.
+const char* pick_isa() {
+  const char* env = std::getenv("AAM_CPU_ISA");
+  const std::string want = env ? env : "";
+  if (have_avx512() && (want.empty() || want == "avx512")) return "avx512";
+  if (have_avx2() && (want.empty() || want == "avx512" || want == "avx2")) return "avx2";
+  return "baseline";
+}
+
 FwdFn pick_fwd() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (have_avx2()) return fwd_f32_avx2;
+  const std::string isa = pick_isa();
+#ifdef AAM_X86_ISA
+  if (isa == "avx512") return fwd_f32_avx512;
+  if (isa == "avx2") return fwd_f32_avx2;
 #endif
   return fwd_f32_base;
 }
 BwdFn pick_bwd() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (have_avx2()) return bwd_f32_avx2;
+  const std::string isa = pick_isa();
+#ifdef AAM_X86_ISA
+  if (isa == "avx512") return bwd_f32_avx512;
+  if (isa == "avx2") return bwd_f32_avx2;
 #endif
   return bwd_f32_base;
 }
@@ -558,5 +588,6 @@ void attention_backward_cpu(int dtype, const void* q, const void* k, const void*
 }
 
 bool attention_cpu_has_avx2() { return have_avx2(); }
+std::string attention_cpu_isa() { return pick_isa(); }
 
 }  // namespace aam

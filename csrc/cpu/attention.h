@@ -1,6 +1,7 @@
 // Declarations of the CPU attention kernels (csrc/cpu/attention.cpp), shared with their bindings.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace aam {
 void attention_forward_cpu(int dtype, const void* q, const void* k, const void* v, void* out, void* lse,
@@ -16,4 +17,6 @@ void attention_backward_cpu(int dtype, const void* q, const void* k, const void*
                             const int64_t* slse, const int64_t* sdq, const int64_t* sdk, const int64_t* sdv,
                             double scale);
 bool attention_cpu_has_avx2();
+// The instruction set of the fp32 path that runs now: "avx512", "avx2" or "baseline" (AAM_CPU_ISA narrows it).
+std::string attention_cpu_isa();
 }  // namespace aam

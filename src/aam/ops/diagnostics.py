@@ -71,6 +71,8 @@ def versions() -> dict[str, Any]:
         info["cpu_openmp"] = bool(getattr(cpu, "has_openmp", False))
         if hasattr(cpu, "attention_has_avx2"):
             info["cpu_avx2"] = bool(cpu.attention_has_avx2())
+        if hasattr(cpu, "attention_isa"):  # the instruction set of the CPU attention path that runs here
+            info["cpu_attention_isa"] = cpu.attention_isa()
     return info
 
 
@@ -138,7 +140,7 @@ def format_report(rep: dict[str, Any]) -> str:
     runtime = f"CUDA {v['cuda']}" if v.get("cuda") else (f"HIP {v['hip']}" if v.get("hip") else "CPU only")
     lines = [f"aam {v['aam']}  torch {v['torch']}  {runtime}  triton {v.get('triton') or 'not installed'}",
              f"GPU: {gpu}   CPU threads: {v['cpu_threads']}"
-             + (f"   AVX2 kernels: {'yes' if v.get('cpu_avx2') else 'no'}" if "cpu_avx2" in v else ""),
+             + (f"   CPU attention path: {v['cpu_attention_isa']}" if "cpu_attention_isa" in v else ""),
              "compiled modules:"]
     for name, m in rep["modules"].items():
         lines.append(f"  {name:<12} {'loaded' if m['loaded'] else m['error']}")

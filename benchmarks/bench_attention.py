@@ -151,3 +151,25 @@ def ratio_table(reps: int = 3) -> None:
 
 if __name__ == "__main__":
     ratio_table(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+
+
+def test_quarter_half_padded_vs_sdpa(benchmark):
+    """The speed issue's attention case: N 2048, H 4, L 101, Dh 32, a quarter of the rows half padded; custom vs
+    SDPA fwd+bwd, interleaved, best of 3 each; extra_info["sdpa_over_custom"]."""
+    n, seq = 2048, 101
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(n, HEADS, seq, HEAD_DIM, generator=g).to(DEVICE, DTYPE).requires_grad_(True)
+               for _ in range(3))
+    lengths = torch.full((n,), seq)
+    lengths[torch.randperm(n, generator=g)[: n // 4]] = seq // 2
+    mask = (torch.arange(seq)[None, :] >= lengths[:, None]).to(DEVICE)
+    best = {"custom": float("inf"), "sdpa": float("inf")}
+    for _ in range(3):
+        for backend in best:
+            t0 = time.perf_counter()
+            fwd_bwd(q, k, v, mask, backend)
+            best[backend] = min(best[backend], time.perf_counter() - t0)
+    benchmark.extra_info.update({"seconds": best, "sdpa_over_custom": best["sdpa"] / best["custom"]})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\nN {n} L {seq}, a quarter half padded: custom {best['custom'] * 1e3:.0f} ms, sdpa "
+          f"{best['sdpa'] * 1e3:.0f} ms: {best['sdpa'] / best['custom']:.2f}x")

@@ -15,8 +15,9 @@ from aam.errors import AAMError
 _HANDLERS: list[logging.Handler] = []
 
 
-def setup_logging(output_dir: str | Path | None, filename: str = "training.log") -> None:
-    """INFO to stderr and (if given) to <output_dir>/<filename>; replaces the handlers of an earlier call."""
+def setup_logging(output_dir: str | Path | None, filename: str = "training.log", quiet: bool = False) -> None:
+    """INFO to stderr and (if given) to <output_dir>/<filename>; replaces the handlers of an earlier call.
+    `quiet` (ranks other than 0): only warnings and errors reach stderr, so a torchrun job logs each line once."""
     root = logging.getLogger("aam")
     for h in _HANDLERS:
         root.removeHandler(h)
@@ -25,6 +26,7 @@ def setup_logging(output_dir: str | Path | None, filename: str = "training.log")
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(fmt)
+    stream.setLevel(logging.WARNING if quiet else logging.INFO)
     _HANDLERS.append(stream)
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

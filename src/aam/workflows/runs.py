@@ -128,7 +128,7 @@ def start_run(request: Any, hardware: Hardware, seed: int) -> Run:
         check_resume_options(flat_options(request), request.training.resume)
     if rank == 0:
         claim_folder(out, request.training.resume, request.training.overwrite)
-    setup_logging(out if rank == 0 else None)
+    setup_logging(out if rank == 0 else None, quiet=rank != 0)
     seed_everything(seed)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

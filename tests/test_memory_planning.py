@@ -232,3 +232,18 @@ def test_cached_asv_embeddings_equal_the_uncached_path_in_float64(tmp_path):
         assert cached["target"].dtype == torch.float64
         torch.testing.assert_close(cached["target"], plain["target"], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(cached["embeddings"], plain["embeddings"], rtol=1e-12, atol=1e-12)
+
+
+@needs_peak_reset
+def test_probing_memory_does_not_change_training(amplicons, tmp_path):
+    """The same budget batches with and without a memory model fitted first (a budget far above the tokens' one
+    leaves the batches alone): the probes restore the random state, so the weights end bit-equal."""
+    assert main(_pretrain(amplicons, tmp_path / "tokens", "--max-tokens", "1200")) == 0
+    assert main(_pretrain(amplicons, tmp_path / "probed", "--max-tokens", "1200", "--max-memory-gb", "64")) == 0
+    probed = json.loads((tmp_path / "probed/batch_plan.json").read_text())
+    assert probed["memory_model"] and len(probed["memory_model"]["probes"]) >= 2
+    a = torch.load(tmp_path / "tokens/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "probed/checkpoints/last.pt", weights_only=True)
+    assert a["trainer_state"]["global_step"] == b["trainer_state"]["global_step"]
+    for k, v in a["model_state"].items():
+        torch.testing.assert_close(v, b["model_state"][k], rtol=0, atol=0, msg=k)

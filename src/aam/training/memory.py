@@ -17,6 +17,7 @@ resident set (VmHWM, reset through /proc/self/clear_refs, after returning freed 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -24,7 +25,7 @@ import math
 import os
 import resource
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -218,6 +219,23 @@ def fit(probes: Sequence[Probe], resident_bytes: int, optimizer_bytes: int, devi
 
 def optimizer_state_bytes(model: torch.nn.Module) -> int:
     return ADAM_STATES * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+@contextlib.contextmanager
+def untouched(model: torch.nn.Module) -> Iterator[None]:
+    """The random state and `model`'s buffers (e.g. the running distance offset a training forward updates) as
+    they were before the block: probe steps leave no trace in the run."""
+    from aam.training import checkpoint as ckpt
+
+    rng = ckpt.rng_state()
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        ckpt.set_rng_state(rng)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
 
 
 def measure_step(meter: PeakMeter, step: Callable[[], None]) -> tuple[int, int]:

@@ -46,6 +46,7 @@ from aam.training.memory import (
     fit_by_probing,
     optimizer_state_bytes,
     probe_sizes,
+    untouched,
 )
 from aam.training.optim import default_warmup, make_optimizer, make_scheduler, scale_base_lr
 from aam.training.planning import Batching, BatchPlan, epoch_order, plan_batches
@@ -145,9 +146,8 @@ class Trainer:
 
     def fit_memory_model(self, meter: PeakMeter, budget: int | None = None) -> MemoryModel:
         """Probe training steps (forward + backward, no optimizer step) of growing batches of epoch 1's order and
-        fit the memory model to their peaks (aam.training.memory.fit_by_probing). The random state is restored
-        afterwards: a probed run trains exactly like one that was not."""
-        rng = ckpt.rng_state()
+        fit the memory model to their peaks (aam.training.memory.fit_by_probing). The random state and the
+        buffers are restored afterwards: a probed run trains exactly like one that was not (a test checks)."""
         order = epoch_order(len(self.train_set), True, self.config.seed, 0)
         self._use_asv_cache(self.train_set)
 
@@ -158,11 +158,9 @@ class Trainer:
         # every rank fits the same model: the largest of the ranks' measurements
         reduce = functools.partial(max_over_ranks, device=self.device) if self.world > 1 else None
         optimizer_bytes = 0 if self.optimizer.state else optimizer_state_bytes(self.model)
-        try:
+        with untouched(self.model):
             return fit_by_probing(meter, probe, probe_sizes(len(order), PROBE_LARGEST), budget, optimizer_bytes,
                                   str(self.device), reduce)
-        finally:
-            ckpt.set_rng_state(rng)
 
     def _probe_step(self, batch: dict[str, Any]) -> None:
         self.ddp_model.train()

@@ -9,15 +9,13 @@ those of one process on the whole batch.
 from __future__ import annotations
 
 import os
-import socket
-import time
 import traceback
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 
 from aam.training.distributed import gather_with_grad, global_pairwise_loss, global_targets
 
@@ -83,21 +81,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     os._exit(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_two_ranks_match_one_process(tmp_path):
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=1):  # raises if a rank failed
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail("the 2-rank gloo run did not finish within 180 s")
+    run_ranks(_worker, (str(tmp_path),), WORLD, 180, "the 2-rank gloo run")
     x, ids, source, state = _problem()
     enc = torch.nn.Linear(D_IN, D_EMB).double()
     enc.load_state_dict(state)

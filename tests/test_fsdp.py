@@ -5,8 +5,6 @@ gradient clipping. Each rank encodes its half of every global batch."""
 from __future__ import annotations
 
 import os
-import socket
-import time
 import traceback
 
 import biom
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 
 from aam.data.dataset import SampleDataset, collate
 from aam.data.tokenizer import tokenize
@@ -95,21 +93,9 @@ def _worker(rank: int, port: int, mode: str, out_dir: str) -> None:
     os._exit(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_ranks_give_the_losses_of_one_process(tmp_path, mode):
-    ctx = mp.spawn(_worker, args=(_free_port(), mode, str(tmp_path)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.kill()
-            pytest.fail(f"the 2-rank {mode} run did not finish within 240 s")
+    run_ranks(_worker, (mode, str(tmp_path)), WORLD, 240, f"the 2-rank {mode} run")
     data, source = _problem()
     model = _model()
     single = _losses(model, make_optimizer(model, 1e-2), data, source,

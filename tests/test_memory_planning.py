@@ -17,10 +17,11 @@ from aam.data.synthetic import make_dataset, write_dataset
 from aam.data.tokenizer import tokenize
 from aam.errors import AAMError
 from aam.models import ModelConfig, build_model
+from aam.training.batches import epoch_order
 from aam.training.config import TrainConfig
 from aam.training.losses import LossConfig, MultiTaskLoss
 from aam.training.memory import BatchShape, MemoryModel, PeakMeter, cpu_peak_resettable, measure_step
-from aam.training.planning import BudgetBatchSampler, Footprint, epoch_order
+from aam.training.planning import BudgetBatchSampler, Footprint
 from aam.training.profiling import STAGES
 from aam.training.trainer import Trainer
 

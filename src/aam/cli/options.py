@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from aam.ops import BACKEND_CHOICES
+from aam.training.config import DISTRIBUTED_MODES, PRECISIONS
 from aam.workflows.requests import (
     DistanceOptions,
     Hardware,
@@ -229,7 +230,7 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
         opt("Hardware", "--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes."),
     ]
     if training:
-        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(["none", "bf16", "fp16", "auto"]),
+        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(PRECISIONS),
                        default=d.mixed_precision,
                        help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU); auto: bf16 on GPUs "
                             "with bf16 and on CPUs with AVX512-BF16/AMX-BF16, where it is faster, else none."))
@@ -238,7 +239,7 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
                             "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))
         out.append(opt("Hardware", "--tf32", is_flag=True, default=d.tf32,
                        help="Allow TF32 tensor-core float32 matmuls (CUDA only; no effect on CPU)."))
-        out.append(opt("Hardware", "--distributed", type=click.Choice(["ddp", "fsdp"]), default=d.distributed,
+        out.append(opt("Hardware", "--distributed", type=click.Choice(DISTRIBUTED_MODES), default=d.distributed,
                        help="Under torchrun or --nproc-per-node: DDP (a model copy per rank) or FSDP2 (parameters, "
                             "gradients and AdamW state sharded; sharded checkpoints that predict/embed and a resume "
                             "on any number of ranks read)."))

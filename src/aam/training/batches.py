@@ -13,6 +13,14 @@ from torch.utils.data import Sampler
 from aam.data.batching import packed_layout
 
 
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
+    """The sample order of an epoch: a permutation reproducible from (seed, epoch), or 0..n-1."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
 class LayoutCollate:
     """Wraps a collate_fn: adds the padded layout of the packed entries (computed on the host, pinned and
     copied with the batch) so the forward pass has no device-to-host sync."""
@@ -36,11 +44,7 @@ class EpochSampler(Sampler[int]):
         self.skip = 0
 
     def indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
+        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch)
         per_rank = math.ceil(self.n / self.world)
         order += order[: per_rank * self.world - self.n]  # pad like DistributedSampler
         return order[self.rank :: self.world]

@@ -12,6 +12,7 @@ from aam.errors import AAMError
 
 TASKS = ("pretrain", "regression", "classification")
 BEST_METRICS = ("val_loss", "r2", "mae", "rmse", "accuracy", "f1", "unifrac_r2", "nuc_accuracy")
+DISTRIBUTED_MODES = ("ddp", "fsdp")  # under torchrun (aam.training.sharding)
 PRECISIONS = ("none", "bf16", "fp16", "auto")  # auto: bf16 where the hardware runs it faster (compiled.py)
 REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
 UNIFRAC_TRANSFORMS = ("identity", "tanh")
@@ -71,8 +72,8 @@ class TrainConfig:
             raise AAMError(f"--base-lr-scale must be >= 0, got {self.base_lr_scale}")
         if self.epochs < 1:
             raise AAMError("--epochs must be >= 1")
-        if self.distributed not in ("ddp", "fsdp"):
-            raise AAMError(f"--distributed must be ddp or fsdp, got {self.distributed!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise AAMError(f"--distributed must be one of {DISTRIBUTED_MODES}, got {self.distributed!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise AAMError(f"--max-tokens must be >= 1, got {self.max_tokens}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:

@@ -7,7 +7,7 @@ entries E). The peak of one training step (forward, backward, optimizer step) is
 
 `resident` is what lives between steps (the process, the model, its gradients and AdamW state, the data);
 the ASV encoder's activations grow with its tokens U*Lb, the sample encoder's with its entries E, and the
-pairwise UniFrac loss with the B^2 pairs of the batch. `fit_memory_model` measures a few probe steps on the
+pairwise UniFrac loss with the B^2 pairs of the batch. `fit_by_probing` measures a few probe steps on the
 real device with `PeakMeter` and fits a, b, d (non-negative least squares); c is analytic (the loss keeps a
 few fp32 [B, B] matrices), because probes of small batches cannot see it.
 
@@ -20,10 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 import math
-import os
-import resource
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,8 +30,6 @@ import numpy as np
 import torch
 
 from aam.errors import AAMError
-
-log = logging.getLogger("aam")
 
 LOSS_BYTES_PER_PAIR = 16  # fp32 target, distances, coefficients and their gradient: 4 [B, B] matrices
 ADAM_STATES = 2  # exp_avg and exp_avg_sq per trainable parameter
@@ -74,8 +69,9 @@ def _libc() -> Any | None:
 _LIBC = _libc() if sys.platform.startswith("linux") else None
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as fh:
+def _proc_kb(key: str, path: str = "/proc/self/status") -> int:
+    """A `Key: N kB` line of a /proc file (VmRSS, VmHWM of /proc/self/status; MemAvailable of /proc/meminfo)."""
+    with open(path) as fh:
         for line in fh:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
@@ -87,7 +83,7 @@ def cpu_peak_resettable() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        _status_kb("VmHWM")
+        _proc_kb("VmHWM")
         return True
     except (OSError, KeyError):
         return False
@@ -112,7 +108,7 @@ class PeakMeter:
     def current(self) -> int:
         if self.gpu:
             return torch.cuda.memory_allocated(self.device)
-        return _status_kb("VmRSS") * 1024
+        return _proc_kb("VmRSS") * 1024
 
     def reset(self) -> int:
         """Start a new peak at the present usage (returns it); on the CPU, freed heap goes back to the OS first,
@@ -131,23 +127,14 @@ class PeakMeter:
         if self.gpu:
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device)
-        return _status_kb("VmHWM") * 1024
+        return _proc_kb("VmHWM") * 1024
 
     def capacity(self) -> int:
         """Memory the device has for this run: the GPU's total, or the CPU's available memory plus what this
         process already holds."""
         if self.gpu:
             return torch.cuda.get_device_properties(self.device).total_memory
-        return _status_kb("VmRSS") * 1024 + _meminfo_kb("MemAvailable") * 1024
-
-
-def _meminfo_kb(key: str) -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return pages * resource.getpagesize() // 1024
+        return (_proc_kb("VmRSS") + _proc_kb("MemAvailable", "/proc/meminfo")) * 1024
 
 
 # ------------------------------------------------------------------------------------------ the model

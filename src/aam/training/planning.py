@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aam.errors import AAMError
-from aam.training.batches import EpochSampler
+from aam.training.batches import EpochSampler, epoch_order
 from aam.training.config import TrainConfig
 from aam.training.memory import GB, BatchShape, MemoryModel, PeakMeter
 
@@ -153,14 +153,6 @@ class Footprint:
         return lo
 
 
-def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> list[int]:
-    """The sample order of an epoch: a permutation reproducible from (seed, epoch) (the EpochSampler's)."""
-    if not shuffle:
-        return list(range(n))
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
 class BudgetBatchSampler(Sampler[list[int]]):
     """Each epoch's order packed into budget batches (the same on every rank), dealt round-robin to the ranks
     (padded, like DistributedSampler, so every rank has as many); `skip` batches already consumed on this
@@ -272,9 +264,9 @@ class Batching:
         """Training batches of `epoch` on this rank (budget batches differ from epoch to epoch)."""
         sampler = self.train_sampler
         sampler.epoch = epoch
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)  # reseeds 'random' ASV selection (and so the budget batches' shapes)
         if isinstance(sampler, BudgetBatchSampler):
-            if hasattr(self.train_set, "set_epoch"):
-                self.train_set.set_epoch(epoch)  # 'random' ASV selection changes the batches' shapes
             return len(sampler.rank_batches())
         return math.ceil(math.ceil(sampler.n / self.world) / self.plan.batch_size)
 

@@ -38,8 +38,8 @@ class StageMemory:
     the next one at a fresh peak. Peaks are absolute (what the device holds); `rise` is the growth within the
     stage."""
 
-    def __init__(self, meter: PeakMeter, steps: int = MEMORY_PROFILE_STEPS, warmup: int = 0) -> None:
-        self.meter, self.steps, self.warmup = meter, steps, warmup
+    def __init__(self, meter: PeakMeter, steps: int = MEMORY_PROFILE_STEPS) -> None:
+        self.meter, self.steps = meter, steps
         self.peak = dict.fromkeys(STAGES, 0)
         self.rise = dict.fromkeys(STAGES, 0)
         self.current: str | None = None
@@ -48,17 +48,13 @@ class StageMemory:
 
     @property
     def active(self) -> bool:
-        return self.seen < self.warmup + self.steps
-
-    @property
-    def measuring(self) -> bool:
-        return self.warmup <= self.seen < self.warmup + self.steps
+        return self.seen < self.steps
 
     def enter(self, stage: str) -> None:
         if stage not in STAGES:
             raise ValueError(stage)
         self._close()
-        if self.measuring:
+        if self.active:
             self.current, self.start = stage, self.meter.reset()
 
     def end_step(self) -> None:
@@ -178,14 +174,14 @@ class Diagnostics:
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
-        if self.write and self.memory is not None and self.memory.seen > self.memory.warmup:
+        if self.write and self.memory is not None and self.memory.seen > 0:
             self.memory.write(self.out_dir, writer, step)
         self.memory = None
 
     def close(self, writer: Any, step: int) -> None:
         """End of the run: write a memory profile or trace that fewer micro-batches than asked for cut short."""
         if self.memory is not None:
-            self.memory.steps = max(0, self.memory.seen - self.memory.warmup)
+            self.memory.steps = self.memory.seen
             self._finish_memory(writer, step)
         if self.trace is not None:
             self.trace.close()

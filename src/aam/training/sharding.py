@@ -23,11 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aam.errors import AAMError, InputError
+from aam.errors import InputError
 
 log = logging.getLogger("aam")
-
-MODES = ("ddp", "fsdp")
 
 
 def wrap(model: nn.Module, mode: str, device: torch.device, world: int, amp_dtype: torch.dtype | None) -> nn.Module:
@@ -35,11 +33,9 @@ def wrap(model: nn.Module, mode: str, device: torch.device, world: int, amp_dtyp
     DDP wrapper. FSDP keeps fp32 master weights and reduces gradients in fp32 under --mixed-precision."""
     if world <= 1:
         return model
-    if mode == "ddp":
+    if mode == "ddp":  # TrainConfig allows ddp and fsdp only
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                    find_unused_parameters=True)
-    if mode != "fsdp":
-        raise AAMError(f"--distributed must be one of {', '.join(MODES)}, got {mode!r}")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -28,7 +28,7 @@ from aam.models.encoders import encode_token_table
 from aam.training import checkpoint as ckpt
 from aam.training import metrics as M
 from aam.training import plots
-from aam.training.batches import LayoutCollate
+from aam.training.batches import LayoutCollate, epoch_order
 from aam.training.compiled import CompiledForward, allow_tf32, compile_or_none, resolve_precision
 from aam.training.config import TASKS, TENSOR_KEYS, TrainConfig
 from aam.training.distributed import distributed_info, max_over_ranks
@@ -49,7 +49,7 @@ from aam.training.memory import (
     untouched,
 )
 from aam.training.optim import default_warmup, make_optimizer, make_scheduler, scale_base_lr
-from aam.training.planning import Batching, BatchPlan, epoch_order, plan_batches
+from aam.training.planning import Batching, BatchPlan, plan_batches
 from aam.training.profiling import Diagnostics, op_ranges
 from aam.training.sharding import (
     is_fsdp,
@@ -122,7 +122,6 @@ class Trainer:
         self.diagnostics = Diagnostics(False, 0, device, self.model, self.output_dir)  # fit() starts the asked ones
         self.plan = BatchPlan.from_dict(batch_plan) if batch_plan else self._plan_batches()
         log.info("%s", self.plan.describe())
-        self.accum = self.plan.accumulation
         self.batching = Batching(self.plan, train_set, self.collate_fn, config.seed, self.rank, self.world,
                                  config.num_workers, pin_memory=device.type == "cuda")
         self.batches_per_epoch = self.batching.batches_in_epoch(0)
@@ -138,6 +137,11 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.writer = None
         self.stop = StopRequest()  # set by SIGINT/SIGTERM: stop at the next optimizer step
+
+    @property
+    def accum(self) -> int:
+        """Micro-batches per optimizer step (the batch plan's)."""
+        return self.plan.accumulation
 
     # ------------------------------------------------------------------ batch planning
     def _plan_batches(self) -> BatchPlan:
@@ -356,9 +360,7 @@ class Trainer:
         cfg = self.config
         self.ddp_model.train()
         self._use_asv_cache(self.train_set)
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)  # reseeds random ASV selection
-        self.batches_per_epoch = self.batching.batches_in_epoch(self.epoch)
+        self.batches_per_epoch = self.batching.batches_in_epoch(self.epoch)  # also reseeds random ASV selection
         self.batching.start_epoch_at(self.batch_in_epoch)
         accum = self.accum
         sums: dict[str, torch.Tensor] = {}

@@ -16,6 +16,12 @@ D = group_defaults(PredictRequest)
 @O.opt("Data", "--metadata-column", default=None,
        help="Evaluate: compare the predictions with this column of --metadata; writes <output>.metrics.json "
             "and a plot <output>.png (predicted vs true, or a confusion matrix).")
+@O.opt("Data", "--report", is_flag=True, default=False,
+       help="With --metadata-column: also write an error report into <output>.report/ (residuals or accuracy by "
+            "metadata group, the worst-predicted samples with their ASV count and depth; for a classifier "
+            "per-class precision/recall and a calibration curve), as TSV and PNG.")
+@O.opt("Data", "--group-by", multiple=True, default=(), show_default="every categorical column",
+       help="Metadata column(s) the report groups by (repeat the option for several).")
 @O.apply(O.inference_options(D.run))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
        help="Predictions TSV: sample_id, prediction (original units or class label)[, prob_<class>...]. "
@@ -33,4 +39,6 @@ def predict(**options) -> int:
         ev = res["evaluation"]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in ev["metrics"].items())
         click.echo(f"{ev['column']} on {ev['n_evaluated']} samples: {shown}; plot {ev['plot']}")
+        if "report" in ev:
+            click.echo(f"error report in {ev['report']['folder']}")
     return 0

@@ -1,5 +1,5 @@
 """PNG plots (matplotlib, Agg backend): training curves, predicted vs true, confusion matrix, embeddings,
-attributions."""
+attributions, and the error report's residuals by group, residuals vs depth and calibration."""
 
 from __future__ import annotations
 
@@ -182,4 +182,56 @@ def tuning_history(trials: list[int], values: list[float], path: Path, objective
     ax.set_xlabel("trial")
     ax.set_ylabel(f"cross-validated {objective}")
     ax.legend()
+    return _save(fig, path)
+
+
+def grouped_boxes(values: list[np.ndarray], groups: list[str], path: Path, title: str, ylabel: str) -> Path:
+    """One box per group (with its n), a dashed line at 0."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * len(groups) + 2), 4))
+    ax.boxplot(values, showfliers=True)
+    ax.set_xticks(range(1, len(groups) + 1), [f"{g}\n(n={len(v)})" for g, v in zip(groups, values, strict=True)],
+                  rotation=45 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center", fontsize=8)
+    ax.axhline(0, color="k", ls="--", lw=1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def grouped_bars(groups: list[str], values: np.ndarray, path: Path, title: str, ylabel: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * len(groups) + 2), 4))
+    ax.bar(range(len(groups)), values)
+    ax.set_xticks(range(len(groups)), groups, rotation=45 if len(groups) > 6 else 0,
+                  ha="right" if len(groups) > 6 else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def residuals_vs(x: np.ndarray, residuals: np.ndarray, path: Path, title: str, xlabel: str) -> Path:
+    """Residuals against a positive covariate (log x axis), a dashed line at 0."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(np.maximum(x, 1), residuals, s=8, alpha=0.6)
+    ax.set_xscale("log")
+    ax.axhline(0, color="k", ls="--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("residual (predicted - true)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def calibration(mean_confidence: np.ndarray, fraction_correct: np.ndarray, path: Path, title: str) -> Path:
+    """Reliability diagram: fraction correct against mean confidence per bin, the diagonal for reference."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ax.plot(mean_confidence, fraction_correct, marker="o", label="model")
+    ax.set_xlabel("predicted probability of the chosen class")
+    ax.set_ylabel("fraction correct")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(title)
     return _save(fig, path)

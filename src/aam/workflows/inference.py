@@ -142,6 +142,8 @@ def _nothing_left(prepared: PreparedTable, table: str, what: str) -> InputError:
 
 # ---------------------------------------------------------------------------------------------- predict
 def run_predict(req: PredictRequest) -> dict[str, Any]:
+    if req.report and not req.metadata_column:
+        raise InputError("--report compares predictions with the truth: give --metadata-column (and --metadata)")
     protect_inputs(req.source, derived_outputs(Path(req.output), "--output", ".png", ".metrics.json",
                                                ".skipped.tsv"))
     _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
@@ -181,7 +183,7 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
     log.info("wrote %d predictions to %s", len(rows), output)
     result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
     if req.metadata_column and rows:
-        result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header)
+        result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header, prepared)
     return result
 
 
@@ -192,7 +194,7 @@ def _require_some(mask: np.ndarray, column: str, path: str) -> None:
 
 
 def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], labels: list[str] | None,
-                          output: Path, header: list[str]) -> dict[str, Any]:
+                          output: Path, header: list[str], prepared: PreparedTable) -> dict[str, Any]:
     """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
 
     Samples without a value in the column are left out (and counted); for a classifier, so are samples
@@ -213,6 +215,7 @@ def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], l
         _require_some(mask, col, metadata)
         pred = np.array([float(r[where]) for r in rows])
         metrics = regression_metrics(truth[mask], pred[mask])
+        scored = (truth[mask], pred[mask], None)
         plot = plots.predicted_vs_true(truth[mask], pred[mask], output.with_name(output.stem + ".png"),
                                        f"{col}: R2 {metrics.get('r2', float('nan')):.3f}", f"{col} (metadata)",
                                        f"{col} (predicted)")
@@ -228,11 +231,16 @@ def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], l
         y_true = np.array([index[str(t)] for t, m in zip(truth, mask, strict=True) if m], dtype=np.int64)
         y_pred = np.array([index[r[1]] for r, m in zip(rows, mask, strict=True) if m], dtype=np.int64)
         metrics = classification_metrics(y_true, y_pred, len(labels))
+        probs = np.array([[float(x) for x in r[2:]] for r, m in zip(rows, mask, strict=True) if m])
+        scored = (y_true, y_pred, probs)
         plot = plots.confusion_matrix_plot(confusion_matrix(y_true, y_pred, len(labels)), labels,
                                            output.with_name(output.stem + ".png"),
                                            f"{col}: accuracy {metrics.get('accuracy', float('nan')):.3f}")
     evaluation = {"column": col, "n_evaluated": int(mask.sum()), "n_without_value": int((~mask).sum()),
                   "metrics": metrics, "plot": str(plot)}
+    if req.report:
+        evaluation["report"] = _error_report(req, md, [i for i, m in zip(ids, mask, strict=True) if m], scored,
+                                             labels, prepared, output)
     write_json(output.with_name(output.stem + ".metrics.json"), evaluation)
     log.info("%s on %d samples: %s (plot %s)", col, evaluation["n_evaluated"],
              ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), plot)
@@ -240,6 +248,20 @@ def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], l
 
 
 # ---------------------------------------------------------------------------------------------- embed
+def _error_report(req: PredictRequest, md: Any, ids: list[str], scored: tuple, labels: list[str] | None,
+                  prepared: PreparedTable, output: Path) -> dict[str, Any]:
+    """The error report of the scored samples (aam.workflows.error_report), with each one's ASVs and depth."""
+    from aam.workflows.error_report import Scored, write_report
+
+    table = prepared.table.filter(ids, axis="sample", inplace=False).sort_order(ids, axis="sample")
+    counts = table.matrix_data
+    truth, prediction, probs = scored
+    data = Scored(ids, truth, prediction, np.asarray((counts > 0).sum(axis=0)).ravel(),
+                  np.asarray(counts.sum(axis=0)).ravel(), probs, labels)
+    return write_report(data, md, req.metadata_column.strip(), req.group_by,
+                        output.with_name(output.stem + ".report"))
+
+
 def run_embed(req: EmbedRequest) -> dict[str, Any]:
     """Sample embeddings of the (pretrained) encoder for every sample of --table; optionally the distances the
     pretrained model predicts between them (its estimate of the UniFrac distances it was trained on) and a

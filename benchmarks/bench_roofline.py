@@ -8,7 +8,10 @@ Config: the DESIGN.md pretraining benchmark's (D 128, 4 heads, 4 layers per stac
     PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_roofline.py --benchmark-enable -q -s \
         --benchmark-json=benchmarks/results/<dir>/roofline.json
 
-The bf16 row runs the same step under torch.autocast(bfloat16) (--mixed-precision bf16); its FLOP/s are
+The masked-nucleotide task runs as a second ASV-encoder pass over a quarter of the unique ASVs (the old
+default, --nuc-pass separate) in every row but the "shared" ones (--nuc-pass shared, the default: the masked
+copies replace their clean rows in the one pass; their FLOPs are counted separately).
+The bf16 rows run the same step under torch.autocast(bfloat16) (--mixed-precision bf16); its FLOP/s are
 against the fp32 count. Environment: AAM_BENCH_COMPILE (1: also time torch.compile of the math path; default 1), AAM_BENCH_ROUNDS (5).
 """
 
@@ -61,7 +64,8 @@ def matmul_peak(dtype: torch.dtype, m: int, k: int, n: int) -> float:
 class Step:
     """One pretraining step of the benchmark config on a fixed batch."""
 
-    def __init__(self, kernels: str, compiled: bool = False, amp: torch.dtype | None = None) -> None:
+    def __init__(self, kernels: str, compiled: bool = False, amp: torch.dtype | None = None,
+                 nuc_pass: str = "separate") -> None:
         self.amp = amp
         torch.manual_seed(0)
         ds = make_dataset(BATCH * 2, n_features=400, seed=1, min_len=140, max_len=150, richness=100)
@@ -82,15 +86,21 @@ class Step:
         self.loss = MultiTaskLoss(LossConfig(kernels=kernels))
         self.opt = make_optimizer(self.model, 1e-4)
         g = torch.Generator().manual_seed(1)
-        rows = batch["tokens"][: max(1, batch["tokens"].shape[0] // 4)]
-        self.nuc, mask = mask_nucleotides(rows, 0.15, generator=g)
+        clean = batch["tokens"]
+        rows = clean[: max(1, clean.shape[0] // 4)]
+        masked, mask = mask_nucleotides(rows, 0.15, generator=g)
         batch["tokens_original"], batch["nuc_mask"] = rows, mask
+        # separate: a second ASV-encoder pass over the masked copies; shared: they replace their clean rows
+        self.nuc, self.nuc_rows, self.tokens = masked, None, clean
+        if nuc_pass == "shared":
+            self.nuc, self.nuc_rows = None, torch.arange(rows.shape[0])
+            self.tokens = torch.cat([masked, clean[rows.shape[0]:]])
 
     def fwd_bwd(self) -> None:
         b = self.batch
         with torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):
-            out = self.forward(tokens=b["tokens"], asv_index=b["asv_index"], offsets=b["offsets"],
-                               counts=b["counts"], nuc_tokens=self.nuc)
+            out = self.forward(tokens=self.tokens, asv_index=b["asv_index"], offsets=b["offsets"],
+                               counts=b["counts"], nuc_tokens=self.nuc, nuc_rows=self.nuc_rows)
             loss = self.loss(out, b)["total"]
         loss.backward()
 
@@ -100,10 +110,9 @@ class Step:
         self.opt.zero_grad(set_to_none=True)
 
     def asv_encoder(self) -> None:
-        """The ASV encoder's part of the step: the clean pass and the masked-nucleotide pass, fwd + bwd."""
-        enc = self.model.asv_encoder
-        emb, _ = enc(self.batch["tokens"], with_logits=False)
-        _, logits = enc(self.nuc)
+        """The ASV encoder's part of the step (the clean pass and the masked-nucleotide pass, or the one shared
+        pass), fwd + bwd."""
+        emb, logits = self.model.sample_encoder.encode_asvs(self.tokens, self.nuc, self.nuc_rows)
         (emb.sum() + logits.float().sum()).backward()
         self.model.zero_grad(set_to_none=True)
 
@@ -114,9 +123,9 @@ class Step:
         self.opt.step()
 
 
-def step_flops() -> tuple[int, int]:
+def step_flops(nuc_pass: str = "separate") -> tuple[int, int]:
     """(FLOPs of one step, of which the ASV encoder's), counted on the math path."""
-    step = Step("math")
+    step = Step("math", nuc_pass=nuc_pass)
     with FlopCounterMode(display=False) as counter:
         step.fwd_bwd()
     total = counter.get_total_flops()
@@ -136,30 +145,38 @@ def peak() -> dict[str, float]:
 
 def test_pretrain_step_roofline(benchmark, peak):
     total, asv = step_flops()
+    shared_total, shared_asv = step_flops("shared")
     rows = {}
-    variants = [("auto", "auto", False, None), ("math", "math", False, None),
-                ("auto+bf16 autocast", "auto", False, torch.bfloat16)]
+    variants = [("auto", "auto", False, None, "separate"), ("math", "math", False, None, "separate"),
+                ("auto+bf16 autocast", "auto", False, torch.bfloat16, "separate"),
+                ("auto, shared pass", "auto", False, None, "shared"),
+                ("auto+bf16, shared", "auto", False, torch.bfloat16, "shared")]
     if COMPILE:
-        variants.append(("math+compile", "math", True, None))
-    for name, kernels, compiled, amp in variants:
-        step = Step(kernels, compiled, amp)
+        variants.append(("math+compile", "math", True, None, "separate"))
+    for name, kernels, compiled, amp, nuc_pass in variants:
+        step = Step(kernels, compiled, amp, nuc_pass)
         t_step = _median_time(step.step, warmup=2 if compiled else 1)
-        rows[name] = {"step_s": t_step, "gflops": total / t_step / 1e9}
+        flops = shared_total if nuc_pass == "shared" else total
+        rows[name] = {"step_s": t_step, "gflops": flops / t_step / 1e9, "nuc_pass": nuc_pass, "step_gflop": flops / 1e9}
         if not compiled and amp is None:
             t_asv = _median_time(step.asv_encoder)
             t_opt = _median_time(step.optimizer)
-            rows[name].update({"asv_encoder_s": t_asv, "asv_encoder_gflops": asv / t_asv / 1e9,
+            asv_flops = shared_asv if nuc_pass == "shared" else asv
+            rows[name].update({"asv_encoder_s": t_asv, "asv_encoder_gflops": asv_flops / t_asv / 1e9,
                                "optimizer_s": t_opt, "rest_s": max(t_step - t_asv - t_opt, 0.0),
-                               "rest_gflops": (total - asv) / max(t_step - t_asv - t_opt, 1e-9) / 1e9})
+                               "rest_gflops": (flops - (shared_asv if nuc_pass == "shared" else asv))
+                               / max(t_step - t_asv - t_opt, 1e-9) / 1e9})
     ref = peak["fp32_2048"]
     for row in rows.values():
         row["pct_of_fp32_peak"] = 100 * row["gflops"] / ref
     summary = {"peak_gflops": peak, "step_gflop": total / 1e9, "asv_encoder_share_of_flops": asv / total,
+               "shared_pass_step_gflop": shared_total / 1e9,
                "rows": rows, "threads": torch.get_num_threads()}
     benchmark.extra_info.update(summary)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     print("\nmatmul peak (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))
-    print(f"step: {total / 1e9:.1f} GFLOP ({100 * asv / total:.0f}% in the ASV encoder)")
+    print(f"step: {total / 1e9:.1f} GFLOP ({100 * asv / total:.0f}% in the ASV encoder); with the shared "
+          f"nucleotide pass {shared_total / 1e9:.1f} GFLOP")
     for name, row in rows.items():
         extra = "" if "asv_encoder_s" not in row else (
             f"; ASV encoder {row['asv_encoder_s']:.3f} s at {row['asv_encoder_gflops']:.0f} GFLOP/s, optimizer "

@@ -14,7 +14,8 @@ masked-nucleotide loss (ratio 0.15), AdamW lr 1e-4 wd 0.01.
   token_limit 256, batch 4 (at batch 8 the reference's step peaks above 16 GB on this data).
 - ibd: real data, /work/shared/data/ibd-2538 (AAM_BENCH_IBD_DIR; skips when absent): BATCH * (STEPS + 1)
   samples of rarefied-table.biom (5,000 reads, 100-nt ASVs) drawn with AAM_BENCH_SEED (0), batched in draw
-  order, the same for both sides; ASVs not in tree.nwk dropped; unweighted UniFrac from the tree among the
+  order, the same for both sides (AAM_BENCH_IBD_DIR + AAM_BENCH_IBD_TABLE=table.biom run it on oral-age-dev
+  instead); ASVs not in tree.nwk dropped; unweighted UniFrac from the tree among the
   drawn samples. The reference's CLI defaults: batch 8, token_limit 1024 (no sample here comes near it, so
   its 'first' and aam's 'abundance' selection keep the same ASVs). aam is also timed at dropout 0 (its
   `aam pretrain` default) in the same run, as the variant `aam_dropout0` (AAM_BENCH_DROPOUT0_VARIANT=0 skips).
@@ -57,6 +58,7 @@ import pytest
 REF_SRC = os.environ.get("AAM_REFERENCE_SRC", "")
 DATA = os.environ.get("AAM_BENCH_DATA", "synthetic")
 IBD_DIR = Path(os.environ.get("AAM_BENCH_IBD_DIR", "/work/shared/data/ibd-2538"))
+IBD_TABLE = os.environ.get("AAM_BENCH_IBD_TABLE", "rarefied-table.biom")  # oral-age-dev: table.biom
 SEED = int(os.environ.get("AAM_BENCH_SEED", "0"))
 # Real data runs at the reference's CLI defaults (batch 8, token_limit 1024); synthetic at what fits the machine.
 BATCH = int(os.environ.get("AAM_BENCH_BATCH", "8" if DATA == "ibd" else "4"))
@@ -89,7 +91,7 @@ def _reference_missing() -> str | None:
 
 def _data_missing() -> str | None:
     if DATA == "ibd":
-        for name in ("rarefied-table.biom", "tree.nwk"):
+        for name in (IBD_TABLE, "tree.nwk"):
             if not (IBD_DIR / name).is_file():
                 return (f"AAM_BENCH_DATA=ibd needs {IBD_DIR / name} (the ibd-2538 data set; set "
                         "AAM_BENCH_IBD_DIR to its folder)")
@@ -118,7 +120,7 @@ def make_ibd_data(path: Path) -> dict:
     from aam.data.tokenizer import tokenize
     from aam.ops.unifrac import TreeDistances, read_tree
 
-    table = biom.load_table(str(IBD_DIR / "rarefied-table.biom"))
+    table = biom.load_table(str(IBD_DIR / IBD_TABLE))
     tree = read_tree(IBD_DIR / "tree.nwk")
     tips = tree.tip_index()
     n_table = table.shape
@@ -137,7 +139,7 @@ def make_ibd_data(path: Path) -> dict:
              feature_ids=np.asarray(feature_ids))
     nz = (counts > 0).sum(axis=0)
     reads = counts.sum(axis=0)
-    return {"source": str(IBD_DIR / "rarefied-table.biom"), "table_shape": list(n_table), "seed": SEED,
+    return {"source": str(IBD_DIR / IBD_TABLE), "table_shape": list(n_table), "seed": SEED,
             "n_samples": n, "sample_ids": pick, "n_features": int(counts.shape[0]),
             "table_features_not_in_tree_dropped": int(n_not_in_tree),
             "reads_per_sample_min": int(reads.min()), "reads_per_sample_max": int(reads.max()),
@@ -239,7 +241,7 @@ def _aam_setup(data: dict):
     from aam.data.dataset import SampleDataset, collate
     from aam.models import ModelConfig, build_model
     from aam.training.config import TrainConfig
-    from aam.training.losses import LossConfig, MultiTaskLoss, mask_nucleotides
+    from aam.training.losses import LossConfig, MultiTaskLoss, nucleotide_task
     from aam.training.optim import make_optimizer
 
     tc = TrainConfig()
@@ -268,13 +270,11 @@ def _aam_setup(data: dict):
     model.train()
 
     def step(b: dict) -> float:
-        tok = b["tokens"]
-        k = max(1, int(np.ceil(tc.nuc_asv_fraction * tok.shape[0])))
-        rows = tok[torch.randperm(tok.shape[0])[:k]]
-        nuc_tokens, mask = mask_nucleotides(rows, tc.nuc_mask_ratio, tc.nuc_mask_strategy)
-        b["tokens_original"], b["nuc_mask"] = rows, mask
-        out = model(tokens=tok, asv_index=b["asv_index"], offsets=b["offsets"], counts=b.get("counts"),
-                    nuc_tokens=nuc_tokens, layout=(b["entry_sample"], b["entry_pos"], b["max_slots"]))
+        task = nucleotide_task(b["tokens"], tc.nuc_mask_ratio, tc.nuc_mask_strategy, tc.nuc_asv_fraction,
+                               tc.nuc_pass)
+        b["tokens_original"], b["nuc_mask"] = task.targets, task.mask
+        out = model(tokens=task.tokens, asv_index=b["asv_index"], offsets=b["offsets"], counts=b.get("counts"),
+                    nuc_tokens=task.nuc_tokens, nuc_rows=task.nuc_rows, layout=(b["entry_sample"], b["entry_pos"], b["max_slots"]))
         loss = loss_fn(out, b)["total"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
@@ -286,6 +286,7 @@ def _aam_setup(data: dict):
     info = {"parameters": sum(p.numel() for p in model.parameters()), "unique_asvs_per_batch": sum(u) / len(u),
             "unique_asvs_per_batch_all": u, "asv_entries_per_batch": [int(b["offsets"][-1]) for b in batches],
             "masked_copy_rows_per_batch": [max(1, int(np.ceil(tc.nuc_asv_fraction * k))) for k in u],
+            "nuc_pass": tc.nuc_pass,
             "nucleotide_columns": int(batches[0]["tokens"].shape[1]), "kernels": cfg.kernels,
             "packed_attention": cfg.packed_attention, "dropout": AAM_DROPOUT,
             "gradient_checkpointing": AAM_CHECKPOINTING}

@@ -13,6 +13,7 @@ from aam.training.losses import (
     count_loss,
     mask_nucleotides,
     nucleotide_loss,
+    nucleotide_task,
     regression_loss,
 )
 
@@ -47,6 +48,26 @@ def test_eval_masking_is_reproducible_with_generator():
     m1 = mask_nucleotides(t, 0.15, "random", torch.Generator().manual_seed(3))[1]
     m2 = mask_nucleotides(t, 0.15, "random", torch.Generator().manual_seed(3))[1]
     assert torch.equal(m1, m2)
+
+
+def test_nucleotide_task_shared_and_separate():
+    t = tokens(40)
+    torch.manual_seed(0)
+    shared = nucleotide_task(t, 0.15, "random", 0.25, "shared")
+    torch.manual_seed(0)
+    separate = nucleotide_task(t, 0.15, "random", 0.25, "separate")
+    assert shared.nuc_tokens is None and shared.nuc_rows.shape == (10,)
+    assert separate.nuc_rows is None and separate.nuc_tokens.shape == (10, t.shape[1])
+    # the same rows and masks either way; shared swaps the masked copies in, leaving the other rows clean
+    assert torch.equal(shared.targets, separate.targets) and torch.equal(shared.mask, separate.mask)
+    assert torch.equal(shared.tokens[shared.nuc_rows], separate.nuc_tokens)
+    others = torch.ones(40, dtype=torch.bool)
+    others[shared.nuc_rows] = False
+    assert torch.equal(shared.tokens[others], t[others]) and torch.equal(shared.targets, t[shared.nuc_rows])
+    assert torch.equal(separate.tokens, t)
+    # evaluation masks every row in a second pass, whatever the mode: validation embeddings stay clean
+    ev = nucleotide_task(t, 0.15, "random", 0.25, "shared", torch.Generator().manual_seed(1), evaluate=True)
+    assert ev.nuc_rows is None and torch.equal(ev.tokens, t) and ev.nuc_tokens.shape == t.shape
 
 
 def test_nucleotide_loss_only_on_masked_positions():

@@ -56,7 +56,7 @@ def encoder(dim: int = 64, layers: int = 2, kernels: str = "auto"):
 
 
 def trainer_on(data, dist, model, out: Path, **cfg) -> Trainer:
-    base = dict(epochs=1, batch_size=8, progress=False, tensorboard=False)
+    base = dict(epochs=1, batch_size=8, progress=False, tracker="none")
     base.update(cfg)
     return Trainer(model, MultiTaskLoss(LossConfig()), data, None, functools.partial(collate, distances=dist),
                    TrainConfig(**base), torch.device("cpu"), out,
@@ -216,7 +216,7 @@ def test_cached_asv_embeddings_equal_the_uncached_path_in_float64(tmp_path):
     model.freeze_asv_encoder()
     trainer = Trainer(model, MultiTaskLoss(LossConfig(kernels="math", nuc_weight=0.0)), data, None,
                       functools.partial(collate, distances=dist), TrainConfig(epochs=1, batch_size=4, progress=False,
-                                                                                tensorboard=False),
+                                                                                tracker="none"),
                       torch.device("cpu"), tmp_path, {"kind": "train", "model_config": cfg.to_dict(),
                                                       "preprocessing": {}}, task="regression")
     assert trainer.cache_asv

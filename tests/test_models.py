@@ -53,6 +53,28 @@ def test_encoder_shapes_and_padding_slots_zero():
     assert torch.isfinite(out["embeddings"]).all()
 
 
+@pytest.mark.parametrize("kind", ["encoder", "predictor"])
+def test_shared_nucleotide_pass_runs_the_asv_encoder_once(kind):
+    """nuc_rows: the masked copies sit in `tokens`; one ASV-encoder pass gives the embeddings of every row and
+    the logits of those rows, equal to a plain pass over the same tokens (float64)."""
+    config = tiny(kind="predictor", asv_vocab_size=4, asv_identity=True) if kind == "predictor" else tiny()
+    model = build_model(config).double().eval()
+    b = batch()
+    if kind == "predictor":
+        b["asv_ids"] = torch.arange(4)
+    b["tokens"][1, 3:6] = 6  # row 1 holds a masked copy
+    rows = torch.tensor([1, 3])
+    calls = []
+    model.asv_encoder.register_forward_hook(lambda *_: calls.append(1))
+    out = model(**b, nuc_rows=rows)
+    assert len(calls) == 1
+    emb, logits = model.asv_encoder(b["tokens"])
+    torch.testing.assert_close(out["nuc_logits"], logits[rows], rtol=1e-12, atol=1e-12)
+    plain = model(**b)
+    torch.testing.assert_close(out["sample_embeddings"], plain["sample_embeddings"], rtol=1e-12, atol=1e-12)
+    assert plain["nuc_logits"] is None
+
+
 def test_padding_does_not_change_results():
     """A sample's embedding does not depend on the other samples of the batch (key padding works)."""
     model = SequenceEncoder(tiny()).eval()

@@ -59,7 +59,7 @@ def make_trainer(tmp_path, task="pretrain", **cfg):
     kind = "encoder" if task == "pretrain" else "predictor"
     model = tiny_model(kind)
     loss = MultiTaskLoss(LossConfig(kernels="math"))
-    base = dict(epochs=2, batch_size=4, lr=1e-3, progress=False, tensorboard=False, log_every=1)
+    base = dict(epochs=2, batch_size=4, lr=1e-3, progress=False, tracker="none", log_every=1)
     base.update(cfg)
     info = {"kind": "pretrain" if task == "pretrain" else "train", "model_config": model.config.to_dict(),
             "preprocessing": {"max_bp": 16}}
@@ -202,6 +202,22 @@ def test_train_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(AAMError):
         TrainConfig(mixed_precision="fp8")
+    with pytest.raises(AAMError, match="--nuc-pass"):
+        TrainConfig(nuc_pass="twice")
+    assert TrainConfig(mixed_precision="fp32").mixed_precision == "none"  # --precision fp32 = no autocast
+
+
+@pytest.mark.parametrize("nuc_pass", ["shared", "separate"])
+def test_nucleotide_pass_modes_train(tmp_path, nuc_pass):
+    """Both --nuc-pass modes train the masked-nucleotide task; shared runs the ASV encoder once per training
+    step, separate twice (validation embeds clean sequences either way: a second pass)."""
+    t = make_trainer(tmp_path, epochs=1, nuc_pass=nuc_pass)
+    calls = []
+    t.model.asv_encoder.register_forward_hook(lambda m, *_: calls.append(m.training))
+    hist = t.fit()
+    assert np.isfinite(hist[0]["train_nuc_loss"]) and hist[0]["train_nuc_accuracy"] > 0
+    train_calls = sum(calls)
+    assert train_calls == t.steps_per_epoch * (1 if nuc_pass == "shared" else 2)
 
 
 def test_bf16_autocast_on_cpu_runs(tmp_path):

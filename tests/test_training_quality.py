@@ -32,7 +32,7 @@ def test_pretraining_fits_unifrac_on_train_pairs(tmp_path):
     model = build_model(ModelConfig(embedding_dim=32, asv_heads=2, sample_heads=2, encoder_heads=2, asv_layers=1,
                                     sample_layers=1, encoder_layers=1, max_bp=32, token_limit=16, dropout=0.0,
                                     kernels="auto"))
-    cfg = TrainConfig(epochs=30, batch_size=16, lr=2e-3, progress=False, tensorboard=False, patience=0,
+    cfg = TrainConfig(epochs=30, batch_size=16, lr=2e-3, progress=False, tracker="none", patience=0,
                       log_every=1000)
     info = {"kind": "pretrain", "model_config": model.config.to_dict(), "preprocessing": {"max_bp": 32}}
     trainer = Trainer(model, MultiTaskLoss(LossConfig()), data, None, functools.partial(collate, distances=dm),

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from aam.ops import BACKEND_CHOICES
-from aam.training.config import DISTRIBUTED_MODES, PRECISIONS
+from aam.training.config import DISTRIBUTED_MODES, NUC_PASSES, PRECISIONS, TRACKERS
 from aam.workflows.requests import (
     DistanceOptions,
     Hardware,
@@ -24,7 +24,7 @@ from aam.workflows.requests import (
     default_of,
 )
 
-SECTIONS = ("Data", "Model", "Loss", "Training", "Hardware", "Output", "Other")
+SECTIONS = ("Data", "Model", "Loss", "Training", "Tracking", "Hardware", "Output", "Other")
 
 
 class GroupedOption(click.Option):
@@ -171,8 +171,10 @@ def loss_options(d: LossOptions) -> list[Callable]:
         opt("Loss", "--nuc-mask-strategy", type=click.Choice(["random", "span"]), default=d.nuc_mask_strategy,
             help="Mask single bases or spans of 3-5."),
         opt("Loss", "--nuc-asv-fraction", type=float, default=d.nuc_asv_fraction,
-            help="Fraction of a batch's unique ASVs that get a masked copy for the nucleotide task (a separate "
-                 "ASV-encoder pass; the embeddings always see clean sequences)."),
+            help="Fraction of a batch's unique ASVs that get a masked copy for the nucleotide task."),
+        opt("Loss", "--nuc-pass", type=click.Choice(NUC_PASSES), default=d.nuc_pass,
+            help="shared: the masked copies replace their clean rows in the one ASV-encoder pass (1.2x faster "
+                 "pretraining, the same fine-tuning MAE: docs/SCIENCE.md); separate: a second pass over them."),
         opt("Loss", "--unifrac-transform", type=click.Choice(["identity", "tanh"]), default=d.unifrac_transform,
             help="Embedding distance compared to UniFrac: raw (UniFrac lies in [0, 1]; the model learns the "
                  "scale) or tanh(d / --unifrac-scale)."),
@@ -204,7 +206,7 @@ def training_options(d: TrainingOptions, best_metrics: tuple[str, ...]) -> list[
             help="Also write last.pt every N optimizer steps (mid-epoch resume); 0 = once per epoch."),
         opt("Training", "--max-steps", type=int, default=d.max_steps,
             help="Stop after N optimizer steps in total (the LR schedule still spans --epochs)."),
-        opt("Training", "--log-every", type=int, default=d.log_every, help="Optimizer steps between progress/TensorBoard updates."),
+        opt("Training", "--log-every", type=int, default=d.log_every, help="Optimizer steps between progress/tracker updates."),
         opt("Training", "--best-metric", type=click.Choice(best_metrics), default=d.best_metric,
             help="Validation metric that selects best.pt and drives early stopping."),
         opt("Training", "--max-tokens", type=int, default=d.max_tokens, show_default="off",
@@ -219,6 +221,13 @@ def training_options(d: TrainingOptions, best_metrics: tuple[str, ...]) -> list[
         opt("Training", "--target-effective-batch-size", type=int, default=d.target_effective_batch_size,
             show_default="off", help="Samples per optimizer step over all ranks: sets the gradient accumulation "
                                      "from the (chosen) batch size."),
+        opt("Tracking", "--tracker", type=click.Choice(TRACKERS), default=d.tracker,
+            help="Where parameters, per-epoch metrics, plots and best.pt go: TensorBoard (<output-dir>/tensorboard),"
+                 " MLflow or Weights & Biases (offline; extras aam[mlflow], aam[wandb]), or nowhere."),
+        opt("Tracking", "--tracking-uri", default=d.tracking_uri, show_default="sqlite <output-dir>/mlflow.db",
+            help="MLflow store: sqlite:///runs.db, a file:// folder or a server URL (else MLFLOW_TRACKING_URI)."),
+        opt("Tracking", "--experiment-name", default=d.experiment_name,
+            help="MLflow experiment or W&B project of the run."),
     ]
 
 
@@ -230,10 +239,10 @@ def hardware_options(d: Hardware, training: bool = True) -> list[Callable]:
         opt("Hardware", "--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes."),
     ]
     if training:
-        out.append(opt("Hardware", "--mixed-precision", type=click.Choice(PRECISIONS),
+        out.append(opt("Hardware", "--mixed-precision", "--precision", type=click.Choice(PRECISIONS),
                        default=d.mixed_precision,
                        help="Autocast precision (fp16 with a GradScaler on CUDA; bf16 also on CPU); auto: bf16 on GPUs "
-                            "with bf16 and on CPUs with AVX512-BF16/AMX-BF16, where it is faster, else none."))
+                            "with bf16 and on CPUs with AVX512-BF16/AMX-BF16, where it is faster, else none (= fp32)."))
         out.append(opt("Hardware", "--compile-model", is_flag=True, default=d.compile_model,
                        help="torch.compile the training forward (skipped on ROCm; falls back to eager if "
                             "compilation fails; backend from AAM_COMPILE_BACKEND, default inductor)."))

@@ -20,7 +20,8 @@ def _stack(config: ModelConfig, heads: int, layers: int) -> Transformer:
 
 
 class ASVEncoder(nn.Module):
-    """tokens [U, Lb] (START + bases, PAD 0) -> embeddings [U, D] and nucleotide logits [U, Lb, 7]."""
+    """tokens [U, Lb] (START + bases, PAD 0) -> embeddings [U, D] and nucleotide logits [U, Lb, 7] (or of the
+    rows `logit_rows` only: [R, Lb, 7])."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -34,7 +35,8 @@ class ASVEncoder(nn.Module):
         if self.kmer:
             self.kmer_embedding = nn.EmbeddingBag(4**self.kmer + 1, d, mode="mean", padding_idx=4**self.kmer)
 
-    def forward(self, tokens: torch.Tensor, with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, tokens: torch.Tensor, with_logits: bool = True,
+                logit_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         length = tokens.shape[1]
         if length > self.position_embedding.num_embeddings:
             raise ValueError(f"token rows of length {length} exceed max_bp + 1 = {self.position_embedding.num_embeddings}")
@@ -42,7 +44,9 @@ class ASVEncoder(nn.Module):
         pos = torch.arange(length, device=tokens.device)
         x = self.token_embedding(tokens) + self.position_embedding(pos)[None]
         x = self.transformer(x, ~valid)
-        logits = self.nucleotide_head(x) if self.nucleotide_head is not None and with_logits else None
+        logits = None
+        if self.nucleotide_head is not None and with_logits:
+            logits = self.nucleotide_head(x if logit_rows is None else x.index_select(0, logit_rows))
         pooled = self.pooling(x, valid)
         if self.kmer:
             pooled = pooled + self.kmer_embedding(kmer_ids(tokens, self.kmer))
@@ -114,15 +118,31 @@ class SampleEncoder(nn.Module):
         self.rank_embedding = nn.Embedding(config.token_limit, d)
         self.transformer = _stack(config, config.sample_heads, config.sample_layers)
 
+    def encode_asvs(self, tokens: torch.Tensor, nuc_tokens: torch.Tensor | None = None,
+                    nuc_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ASV embeddings [U, D] of `tokens` and the masked-nucleotide logits: of a second pass over the masked
+        copies `nuc_tokens` [R, Lb] (separate), or of rows `nuc_rows` [R] of `tokens`, which then already hold
+        the masked copies (shared: one pass, and those R embeddings come from masked sequences)."""
+        emb, logits = self.asv_encoder(tokens, with_logits=nuc_rows is not None, logit_rows=nuc_rows)
+        if nuc_tokens is not None:
+            logits = self.asv_encoder(nuc_tokens)[1]
+        return emb, logits
+
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None, nuc_tokens: torch.Tensor | None = None,
-                layout: Layout | None = None, asv_embeddings: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor | None]:
+                layout: Layout | None = None, asv_embeddings: torch.Tensor | None = None,
+                nuc_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
         """`asv_embeddings` [U, D], when given, replaces the ASV encoder's output for the rows of `tokens`
-        (embeddings cached from a frozen ASV encoder, or with an identity vector added)."""
-        asv_emb = asv_embeddings if asv_embeddings is not None else self.asv_encoder(tokens, with_logits=False)[0]
-        nuc_logits = self.asv_encoder(nuc_tokens)[1] if nuc_tokens is not None else None
-        x, valid = pad_entries(asv_emb[asv_index], offsets, layout)
+        (embeddings cached from a frozen ASV encoder, or with an identity vector added); the masked-nucleotide
+        inputs are those of `encode_asvs`."""
+        nuc_logits = None
+        if asv_embeddings is None:
+            asv_embeddings, nuc_logits = self.encode_asvs(tokens, nuc_tokens, nuc_rows)
+        elif nuc_rows is not None:
+            raise ValueError("nuc_rows needs the ASV encoder's pass over tokens, not given asv_embeddings")
+        elif nuc_tokens is not None:
+            nuc_logits = self.asv_encoder(nuc_tokens)[1]
+        x, valid = pad_entries(asv_embeddings[asv_index], offsets, layout)
         if counts is None:
             counts = torch.ones(asv_index.shape[0], device=x.device)
         c, _ = pad_entries(counts.to(x.dtype), offsets, layout)

@@ -15,7 +15,8 @@ class SequenceEncoder(nn.Module):
     `sample_embeddings` [B, S, D], `valid` [B, S], `counts` [B, S].
 
     `nuc_tokens` [R, Lb] (nucleotide-masked token rows) adds `nuc_logits` [R, Lb, 7] from a separate
-    ASV-encoder pass: the embeddings always come from clean sequences, as in predict."""
+    ASV-encoder pass (the embeddings come from clean sequences, as in predict); `nuc_rows` [R] instead says
+    that those rows of `tokens` are masked copies, whose logits come from the one pass."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -38,8 +39,8 @@ class SequenceEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, asv_index: torch.Tensor, offsets: torch.Tensor,
                 counts: torch.Tensor | None = None, nuc_tokens: torch.Tensor | None = None,
                 layout: tuple | None = None, asv_embeddings: torch.Tensor | None = None,
-                **_: object) -> dict[str, torch.Tensor | None]:
-        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens, layout, asv_embeddings)
+                nuc_rows: torch.Tensor | None = None, **_: object) -> dict[str, torch.Tensor | None]:
+        out = self.sample_encoder(tokens, asv_index, offsets, counts, nuc_tokens, layout, asv_embeddings, nuc_rows)
         valid = out["valid"]
         x = self.encoder(out["sample_embeddings"], ~valid) * valid.unsqueeze(-1).to(out["sample_embeddings"].dtype)
         out["sample_embeddings"] = x

@@ -139,16 +139,22 @@ class SequencePredictor(nn.Module):
                 counts: torch.Tensor | None = None, categorical: torch.Tensor | None = None,
                 nuc_tokens: torch.Tensor | None = None, layout: tuple | None = None,
                 asv_ids: torch.Tensor | None = None, asv_embeddings: torch.Tensor | None = None,
-                **_: object) -> dict[str, torch.Tensor | None]:
+                nuc_rows: torch.Tensor | None = None, **_: object) -> dict[str, torch.Tensor | None]:
         """`asv_ids` [U]: identity index of each row of `tokens` (needed with an ASV vocabulary);
-        `asv_embeddings` [U, D]: the ASV encoder's output for those rows, when cached."""
+        `asv_embeddings` [U, D]: the ASV encoder's output for those rows, when cached; `nuc_tokens`/`nuc_rows`:
+        the masked-nucleotide inputs (SampleEncoder.encode_asvs)."""
         if self.config.asv_vocab_size and asv_ids is None:
             raise ValueError("this model has an ASV vocabulary: the batch must carry asv_ids")
+        nuc_logits = None
         if self.config.asv_vocab_size and self.config.asv_identity:
             if asv_embeddings is None:
-                asv_embeddings = self.asv_encoder(tokens, with_logits=False)[0]
+                asv_embeddings, nuc_logits = self.base_model.sample_encoder.encode_asvs(tokens, nuc_tokens, nuc_rows)
+                nuc_tokens = nuc_rows = None
             asv_embeddings = asv_embeddings + self.asv_identity(asv_ids).to(asv_embeddings.dtype)
-        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens, layout, asv_embeddings)
+        out = self.base_model(tokens, asv_index, offsets, counts, nuc_tokens, layout, asv_embeddings,
+                              nuc_rows=nuc_rows)
+        if nuc_logits is not None:
+            out["nuc_logits"] = nuc_logits
         x, valid = out["sample_embeddings"], out["valid"]
         keep = valid.unsqueeze(-1).to(x.dtype)
         if self.config.count_prediction:

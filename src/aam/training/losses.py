@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -40,6 +43,37 @@ def mask_nucleotides(tokens: torch.Tensor, ratio: float, strategy: str = "random
         raise AAMError(f"--nuc-mask-strategy must be one of {MASK_STRATEGIES}, got {strategy!r}")
     mask = mask & eligible
     return tokens.masked_fill(mask, MASK_TOKEN), mask
+
+
+@dataclass(frozen=True)
+class NucleotideTask:
+    """The masked-nucleotide inputs of one batch: the model's `tokens` and either `nuc_tokens` (masked copies,
+    encoded in a second pass) or `nuc_rows` (the rows of `tokens` that hold them: one pass); `targets` and
+    `mask` [R, Lb] score the logits."""
+
+    tokens: torch.Tensor
+    nuc_tokens: torch.Tensor | None
+    nuc_rows: torch.Tensor | None
+    targets: torch.Tensor
+    mask: torch.Tensor
+
+
+def nucleotide_task(tokens: torch.Tensor, ratio: float, strategy: str, asv_fraction: float, nuc_pass: str,
+                    generator: torch.Generator | None = None, evaluate: bool = False) -> NucleotideTask:
+    """Mask a random `asv_fraction` of the batch's unique ASVs (all of them in evaluation). `nuc_pass` shared
+    puts the masked copies in place of the clean rows, so the ASV encoder runs once and their embeddings see
+    masked sequences; separate (and always in evaluation, so validation embeddings are clean) encodes them
+    in a second pass."""
+    rows = None
+    if not evaluate and asv_fraction < 1.0:
+        k = max(1, math.ceil(asv_fraction * tokens.shape[0]))
+        rows = torch.randperm(tokens.shape[0], device=tokens.device)[:k]
+    clean = tokens if rows is None else tokens[rows]
+    masked, mask = mask_nucleotides(clean, ratio, strategy, generator)
+    if nuc_pass == "shared" and not evaluate:
+        rows = torch.arange(tokens.shape[0], device=tokens.device) if rows is None else rows
+        return NucleotideTask(tokens.index_copy(0, rows, masked), None, rows, clean, mask)
+    return NucleotideTask(tokens, masked, None, clean, mask)
 
 
 def nucleotide_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,8 +36,8 @@ from aam.training.interrupt import StopRequest, stop_on_signal
 from aam.training.losses import (
     EVAL_MASK_SEED,
     MultiTaskLoss,
-    mask_nucleotides,
     mean_terms,
+    nucleotide_task,
 )
 from aam.training.memory import (
     BatchShape,
@@ -59,6 +59,7 @@ from aam.training.sharding import (
     save_sharded,
     wrap,
 )
+from aam.training.tracking import log_scalars, open_tracker
 from aam.training.validation import EvalPass, ValidationReport
 from aam.utils.io import write_json
 
@@ -135,7 +136,7 @@ class Trainer:
         self.best_value: float | None = None
         self.best_epoch, self.bad_epochs = -1, 0
         self.history: list[dict[str, float]] = []
-        self.writer = None
+        self.tracker = None
         self.stop = StopRequest()  # set by SIGINT/SIGTERM: stop at the next optimizer step
 
     @property
@@ -205,27 +206,22 @@ class Trainer:
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None,
                  evaluate: bool = False):
-        """One model call. The embeddings always come from clean sequences (what predict sees); the masked-
-        nucleotide task runs on a separate ASV-encoder pass over masked copies of a random subset of the
-        batch's unique ASVs (`nuc_asv_fraction`; all of them in evaluation, masked with a fixed seed)."""
-        tokens = batch["tokens"]
-        nuc_tokens = None
+        """One model call, with the masked-nucleotide task when it runs (losses.nucleotide_task; evaluation
+        masks every unique ASV with a fixed seed and keeps the embeddings clean)."""
+        tokens, nuc_tokens, nuc_rows = batch["tokens"], None, None
         if self._uses_nucleotides():
-            rows = tokens
-            frac = self.config.nuc_asv_fraction
-            if not evaluate and frac < 1.0:
-                k = max(1, math.ceil(frac * tokens.shape[0]))
-                rows = tokens[torch.randperm(tokens.shape[0], device=tokens.device)[:k]]
-            nuc_tokens, mask = mask_nucleotides(rows, self.config.nuc_mask_ratio, self.config.nuc_mask_strategy,
-                                                generator)
-            batch["tokens_original"], batch["nuc_mask"] = rows, mask
+            c = self.config
+            task = nucleotide_task(tokens, c.nuc_mask_ratio, c.nuc_mask_strategy, c.nuc_asv_fraction, c.nuc_pass,
+                                   generator, evaluate)
+            tokens, nuc_tokens, nuc_rows = task.tokens, task.nuc_tokens, task.nuc_rows
+            batch["tokens_original"], batch["nuc_mask"] = task.targets, task.mask
         with self._autocast():
             layout = (batch["entry_sample"], batch["entry_pos"], batch["max_slots"]) if "entry_sample" in batch else None
             cached = self._asv_cache[batch["asv_rows"]] if self._asv_cache is not None else None
             self.diagnostics.stage("sample_encoder")
             outputs = model(tokens=tokens, asv_index=batch["asv_index"], offsets=batch["offsets"],
                             counts=batch.get("counts"), categorical=batch.get("categorical"), nuc_tokens=nuc_tokens,
-                            layout=layout, asv_ids=batch.get("asv_ids"), asv_embeddings=cached)
+                            nuc_rows=nuc_rows, layout=layout, asv_ids=batch.get("asv_ids"), asv_embeddings=cached)
             self.diagnostics.stage("loss")
             terms = self.loss_fn(outputs, batch)
         return outputs, terms
@@ -297,12 +293,6 @@ class Trainer:
         self.global_step += 1
         return grad_norm
 
-    def _log_scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.writer.add_scalar(f"{prefix}/{k}", v, step)
-
     def fit(self) -> list[dict[str, float]]:
         """Train until the epochs are done, early stopping triggers or `max_steps` is reached."""
         cfg = self.config
@@ -310,10 +300,9 @@ class Trainer:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             if self.plan.memory_model:
                 write_json(self.output_dir / "memory_model.json", self.plan.memory_model)
-            if cfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+            self.tracker = open_tracker(cfg.tracker, self.output_dir, cfg.tracking_uri, cfg.experiment_name)
+            if self.tracker is not None:
+                self.tracker.log_params({"train_config": asdict(cfg), **self.info})
             write_json(self.output_dir / "batch_plan.json", self.plan.to_dict())
         self.diagnostics = Diagnostics(self.config.memory_profile, self.config.profile_steps if self.is_main else 0,
                                        self.device, self.model, self.output_dir, self.is_main)
@@ -342,14 +331,21 @@ class Trainer:
                                  cfg.patience)
                         break
             finally:
-                self.diagnostics.close(self.writer, self.global_step)
-                if self.writer is not None:
-                    self.writer.close()
+                self.diagnostics.close(self.tracker, self.global_step)
+                self._finish_tracking()
         self.stop.raise_if_asked(f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}",
                                  str(self.checkpoint_dir / "last.pt"))
+        return self.history
+
+    def _finish_tracking(self) -> None:
+        """Draw the training curves; hand the plots and best checkpoint to the tracker and close it."""
         if self.is_main and self.history:
             plots.training_curves(self.history, self.plot_dir / "training_curves.png")
-        return self.history
+        if self.tracker is not None:
+            best = self.checkpoint_dir / "best.pt"
+            self.tracker.log_files(sorted(self.plot_dir.glob("*.png")), best if best.is_file() else None)
+            self.tracker.close()
+            self.tracker = None
 
     def close(self) -> None:
         """Drop the DDP and compiled wrappers (before the process group is destroyed at the end of a run)."""
@@ -403,13 +399,13 @@ class Trainer:
             if step_now:
                 self.diagnostics.stage("optimizer")
                 self._optimizer_step()
-            self.diagnostics.end_micro_batch(self.writer, self.global_step)
+            self.diagnostics.end_micro_batch(self.tracker, self.global_step)
             if step_now:
                 if self.global_step % cfg.log_every == 0:
                     values = self._reduce(window, window_batches)
                     values["lr"] = self.scheduler.get_last_lr()[0]
                     values["samples_per_s"] = samples * self.world / max(time.perf_counter() - t0, 1e-9)
-                    self._log_scalars("train", values, self.global_step)
+                    log_scalars(self.tracker, "train", values, self.global_step)
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k not in ("nuc_correct",
                                                                                                "nuc_total")})
@@ -491,7 +487,7 @@ class Trainer:
             return
         for prefix in ("train", "val"):
             vals = {k[len(prefix) + 1:]: v for k, v in row.items() if k.startswith(prefix + "_")}
-            self._log_scalars(f"epoch_{prefix}", vals, row["epoch"])
+            log_scalars(self.tracker, f"epoch_{prefix}", vals, row["epoch"])
         shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
         log.info("epoch %d/%d %s%s", row["epoch"], self.config.epochs, shown, " *best*" if improved else "")
         if improved:

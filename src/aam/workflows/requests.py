@@ -179,6 +179,7 @@ class LossOptions(Validated):
     nuc_mask_ratio: float = _TRAIN.nuc_mask_ratio
     nuc_mask_strategy: str = _TRAIN.nuc_mask_strategy
     nuc_asv_fraction: float = _TRAIN.nuc_asv_fraction
+    nuc_pass: str = _TRAIN.nuc_pass
     unifrac_transform: str = _LOSS.unifrac_transform
     unifrac_scale: float = _LOSS.unifrac_scale
 
@@ -211,6 +212,9 @@ class TrainingOptions(Validated):
     max_memory_gb: float | None = _TRAIN.max_memory_gb  # predicted peak memory of a training step
     auto_batch_size: bool = _TRAIN.auto_batch_size
     target_effective_batch_size: int | None = _TRAIN.target_effective_batch_size
+    tracker: str = _TRAIN.tracker
+    tracking_uri: str | None = _TRAIN.tracking_uri
+    experiment_name: str = _TRAIN.experiment_name
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -46,7 +46,8 @@ class Run:
 # What a pretrain/train run writes into its --output-dir: --overwrite removes these and nothing else.
 RUN_FILES = ("run_options.json", "training.log", "checkpoints", "members", "plots", "tensorboard",
              "val_predictions.tsv", "train_samples.txt", "val_samples.txt", "ensemble_metrics.json", "done.json",
-             "batch_plan.json", "memory_model.json", "memory_profile.json", "profile")
+             "batch_plan.json", "memory_model.json", "memory_profile.json", "profile", "mlflow.db", "mlartifacts",
+             "wandb")
 _LOCKS: dict[Path, int] = {}  # run folders this process holds the advisory lock of
 
 
@@ -177,11 +178,12 @@ def train_config(training: TrainingOptions, loss: LossOptions, hardware: Hardwar
         max_grad_norm=training.max_grad_norm or None, mixed_precision=hardware.mixed_precision,
         patience=training.patience, compile_model=hardware.compile_model, tf32=hardware.tf32,
         best_metric=best_metric, nuc_mask_ratio=loss.nuc_mask_ratio, nuc_mask_strategy=loss.nuc_mask_strategy,
-        nuc_asv_fraction=loss.nuc_asv_fraction, log_every=max(1, training.log_every),
+        nuc_asv_fraction=loss.nuc_asv_fraction, nuc_pass=loss.nuc_pass, log_every=max(1, training.log_every),
         checkpoint_every=training.checkpoint_every, max_steps=training.max_steps, seed=training.seed,
         num_workers=hardware.num_workers, progress=os.environ.get("AAM_NO_PROGRESS") is None,
         base_lr_scale=base_lr_scale, max_tokens=training.max_tokens, max_memory_gb=training.max_memory_gb,
         auto_batch_size=training.auto_batch_size, target_effective_batch_size=training.target_effective_batch_size,
+        tracker=training.tracker, tracking_uri=training.tracking_uri, experiment_name=training.experiment_name,
         memory_profile=hardware.memory_profile, profile_steps=hardware.profile, distributed=hardware.distributed,
     )
 

@@ -8,6 +8,8 @@ positions come out as zeros. Under torch.compile, or without a varlen kernel, it
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +50,7 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attention_dropout = attention_dropout
         self.kernels = kernels
+        self.recorded: list[torch.Tensor] | None = None  # see record_attention
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
         p = self.attention_dropout if self.training else 0.0
@@ -60,8 +63,44 @@ class SelfAttention(nn.Module):
         n, length, dim = x.shape
         # unbind, not qkv[0..2]: the backward of each index would zero-fill a full-size gradient
         q, k, v = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = masked_attention(q, k, v, key_padding_mask=pad, dropout_p=p, backend=self.kernels)
+        if self.recorded is not None:
+            weights = attention_weights(q, k, pad)
+            self.recorded.append(weights.detach())
+            out = weights.to(v.dtype) @ v
+        else:
+            out = masked_attention(q, k, v, key_padding_mask=pad, dropout_p=p, backend=self.kernels)
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) over the valid keys: [N, H, L, L] in float32 (float64 for float64 inputs);
+    weight 0 on padded keys, and a query whose keys are all padding gets all zeros."""
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if pad is not None:
+        scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
+@contextlib.contextmanager
+def record_attention(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Within the block, every SelfAttention of `model` runs padded (no packing) on the math path and appends
+    its attention weights [N, H, L, L] (attention_weights) to the list under its module name, once per call."""
+    attns = {name: m for name, m in model.named_modules() if isinstance(m, SelfAttention)}
+    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
+    packed = [t.packed for t in stacks]
+    records: dict[str, list[torch.Tensor]] = {name: [] for name in attns}
+    for name, m in attns.items():
+        m.recorded = records[name]
+    for t in stacks:
+        t.packed = False
+    try:
+        yield records
+    finally:
+        for m in attns.values():
+            m.recorded = None
+        for t, was in zip(stacks, packed, strict=True):
+            t.packed = was
 
 
 class Block(nn.Module):

@@ -235,3 +235,41 @@ def calibration(mean_confidence: np.ndarray, fraction_correct: np.ndarray, path:
     ax.legend()
     ax.set_title(title)
     return _save(fig, path)
+
+
+def attention_heatmap(grid: np.ndarray, labels: list[str], samples: list[str], groups: list[str] | None, path: Path,
+                      title: str) -> Path:
+    """ASVs (rows) x samples (columns) of attention, blank where a sample lacks the ASV; with `groups`, the
+    samples come sorted by group and each group is labelled and separated."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(min(16, 4 + 0.12 * len(samples)), 2 + 0.3 * len(labels)))
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    if len(samples) <= 60:
+        ax.set_xticks(range(len(samples)), samples, rotation=90, fontsize=6)
+    else:
+        ax.set_xticks([])
+    if groups is not None:
+        edges = [0] + [i for i in range(1, len(groups)) if groups[i] != groups[i - 1]] + [len(groups)]
+        for lo in edges[1:-1]:
+            ax.axvline(lo - 0.5, color="w", lw=2)
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([(lo + hi - 1) / 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
+                       [groups[lo] for lo in edges[:-1]], fontsize=7)
+    fig.colorbar(image, ax=ax, label="attention received")
+    ax.set_title(title, pad=18 if groups is not None else 6)
+    return _save(fig, path)
+
+
+def nucleotide_attention(maps: dict[str, np.ndarray], bases: dict[str, str], path: Path) -> Path:
+    """One panel per ASV: the attention each base receives along the read (bases on the x axis when short)."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(maps), 1, figsize=(10, 2.2 * len(maps)), squeeze=False)
+    for ax, (fid, values) in zip(axes[:, 0], maps.items(), strict=True):
+        ax.bar(range(1, len(values) + 1), values, width=1.0)
+        if len(values) <= 160:
+            ax.set_xticks(range(1, len(values) + 1), list(bases[fid]), fontsize=4)
+        ax.set_ylabel("attention")
+        ax.set_title(fid if len(fid) <= 40 else fid[:37] + "...", fontsize=8)
+    axes[-1, 0].set_xlabel("position in the read")
+    return _save(fig, path)

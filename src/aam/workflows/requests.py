@@ -401,6 +401,25 @@ class PredictRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AttentionRequest:
+    source: SavedModelInput
+    output: str  # a folder
+    taxonomy: str | None = None
+    metadata_column: str | None = None  # groups the heatmap's samples
+    asvs: tuple[str, ...] = ()  # feature IDs (or sequences) whose nucleotide-level map is written
+    top: int = 30  # ASVs in the heatmap
+    run: InferenceOptions = field(default_factory=InferenceOptions)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> AttentionRequest:
+        if values["top"] < 1:
+            raise AAMError(f"--top must be >= 1, got {values['top']}")
+        return cls(source=_group(SavedModelInput, values), output=values["output"], taxonomy=values["taxonomy"],
+                   metadata_column=values["metadata_column"], asvs=tuple(values["asv"] or ()), top=values["top"],
+                   run=_group(InferenceOptions, values))
+
+
+@dataclass(frozen=True, kw_only=True)
 class EmbedRequest:
     source: SavedModelInput
     output: str

@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # Where no GPU exists, install the CPU build of torch first (a plain `torch` would pull a CUDA build).
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: quickstart test install venv dev lint bench clean
+.PHONY: quickstart test install venv dev lint docs bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks kernels
+
+# The documentation site (mkdocs.yml): README, guides and API pages from the docstrings; warnings are errors.
+docs: venv
+	$(PIP) install -q ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-json=benchmarks/results/cpu-latest.json -q

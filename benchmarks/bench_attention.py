@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from aam.errors import BackendUnavailable
-from aam.ops.attention import masked_attention, masked_attention_varlen
+from aam.ops.attention import masked_attention, masked_attention_varlen, masked_attention_varlen_qkv
 
 FULL = os.environ.get("AAM_BENCH_FULL") == "1"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,3 +173,35 @@ def test_quarter_half_padded_vs_sdpa(benchmark):
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     print(f"\nN {n} L {seq}, a quarter half padded: custom {best['custom'] * 1e3:.0f} ms, sdpa "
           f"{best['sdpa'] * 1e3:.0f} ms: {best['sdpa'] / best['custom']:.2f}x")
+
+
+def test_varlen_qkv_packed_vs_unbound(benchmark):
+    """The ASV encoder's attention at the roofline's shape (200 reads of 140-151 tokens, H 4, Dh 32) on the
+    custom kernel, fwd+bwd from one [T, 3, H, Dh] qkv tensor: read in place and one dqkv written
+    (masked_attention_varlen_qkv) vs unbound q, k, v whose gradients autograd stacks. Interleaved, best of 5;
+    extra_info["unbound_over_packed"]."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(140, 152, (200,), generator=g)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(DEVICE)
+    qkv = torch.randn(int(lengths.sum()), 3, HEADS, HEAD_DIM, generator=g).to(DEVICE, DTYPE).requires_grad_(True)
+    max_len = int(lengths.max())
+
+    def packed():
+        masked_attention_varlen_qkv(qkv, cu, max_len, backend="custom").sum().backward()
+
+    def unbound():
+        masked_attention_varlen(*qkv.unbind(1), cu, max_len, backend="custom").sum().backward()
+
+    best = {"packed": float("inf"), "unbound": float("inf")}
+    runs = {"packed": packed, "unbound": unbound}
+    for _ in range(5):
+        for name, fn in runs.items():
+            qkv.grad = None
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    benchmark.extra_info.update({"seconds": best, "unbound_over_packed": best["unbound"] / best["packed"],
+                                 "tokens": int(lengths.sum())})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\nvarlen T {int(lengths.sum())}: packed qkv {best['packed'] * 1e3:.1f} ms, unbound "
+          f"{best['unbound'] * 1e3:.1f} ms: {best['unbound'] / best['packed']:.2f}x")

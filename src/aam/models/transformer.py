@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from aam.ops.attention import masked_attention, masked_attention_varlen, packed_backend
+from aam.ops.attention import masked_attention, masked_attention_varlen_qkv, packed_backend
 from aam.ops.dropout import dropout
 
 
@@ -56,9 +56,9 @@ class SelfAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if packing is not None:  # x [T, D]
             tokens, dim = x.shape
-            q, k, v = self.qkv(x).view(tokens, 3, self.heads, dim // self.heads).unbind(1)
-            out = masked_attention_varlen(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p=p,
-                                          backend=packing.backend)
+            qkv = self.qkv(x).view(tokens, 3, self.heads, dim // self.heads)  # q, k, v read in place
+            out = masked_attention_varlen_qkv(qkv, packing.cu_seqlens, packing.max_seqlen, dropout_p=p,
+                                              backend=packing.backend)
             return self.proj(out.reshape(tokens, dim))
         n, length, dim = x.shape
         # unbind, not qkv[0..2]: the backward of each index would zero-fill a full-size gradient

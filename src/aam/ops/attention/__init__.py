@@ -25,6 +25,7 @@ from aam.ops.attention.dispatch import (
     OP_VARLEN,
     masked_attention,
     masked_attention_varlen,
+    masked_attention_varlen_qkv,
     packed_backend,
 )
 from aam.ops.attention.opdefs import GPU_HEAD_DIMS
@@ -33,6 +34,6 @@ from aam.ops.attention.selfcheck import self_check, self_check_masked_attention_
 
 __all__ = [
     "CPU_CUSTOM_MAX_DENSE_LEN", "GPU_HEAD_DIMS", "OP", "OP_VARLEN", "attention_math", "lengths_to_padding_mask",
-    "masked_attention", "masked_attention_varlen", "packed_backend", "self_check",
+    "masked_attention", "masked_attention_varlen", "masked_attention_varlen_qkv", "packed_backend", "self_check",
     "self_check_masked_attention_varlen",
 ]

@@ -194,14 +194,13 @@ def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
     return out.to(q.dtype), lse
 
 
-def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale):
+def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, grads=None):
+    """dq, dk, dv; `grads`, when given, are the three [T, H, Dh] (possibly strided) tensors to write them to."""
     mod = native.cpu_module()
     qc, kc, vc, oc, gc = (_cpu_ready(x) for x in (q, k, v, out, dout))
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
-    dq = _empty(qc.shape, qc.dtype)
-    dk = _empty(kc.shape, qc.dtype)
-    dv = _empty(vc.shape, qc.dtype)
+    dq, dk, dv = grads if grads is not None else (_empty(x.shape, qc.dtype) for x in (qc, kc, vc))
 
     def s(x):
         return [0, x.stride(1), x.stride(0)]
@@ -276,6 +275,57 @@ _varlen_fwd.register_autograd(make_varlen_backward(_varlen_bwd), setup_context=v
 
 def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale, dropout_p):
     return _varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale)[0]
+
+
+# ---- varlen, q/k/v packed in one [T, 3, H, Dh] tensor (CPU) ---------------------------------------
+# The kernel reads q, k and v as strided views of the qkv Linear's output and writes their gradients into one
+# [T, 3, H, Dh] buffer: the backward needs no concatenation (the `stack` that unbind's backward would run).
+
+
+@torch.library.custom_op(
+    "aam::attention_varlen_qkv_fwd", mutates_args=(), device_types="cpu",
+    schema="(Tensor qkv, Tensor cu_seqlens, int max_seqlen, float scale) -> (Tensor, Tensor)")
+def _varlen_qkv_fwd(qkv, cu_seqlens, max_seqlen, scale):
+    return _cpu_varlen_forward(*qkv.unbind(1), cu_seqlens, max_seqlen, scale)
+
+
+@torch.library.custom_op(
+    "aam::attention_varlen_qkv_bwd", mutates_args=(), device_types="cpu",
+    schema="(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor cu_seqlens, int max_seqlen, float scale)"
+           " -> Tensor")
+def _varlen_qkv_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen, scale):
+    dqkv = _empty(qkv.shape, torch.float32 if qkv.dtype in _HALF else qkv.dtype)
+    _cpu_varlen_backward(dout, *qkv.unbind(1), out, lse, cu_seqlens, max_seqlen, scale, grads=dqkv.unbind(1))
+    return dqkv.to(qkv.dtype)
+
+
+@_varlen_qkv_fwd.register_fake
+def _(qkv, cu_seqlens, max_seqlen, scale):
+    shape = (qkv.shape[0], qkv.shape[2], qkv.shape[3])
+    return qkv.new_empty(shape), qkv.new_empty(shape[:2], dtype=_lse_dtype(qkv.dtype))
+
+
+@_varlen_qkv_bwd.register_fake
+def _(dout, qkv, out, lse, cu_seqlens, max_seqlen, scale):
+    return qkv.new_empty(qkv.shape)
+
+
+def _varlen_qkv_setup(ctx, inputs, output):
+    qkv, cu_seqlens, max_seqlen, scale = inputs
+    ctx.save_for_backward(qkv, output[0], output[1], cu_seqlens)
+    ctx.max_seqlen, ctx.scale = max_seqlen, scale
+
+
+def _varlen_qkv_backward(ctx, dout, dlse):
+    qkv, out, lse, cu = ctx.saved_tensors
+    return _varlen_qkv_bwd(dout, qkv, out, lse, cu, ctx.max_seqlen, ctx.scale), None, None, None
+
+
+_varlen_qkv_fwd.register_autograd(_varlen_qkv_backward, setup_context=_varlen_qkv_setup)
+
+
+def attention_varlen_qkv(qkv, cu_seqlens, max_seqlen, scale):
+    return _varlen_qkv_fwd(qkv, cu_seqlens, max_seqlen, scale)[0]
 
 
 def check_varlen(req: KernelRequest) -> str | None:

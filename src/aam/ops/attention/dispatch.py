@@ -134,6 +134,29 @@ def masked_attention_varlen(
     return _IMPLS[(OP_VARLEN, name)](q, k, v, cu_seqlens, max_seqlen, scale, dropout_p)
 
 
+def masked_attention_varlen_qkv(
+    qkv: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """masked_attention_varlen of q, k, v packed in one [T, 3, H, Dh] tensor (one qkv Linear's output).
+
+    The custom CPU kernel reads the three from it in place and writes their gradients into one [T, 3, H, Dh]
+    buffer, so the backward concatenates nothing; every other backend runs on the unbound q, k, v.
+    """
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"masked_attention_varlen_qkv: qkv must be [T, 3, H, Dh], got {tuple(qkv.shape)}")
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    name = registry.select_name(OP_VARLEN, backend, _varlen_request(qkv.device, qkv.dtype, qkv.shape[-1],
+                                                                    dropout_p, max_seqlen))
+    if name == "custom" and qkv.device.type == "cpu":
+        return custom.attention_varlen_qkv(qkv, cu_seqlens, max_seqlen, scale)
+    return _IMPLS[(OP_VARLEN, name)](*qkv.unbind(1), cu_seqlens, max_seqlen, scale, dropout_p)
+
+
 def packed_backend(requested: str, device: torch.device, dtype: torch.dtype, head_dim: int, dropout_p: float,
                    max_seqlen: int) -> str | None:
     """The varlen backend a model should pack its tokens for, or None to keep the padded op.

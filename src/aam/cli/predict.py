@@ -22,6 +22,10 @@ D = group_defaults(PredictRequest)
             "per-class precision/recall and a calibration curve), as TSV and PNG.")
 @O.opt("Data", "--group-by", multiple=True, default=(), show_default="every categorical column",
        help="Metadata column(s) the report groups by (repeat the option for several).")
+@O.opt("Data", "--chunk-size", type=click.IntRange(min=1), default=None, show_default="the whole table",
+       help="Read an HDF5 BIOM table this many samples at a time (memory grows with the chunk, not the table). "
+            "Rarefaction then draws per chunk with the training seed, so rarefied counts differ from a "
+            "whole-table run; --no-rarefy (or a table already at the depth) predicts identically.")
 @O.apply(O.inference_options(D.run))
 @O.opt("Output", "--output", required=True, type=click.Path(dir_okay=False),
        help="Predictions TSV: sample_id, prediction (original units or class label)[, prob_<class>...]. "

@@ -98,6 +98,35 @@ def load_table(path: str | Path) -> biom.Table:
     return table
 
 
+def hdf5_sample_count(path: str | Path) -> int | None:
+    """Samples of an HDF5 BIOM table (read from its header, not its counts); None for other formats."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"table file {path} does not exist; check the --table path")
+    with open(path, "rb") as fh:
+        if fh.read(8) != HDF5_MAGIC:
+            return None
+    with h5py.File(path, "r") as f:
+        return int(f["sample/ids"].shape[0])
+
+
+def read_hdf5_samples(path: str | Path, lo: int, hi: int) -> biom.Table:
+    """Samples lo:hi (file order) of an HDF5 BIOM table, reading only their counts: the table's sample-major
+    CSR arrays are sliced on disk (one read each), so memory grows with the chunk, not with the table."""
+    with h5py.File(path, "r") as f:
+        indptr = f["sample/matrix/indptr"][lo:hi + 1].astype(np.int64)
+        start, end = int(indptr[0]), int(indptr[-1])
+        data = f["sample/matrix/data"][start:end]
+        indices = f["sample/matrix/indices"][start:end]
+        sample_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["sample/ids"][lo:hi]]
+        feature_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["observation/ids"][:]]
+    from scipy.sparse import csc_matrix
+
+    matrix = csc_matrix((data, indices, indptr - start), shape=(len(feature_ids), hi - lo))
+    table = biom.Table(matrix, feature_ids, sample_ids)
+    return table.filter(lambda v, _i, _m: bool(np.any(v)), axis="observation", inplace=False)
+
+
 def sample_totals(table: biom.Table) -> np.ndarray:
     """Reads per sample, in table order."""
     return np.asarray(table.sum(axis="sample"), dtype=np.float64)

@@ -106,13 +106,15 @@ def check_counts(table: biom.Table, table_path: str | Path, rarefied: bool) -> N
 
 
 def prepare_table(table_path: str | Path, sequences_path: str | Path | None, depth: int | None, seed: int,
-                  max_bp: int, sample_ids: list[str] | None = None, drop_unknown: bool = False) -> PreparedTable:
+                  max_bp: int, sample_ids: list[str] | None = None, drop_unknown: bool = False,
+                  table: biom.Table | None = None) -> PreparedTable:
     """Load, (optionally) restrict to `sample_ids`, rarefy (depth None = default, 0 = off), tokenize.
 
     drop_unknown (predict): features without a known sequence are ignored and samples left without reads or
-    under the rarefaction depth are reported in `dropped` instead of raising.
+    under the rarefaction depth are reported in `dropped` instead of raising. `table`: the counts already read
+    from `table_path` (a chunk of its samples), instead of loading the file.
     """
-    table = biom_io.load_table(table_path)
+    table = biom_io.load_table(table_path) if table is None else table
     if sample_ids is not None:
         table = table.filter(sample_ids, axis="sample", inplace=False)
     table, seqs, _ = _sequences_for(table, table_path, sequences_path, drop_unknown)

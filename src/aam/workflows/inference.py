@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aam.data import biom_io
 from aam.data import metadata as meta
 from aam.data import targets as tgt
 from aam.data.dataset import collate
@@ -55,13 +56,15 @@ def _member(mcfg: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Modul
     return model
 
 
-def prepare(source: SavedModelInput, mcfg: ModelConfig, pre: Preprocessing) -> PreparedTable:
+def prepare(source: SavedModelInput, mcfg: ModelConfig, pre: Preprocessing,
+            table: Any = None) -> PreparedTable:
     """--table preprocessed as in training (rarefied to the training depth unless --no-rarefy)."""
     depth = pre.rarefy_depth if source.rarefy else 0
     if not source.rarefy and pre.rarefy_depth and mcfg.count_embedding != "none":
         log.warning("--no-rarefy with a model that embeds read counts: it was trained on counts rarefied to %d",
                     pre.rarefy_depth)
-    return prepare_table(source.table, source.sequences, depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True)
+    return prepare_table(source.table, source.sequences, depth, pre.rarefy_seed, pre.max_bp, drop_unknown=True,
+                         table=table)
 
 
 def _batches(run: InferenceOptions, prepared: PreparedTable, pre: Preprocessing, ids: list[str],
@@ -147,44 +150,77 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
     protect_inputs(req.source, derived_outputs(Path(req.output), "--output", ".png", ".metrics.json",
                                                ".skipped.tsv"))
     _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
-    prepared = prepare(req.source, mcfg, pre)
-    ids = [str(s) for s in prepared.table.ids(axis="sample")]
-    if not ids:
-        raise _nothing_left(prepared, req.source.table, "predict")
-    md, cat = categorical_codes(req.source, pre, ids)
     output = Path(req.output)
     rows: list[list[str]] = []
-    header = ["sample_id", "prediction"]
-    labels = None
-    if ids:
-        preds, out_ids = [], []
-        with torch.no_grad():
-            cache = asv_embeddings(model, prepared, device)
-            for batch in _batches(req.run, prepared, pre, ids, cat, "predict"):
-                preds.append(model(**model_inputs(batch, device, cache))["target"].float().cpu())
-                out_ids.extend(batch["sample_ids"])
-        pred = torch.cat(preds)
-        if mcfg.is_classifier:
-            labels = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
-            probs = torch.softmax(pred, dim=1).numpy()
-            header += [f"prob_{lab}" for lab in labels]
-            for sid, p in zip(out_ids, probs, strict=True):
-                rows.append([sid, labels[int(p.argmax())], *[f"{x:.6g}" for x in p]])
-        else:
-            transform = tgt.transform_from_dict(pre.target_transform)
-            values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
-            if isinstance(transform, tgt.ColumnTransforms):  # multi-output: prediction_<column> per target
-                header = ["sample_id", *[f"prediction_{c}" for c in transform.columns]]
-                rows = [[sid, *[f"{x:.6g}" for x in v]] for sid, v in zip(out_ids, values, strict=True)]
-            else:
-                rows = [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
+    skipped: dict[str, str] = {}
+    stats: dict[str, tuple[int, int]] = {}  # sample -> (ASVs, reads), for --report
+    prepared = None
+    for table in _chunks(req):
+        prepared = prepare(req.source, mcfg, pre, table)
+        skipped.update(prepared.dropped)
+        if req.report:
+            counts = prepared.table.matrix_data
+            stats.update(zip(map(str, prepared.table.ids(axis="sample")),
+                             zip(np.asarray((counts > 0).sum(axis=0)).ravel().tolist(),
+                                 np.asarray(counts.sum(axis=0)).ravel().tolist(), strict=True), strict=True))
+        ids = [str(s) for s in prepared.table.ids(axis="sample")]
+        if not ids and table is None:
+            raise _nothing_left(prepared, req.source.table, "predict")
+        if ids:
+            _, cat = categorical_codes(req.source, pre, ids)
+            header, labels, chunk_rows = _predict_rows(model, prepared, pre, mcfg, ids, cat, req.run, device)
+            rows.extend(chunk_rows)
+    if not rows:
+        raise _nothing_left(prepared, req.source.table, "predict")
     write_tsv(output, header, rows)
+    prepared = dataclasses.replace(prepared, dropped=skipped)
     report_skipped(prepared, output, "predicted")
     log.info("wrote %d predictions to %s", len(rows), output)
-    result = {"n_predicted": len(rows), "skipped": dict(prepared.dropped), "output": str(output)}
+    result = {"n_predicted": len(rows), "skipped": skipped, "output": str(output)}
     if req.metadata_column and rows:
-        result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header, prepared)
+        md = meta.load_metadata(req.source.metadata)
+        result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header, stats)
     return result
+
+
+def _chunks(req: PredictRequest) -> Iterator[Any]:
+    """The table to predict: None (read whole by `prepare`), or with --chunk-size its samples in chunks read
+    from the HDF5 file one at a time."""
+    if req.chunk_size is None:
+        yield None
+        return
+    n = biom_io.hdf5_sample_count(req.source.table)
+    if n is None:
+        raise InputError(f"--chunk-size reads an HDF5 BIOM table in chunks; {req.source.table} is not one "
+                         "(convert it with `biom convert --to-hdf5`, or drop --chunk-size)")
+    for lo in range(0, n, req.chunk_size):
+        log.info("samples %d-%d of %d", lo + 1, min(lo + req.chunk_size, n), n)
+        yield biom_io.read_hdf5_samples(req.source.table, lo, min(lo + req.chunk_size, n))
+
+
+def _predict_rows(model: torch.nn.Module, prepared: PreparedTable, pre: Preprocessing, mcfg: ModelConfig,
+                  ids: list[str], cat: np.ndarray | None, run: InferenceOptions, device: torch.device
+                  ) -> tuple[list[str], list[str] | None, list[list[str]]]:
+    """(TSV header, class labels or None, one row per sample of `ids`) of the model's predictions."""
+    preds, out_ids = [], []
+    with torch.no_grad():
+        cache = asv_embeddings(model, prepared, device)
+        for batch in _batches(run, prepared, pre, ids, cat, "predict"):
+            preds.append(model(**model_inputs(batch, device, cache))["target"].float().cpu())
+            out_ids.extend(batch["sample_ids"])
+    pred = torch.cat(preds)
+    if mcfg.is_classifier:
+        labels = tgt.LabelEncoder.from_dict(pre.label_encoder).classes
+        probs = torch.softmax(pred, dim=1).numpy()
+        rows = [[sid, labels[int(p.argmax())], *[f"{x:.6g}" for x in p]] for sid, p in zip(out_ids, probs,
+                                                                                          strict=True)]
+        return ["sample_id", "prediction", *[f"prob_{lab}" for lab in labels]], labels, rows
+    transform = tgt.transform_from_dict(pre.target_transform)
+    values = transform.inverse_transform(point_prediction(pred, mcfg.quantiles).double().numpy())
+    if isinstance(transform, tgt.ColumnTransforms):  # multi-output: prediction_<column> per target
+        return (["sample_id", *[f"prediction_{c}" for c in transform.columns]], None,
+                [[sid, *[f"{x:.6g}" for x in v]] for sid, v in zip(out_ids, values, strict=True)])
+    return ["sample_id", "prediction"], None, [[sid, f"{v:.6g}"] for sid, v in zip(out_ids, values, strict=True)]
 
 
 def _require_some(mask: np.ndarray, column: str, path: str) -> None:
@@ -194,7 +230,7 @@ def _require_some(mask: np.ndarray, column: str, path: str) -> None:
 
 
 def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], labels: list[str] | None,
-                          output: Path, header: list[str], prepared: PreparedTable) -> dict[str, Any]:
+                          output: Path, header: list[str], stats: dict[str, tuple[int, int]]) -> dict[str, Any]:
     """Compare predictions with --metadata-column: metrics JSON and a plot beside the predictions TSV.
 
     Samples without a value in the column are left out (and counted); for a classifier, so are samples
@@ -240,7 +276,7 @@ def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], l
                   "metrics": metrics, "plot": str(plot)}
     if req.report:
         evaluation["report"] = _error_report(req, md, [i for i, m in zip(ids, mask, strict=True) if m], scored,
-                                             labels, prepared, output)
+                                             labels, stats, output)
     write_json(output.with_name(output.stem + ".metrics.json"), evaluation)
     log.info("%s on %d samples: %s (plot %s)", col, evaluation["n_evaluated"],
              ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), plot)
@@ -249,15 +285,14 @@ def _evaluate_predictions(req: PredictRequest, md: Any, rows: list[list[str]], l
 
 # ---------------------------------------------------------------------------------------------- embed
 def _error_report(req: PredictRequest, md: Any, ids: list[str], scored: tuple, labels: list[str] | None,
-                  prepared: PreparedTable, output: Path) -> dict[str, Any]:
-    """The error report of the scored samples (aam.workflows.error_report), with each one's ASVs and depth."""
+                  stats: dict[str, tuple[int, int]], output: Path) -> dict[str, Any]:
+    """The error report of the scored samples (aam.workflows.error_report), with each one's ASVs and reads
+    (`stats`, as predicted: after rarefaction)."""
     from aam.workflows.error_report import Scored, write_report
 
-    table = prepared.table.filter(ids, axis="sample", inplace=False).sort_order(ids, axis="sample")
-    counts = table.matrix_data
     truth, prediction, probs = scored
-    data = Scored(ids, truth, prediction, np.asarray((counts > 0).sum(axis=0)).ravel(),
-                  np.asarray(counts.sum(axis=0)).ravel(), probs, labels)
+    data = Scored(ids, truth, prediction, np.array([stats[s][0] for s in ids]), np.array([stats[s][1] for s in ids]),
+                  probs, labels)
     return write_report(data, md, req.metadata_column.strip(), req.group_by,
                         output.with_name(output.stem + ".report"))
 

@@ -391,13 +391,15 @@ class PredictRequest:
     metadata_column: str | None = None  # score the predictions against this column of --metadata
     report: bool = False  # and write the error report (aam.workflows.error_report)
     group_by: tuple[str, ...] = ()  # the report's grouping columns; () = every categorical column
+    chunk_size: int | None = None  # read an HDF5 table this many samples at a time
     run: InferenceOptions = field(default_factory=InferenceOptions)
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> PredictRequest:
         return cls(source=_group(SavedModelInput, values), output=values["output"],
                    metadata_column=values["metadata_column"], report=bool(values.get("report")),
-                   group_by=tuple(values.get("group_by") or ()), run=_group(InferenceOptions, values))
+                   group_by=tuple(values.get("group_by") or ()), chunk_size=values.get("chunk_size"),
+                   run=_group(InferenceOptions, values))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": ("aam.cli.predict", "predict", "Predict a new table with a trained checkpoint."),
     "embed": ("aam.cli.embed", "embed", "Sample embeddings (and predicted UniFrac distances) of a table."),
     "explain": ("aam.cli.explain", "explain", "Which ASVs drive a fine-tuned model's predictions (occlusion)."),
+    "export": ("aam.cli.export", "export", "Export a fine-tuned model to ONNX (onnxruntime parity-checked)."),
     "attention": ("aam.cli.attention", "attention", "Attention maps: where a model's attention goes, per sample and ASV."),
     "rf-baseline": ("aam.cli.rf_baseline", "rf_baseline", "Forest, boosted trees and ridge on the split of an aam run."),
     "kernels": ("aam.cli.kernels", "kernels", "Show kernel backends on this machine and self-check them."),

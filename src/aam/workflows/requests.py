@@ -403,6 +403,18 @@ class PredictRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExportRequest:
+    model: str
+    output: str
+    format: str = "onnx"
+    opset: int = 18
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> ExportRequest:
+        return cls(model=values["model"], output=values["output"], format=values["format"], opset=values["opset"])
+
+
+@dataclass(frozen=True, kw_only=True)
 class AttentionRequest:
     source: SavedModelInput
     output: str  # a folder

@@ -75,6 +75,15 @@ def test_shared_nucleotide_pass_runs_the_asv_encoder_once(kind):
     assert plain["nuc_logits"] is None
 
 
+def test_abundance_rank_while_exporting_equals_the_stable_sort(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    counts = torch.randint(0, 4, (6, 9), generator=g).float()  # many ties
+    valid = torch.rand(6, 9, generator=g) > 0.3
+    expected = abundance_rank(counts, valid)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert torch.equal(abundance_rank(counts, valid), expected)
+
+
 def test_padding_does_not_change_results():
     """A sample's embedding does not depend on the other samples of the batch (key padding works)."""
     model = SequenceEncoder(tiny()).eval()

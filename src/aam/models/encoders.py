@@ -98,9 +98,10 @@ def abundance_rank(counts: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Rank of each slot by count within its sample (0 = most abundant; ties keep slot order)."""
     key = counts.masked_fill(~valid, -1.0)
     if torch.compiler.is_exporting():  # ONNX has no stable sort: count the slots ranked ahead ([B, S, S])
-        ahead = (key[:, None, :] > key[:, :, None]) | ((key[:, None, :] == key[:, :, None]) & torch.ones(
-            key.shape[1], key.shape[1], dtype=torch.bool, device=key.device).tril(-1))
-        return ahead.sum(-1)
+        n = key.shape[1]
+        earlier = torch.ones(n, n, dtype=torch.bool, device=key.device).tril(-1)  # [i, j]: slot j before slot i
+        larger, equal = key[:, None, :] > key[:, :, None], key[:, None, :] == key[:, :, None]
+        return (larger | (equal & earlier)).sum(-1)
     order = torch.argsort(key, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))

@@ -4,6 +4,7 @@ heatmap, taxonomy and nucleotide-level map are written."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +75,7 @@ def test_attention_command(trained, tmp_path):
                  "--device", "cpu", "--batch-size", "4"]) == 0
     rows = read_tsv(out / "attention.tsv")
     layers = [c for c in rows[0] if c.startswith("attention_")]
+    assert list(rows[0])[:6] == ["sample_id", "feature_id", "taxon", "count", "attention", "relative"]
     assert layers == ["attention_sample_encoder.0", "attention_encoder.0", "attention_target_encoder.0"]
     by_sample: dict[str, list[dict[str, str]]] = {}
     for r in rows:
@@ -85,6 +87,7 @@ def test_attention_command(trained, tmp_path):
         assert len({r["feature_id"] for r in rs}) == len(rs) and all(float(r["count"]) > 0 for r in rs)
         for col in ["attention", *layers]:
             assert sum(float(r[col]) for r in rs) == pytest.approx(1.0, abs=1e-5)
+        assert np.mean([float(r["relative"]) for r in rs]) == pytest.approx(1.0, abs=1e-4)
         assert all(r["taxon"].startswith("k__Bacteria; g__G") for r in rs)
     assert (out / "top_asvs.png").stat().st_size > 0
     nuc = read_tsv(out / "nucleotides.tsv")

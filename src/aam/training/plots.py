@@ -256,7 +256,7 @@ def attention_heatmap(grid: np.ndarray, labels: list[str], samples: list[str], g
         top = ax.secondary_xaxis("top")
         top.set_xticks([(lo + hi - 1) / 2 for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
                        [groups[lo] for lo in edges[:-1]], fontsize=7)
-    fig.colorbar(image, ax=ax, label="attention received")
+    fig.colorbar(image, ax=ax, label="relative attention")
     ax.set_title(title, pad=18 if groups is not None else 6)
     return _save(fig, path)
 

@@ -7,9 +7,12 @@ queries) of their weight on it, so over a sample's ASVs it sums to 1 in every la
 over layers (and over the members of an ensemble). Padded slots are never written. `--asv` adds the
 nucleotide-level map of chosen ASVs from the ASV encoder's layers, in the same way.
 
-Writes into --output (a folder): attention.tsv (sample_id, feature_id, taxon, count, attention,
-attention_<layer>...), top_asvs.png (the most attended ASVs x samples, grouped by --metadata-column), and with
---asv nucleotides.tsv / nucleotides.png.
+Because a sample's attention sums to 1, an ASV of a sample with few ASVs gets more of it; `relative` = attention
+x the sample's number of ASVs (1 = an even share) compares across samples, and the heatmap shows it.
+
+Writes into --output (a folder): attention.tsv (sample_id, feature_id, taxon, count, attention, relative,
+attention_<layer>...), top_asvs.png (the ASVs with the highest mean relative attention x samples, grouped by
+--metadata-column), and with --asv nucleotides.tsv / nucleotides.png.
 """
 
 from __future__ import annotations
@@ -142,12 +145,13 @@ def run_attention(req: AttentionRequest) -> dict[str, Any]:
             fids = [dataset.feature_ids[int(f)] for f in item["features"]]
             per_sample[item["sample_id"]] = {}
             for s, fid in enumerate(fids):  # the sample's valid slots only, in slot order
-                per_sample[item["sample_id"]][fid] = float(mean[b, s])
+                relative = float(mean[b, s]) * len(fids)
+                per_sample[item["sample_id"]][fid] = relative
                 rows.append([item["sample_id"], fid, taxonomy.get(fid, ""), f"{item['counts'][s]:.6g}",
-                             f"{mean[b, s]:.6g}", *[f"{per_layer[n][b, s]:.6g}" for n in names]])
+                             f"{mean[b, s]:.6g}", f"{relative:.6g}", *[f"{per_layer[n][b, s]:.6g}" for n in names]])
     out_dir.mkdir(parents=True, exist_ok=True)
     table_path = out_dir / "attention.tsv"
-    write_tsv(table_path, ["sample_id", "feature_id", "taxon", "count", "attention",
+    write_tsv(table_path, ["sample_id", "feature_id", "taxon", "count", "attention", "relative",
                            *[f"attention_{n}" for n in names]], rows)
     report_skipped(prepared, table_path, "attended")
     heatmap = _heatmap(per_sample, md, req, taxonomy, out_dir / "top_asvs.png")
@@ -164,7 +168,8 @@ def run_attention(req: AttentionRequest) -> dict[str, Any]:
 
 def _heatmap(per_sample: dict[str, dict[str, float]], md: Any, req: AttentionRequest, taxonomy: dict[str, str],
              path: Path) -> Path:
-    """The --top most attended ASVs (mean over samples, absent = 0) x samples, grouped by --metadata-column."""
+    """Relative attention of the --top ASVs with the highest mean (over samples, absent = 0) x samples, grouped
+    by --metadata-column."""
     samples = list(per_sample)
     groups = None
     if req.metadata_column:
@@ -178,4 +183,4 @@ def _heatmap(per_sample: dict[str, dict[str, float]], md: Any, req: AttentionReq
     grid = np.array([[per_sample[s].get(f, np.nan) for s in samples] for f in top])
     labels = [short_label(f, taxonomy.get(f)) for f in top]
     return plots.attention_heatmap(grid, labels, samples, groups, path,
-                                   f"attention received (mean over layers), top {len(top)} ASVs")
+                                   f"relative attention (1 = an even share; mean over layers), top {len(top)} ASVs")

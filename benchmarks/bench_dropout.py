@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aam.ops import dropout, registry
+from aam.ops import registry
+from aam.ops.dropout import dropout
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 N, P = 1 << 24, 0.1

@@ -3,7 +3,7 @@ fine-tuning with a frozen encoder, cached ASV embeddings against encoding every 
 
 Data shaped like real amplicon tables: ASVs per sample log-normal (median ~50, capped at 400), 100-150 nt,
 skewed abundances (the generator's). Model: D=128, 4 heads, 4 layers per stack. Each configuration runs in a
-fresh process (its peak resident set is the process's, `ru_maxrss`) and trains one epoch over the same samples.
+fresh process (its peak resident set is the process's, VmHWM) and trains one epoch over the same samples.
 
     PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_memory.py --benchmark-enable -q -s \
         --benchmark-json=benchmarks/results/<dir>/memory.json
@@ -30,7 +30,7 @@ FIXED = [int(x) for x in os.environ.get("AAM_BENCH_FIXED", "4,8,16,32").split(",
 DEVICE = os.environ.get("AAM_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 
 RUN = textwrap.dedent("""
-    import functools, json, resource, sys, tempfile
+    import functools, json, sys, tempfile
     import biom, numpy as np, scipy.sparse as sp, torch
     from aam.data.dataset import SampleDataset, collate
     from aam.data.synthetic import make_dataset
@@ -82,7 +82,7 @@ RUN = textwrap.dedent("""
     row = trainer.fit()[0]
     n_asvs = np.diff(sp.csc_matrix(table.matrix_data).indptr)
     out = {"samples_per_s": row["train_samples_per_s"], "batch": trainer.plan.batch_size or len(data) / trainer.batches_per_epoch,
-           "batches": trainer.batches_per_epoch, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "batches": trainer.batches_per_epoch, "peak_rss_mb": next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")) / 1024,
            "asvs_per_sample": {"median": float(np.median(n_asvs)), "max": int(n_asvs.max())}}
     if args["device"] == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

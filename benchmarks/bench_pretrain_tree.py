@@ -73,7 +73,7 @@ exec(GENERATOR, _NS)  # noqa: S102 - the same generator the subprocess runs
 generated = _NS["generated"]
 
 RSS_SCRIPT = GENERATOR + textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     import torch
     from aam.data.dataset import SampleDataset, collate
     from aam.data.tokenizer import tokenize
@@ -86,8 +86,9 @@ RSS_SCRIPT = GENERATOR + textwrap.dedent("""
         with open("/proc/self/status") as fh:
             return next(int(x.split()[1]) for x in fh if x.startswith("VmRSS:")) / 1024
 
-    def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def peak_mb():  # VmHWM: ru_maxrss would carry the forking parent's resident set over through exec
+        with open("/proc/self/status") as fh:
+            return next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
 
     n, metric, steps, batch = int(sys.argv[1]), sys.argv[2], 5, 16
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ Each package runs its own defaults otherwise:
 
 Each side runs in its own fresh subprocess (the two packages are both named `aam`), AAM_BENCH_ROUNDS times,
 alternating reference / aam so both see the same machine load. Per step (forward + backward + optimizer):
-median wall time and samples/s over all timed steps of all rounds; peak memory = ru_maxrss at the end of
+median wall time and samples/s over all timed steps of all rounds; peak memory = VmHWM at the end of
 the first round's subprocess minus the RSS right after imports (also reported: minus the RSS after the model,
 optimizer and batches were built). A JSON with both sides and the ratios goes to AAM_BENCH_JSON if set.
 
@@ -295,7 +295,6 @@ def _aam_setup(data: dict):
 
 def worker(side: str, data_path: str) -> None:
     """Run in a fresh process: set up one side, one warm-up step, STEPS timed steps; print one RESULT line."""
-    import resource
 
     import torch
 
@@ -310,7 +309,9 @@ def worker(side: str, data_path: str) -> None:
         t0 = time.perf_counter()
         step(batches[(i + 1) % len(batches)])
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: ru_maxrss carries the forking parent's resident set over through exec
+    with open("/proc/self/status") as fh:
+        peak = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:")) / 1024
     print("RESULT " + json.dumps({"side": side, "times_s": times, "peak_rss_mb": peak, "import_rss_mb": import_rss,
                                   "setup_rss_mb": setup_rss, "first_loss": loss0, "threads": torch.get_num_threads(),
                                   **info}), flush=True)

@@ -36,9 +36,11 @@ def _big_table(path: Path, features: list[str], n: int) -> None:
 
 
 def _chunked_predict_rss(model: Path, table: Path, out: Path) -> float:
-    """Peak RSS (MB) of `aam predict --chunk-size 25000` in a fresh process."""
-    code = ("import resource, sys; from aam.cli.main import main; rc = main(sys.argv[1:]); "
-            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    """Peak RSS (MB) of `aam predict --chunk-size 25000` in a fresh process: VmHWM of its own address space
+    (ru_maxrss would carry over the forking pytest process's resident set through exec)."""
+    code = ("import re, sys; from aam.cli.main import main; rc = main(sys.argv[1:]); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print('maxrss_kb', hwm); sys.exit(rc)")
     res = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(model), "--table", str(table),
                           "--output", str(out), "--chunk-size", "25000", "--batch-size", "512", "--device", "cpu"],
                          capture_output=True, text=True, env=dict(os.environ, AAM_NO_PROGRESS="1"))

@@ -55,6 +55,19 @@ def test_tensorboard_tracker_gets_metrics_and_plots(tmp_path):
     assert "plots/training_curves" in events.Tags()["images"]
 
 
+def test_wandb_offline_run_gets_plots_and_best_checkpoint(tmp_path, monkeypatch):
+    """Runs where the wandb extra is installed (CI installs only mlflow's): an offline run in the run folder
+    with the plots as images and best.pt saved; epoch metrics on their own `epoch` axis (W&B drops a step lower
+    than the last, and per-step metrics run ahead of the epoch count)."""
+    pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'aam[wandb]')")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert _pretrain(tmp_path, "--tracker", "wandb", "--experiment-name", "aam-test") == 0
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert (run / "files" / "checkpoints" / "best.pt").is_file()
+    assert {p.name.split("_")[0] for p in (run / "files" / "media" / "images" / "plots").iterdir()} >= {
+        "training", "unifrac"}
+
+
 def test_missing_extra_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     real_import = builtins.__import__
 

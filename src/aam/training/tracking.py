@@ -118,12 +118,18 @@ class WandbTracker(Tracker):
         self.wandb = _require("wandb", "wandb", "wandb")
         self.run = self.wandb.init(project=experiment, name=output_dir.resolve().name, dir=str(output_dir),
                                    mode=os.environ.get("WANDB_MODE", "offline"))
+        # W&B drops a step lower than the last one: per-epoch metrics go on their own axis, `epoch`
+        self.run.define_metric("epoch")
+        self.run.define_metric("epoch_*", step_metric="epoch")
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.run.config.update(_flat(params), allow_val_change=True)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.run.log({tag: value}, step=step)
+        if tag.startswith("epoch_"):
+            self.run.log({tag: value, "epoch": step})
+        else:
+            self.run.log({tag: value}, step=step)
 
     def log_files(self, plots: list[Path], checkpoint: Path | None) -> None:
         self.run.log({f"plots/{p.stem}": self.wandb.Image(str(p)) for p in plots})

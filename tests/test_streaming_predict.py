@@ -1,7 +1,6 @@
 """`aam predict --chunk-size`: a 200,000-sample HDF5 table is predicted in chunks under a memory budget, its
-peak memory barely grows with the table (VmHWM here: 507 MB at 20k samples, 573 MB at 200k, the growth being
-the 200k output rows; the whole-table path: 511 and 1,081 MB), and the predictions equal the whole-table
-path's."""
+peak memory barely grows with the table (VmHWM here: 507 MB at 20k samples, 542 MB at 200k; the whole-table
+path: 510 and 1,091 MB), and the predictions equal the whole-table path's."""
 
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ from aam.cli.main import main
 from test_e2e_cli import MODEL, write_tiny
 
 N_SAMPLES = 200_000
-RSS_BUDGET_MB = 900  # chunked: 573 MB here (torch and the model ~500); the whole-table path took 1,081 MB
-GROWTH_MB = 200  # allowed peak-RSS growth from 20k to 200k samples (chunked 66 MB, whole table 570 MB here)
+RSS_BUDGET_MB = 900  # chunked: 542 MB here (torch and the model ~500); the whole-table path took 1,091 MB
+GROWTH_MB = 200  # allowed peak-RSS growth from 20k to 200k samples (chunked 35 MB, whole table 581 MB here)
 
 
 def _big_table(path: Path, features: list[str], n: int) -> None:

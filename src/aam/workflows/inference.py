@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ from aam.training import checkpoint as ckpt
 from aam.training import plots
 from aam.training.losses import embedding_distances, point_prediction
 from aam.training.metrics import classification_metrics, confusion_matrix, regression_metrics
-from aam.utils.io import write_json, write_tsv
+from aam.utils.io import atomic_path, write_json, write_tsv
 from aam.utils.runtime import resolve_device, setup_logging
 from aam.workflows.requests import EmbedRequest, InferenceOptions, PredictRequest, SavedModelInput
 
@@ -151,36 +152,48 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
                                                ".skipped.tsv"))
     _, mcfg, pre, model, device = load_model(req.source, req.run, "train")
     output = Path(req.output)
-    rows: list[list[str]] = []
+    rows: list[list[str]] = []  # kept only to score them (--metadata-column); chunks stream to the file
+    n_written = 0
     skipped: dict[str, str] = {}
     stats: dict[str, tuple[int, int]] = {}  # sample -> (ASVs, reads), for --report
     prepared = None
-    for table in _chunks(req):
-        prepared = prepare(req.source, mcfg, pre, table)
-        skipped.update(prepared.dropped)
-        if req.report:
-            counts = prepared.table.matrix_data
-            stats.update(zip(map(str, prepared.table.ids(axis="sample")),
-                             zip(np.asarray((counts > 0).sum(axis=0)).ravel().tolist(),
-                                 np.asarray(counts.sum(axis=0)).ravel().tolist(), strict=True), strict=True))
-        ids = [str(s) for s in prepared.table.ids(axis="sample")]
-        if not ids and table is None:
+    with atomic_path(output) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        for table in _chunks(req):
+            prepared = prepare(req.source, mcfg, pre, table)
+            skipped.update(prepared.dropped)
+            if req.report:
+                stats.update(_sample_stats(prepared))
+            ids = [str(s) for s in prepared.table.ids(axis="sample")]
+            if not ids and table is None:
+                raise _nothing_left(prepared, req.source.table, "predict")
+            if ids:
+                _, cat = categorical_codes(req.source, pre, ids)
+                header, labels, chunk_rows = _predict_rows(model, prepared, pre, mcfg, ids, cat, req.run, device)
+                if not n_written:
+                    writer.writerow(header)
+                writer.writerows(chunk_rows)
+                n_written += len(chunk_rows)
+                if req.metadata_column:
+                    rows.extend(chunk_rows)
+        if not n_written:
             raise _nothing_left(prepared, req.source.table, "predict")
-        if ids:
-            _, cat = categorical_codes(req.source, pre, ids)
-            header, labels, chunk_rows = _predict_rows(model, prepared, pre, mcfg, ids, cat, req.run, device)
-            rows.extend(chunk_rows)
-    if not rows:
-        raise _nothing_left(prepared, req.source.table, "predict")
-    write_tsv(output, header, rows)
     prepared = dataclasses.replace(prepared, dropped=skipped)
     report_skipped(prepared, output, "predicted")
-    log.info("wrote %d predictions to %s", len(rows), output)
-    result = {"n_predicted": len(rows), "skipped": skipped, "output": str(output)}
+    log.info("wrote %d predictions to %s", n_written, output)
+    result = {"n_predicted": n_written, "skipped": skipped, "output": str(output)}
     if req.metadata_column and rows:
         md = meta.load_metadata(req.source.metadata)
         result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header, stats)
     return result
+
+
+def _sample_stats(prepared: PreparedTable) -> dict[str, tuple[int, int]]:
+    """Each sample's number of ASVs and reads, as predicted (after rarefaction)."""
+    counts = prepared.table.matrix_data
+    return dict(zip(map(str, prepared.table.ids(axis="sample")),
+                    zip(np.asarray((counts > 0).sum(axis=0)).ravel().tolist(),
+                        np.asarray(counts.sum(axis=0)).ravel().tolist(), strict=True), strict=True))
 
 
 def _chunks(req: PredictRequest) -> Iterator[Any]:

@@ -28,11 +28,11 @@ PRETRAIN = ["--epochs", "10", "--batch-size", "16", "--token-limit", "128", "--e
 MODES = ("separate", "shared")
 
 
-def pretrain(mode: str, args: argparse.Namespace) -> dict:
-    out = args.work / f"pre-{mode}"
-    data = args.data
+def pretrain(out: Path, flags: list[str], data: Path) -> dict:
+    """The evaluation command's `aam pretrain` into `out` with extra `flags` (skipped when `out` already holds
+    best.pt): its command, wall time, samples/s per epoch and best validation metrics (from training.log)."""
     cmd = [sys.executable, "-m", "aam.cli.main", "pretrain", "--table", str(data / "table.biom"), "--tree",
-           str(data / "tree.nwk"), "--output-dir", str(out), *PRETRAIN, "--nuc-pass", mode]
+           str(data / "tree.nwk"), "--output-dir", str(out), *PRETRAIN, *flags]
     env = dict(os.environ, AAM_NO_PROGRESS="1", PYTHONPATH=str(REPO / "src"))
     start = time.perf_counter()
     if not (out / "checkpoints" / "best.pt").exists():
@@ -46,14 +46,13 @@ def pretrain(mode: str, args: argparse.Namespace) -> dict:
             "best_epoch": int(best[0]), "best": metrics}
 
 
-def finetune(mode: str, args: argparse.Namespace) -> dict:
-    name = f"nuc_{mode}"
-    result = args.work / "explore" / f"{name}.json"
+def finetune(name: str, encoder: Path, work: Path, data: Path, flags: list[str]) -> dict:
+    """explore.py's 5-fold fine-tuning of `encoder` with `flags` (skipped when its result exists): its JSON."""
+    result = work / "explore" / f"{name}.json"
     if not result.exists():
         subprocess.run([sys.executable, str(REPO / "benchmarks/science/explore.py"), "--name", name, "--encoder",
-                        str(args.work / f"pre-{mode}" / "checkpoints" / "best.pt"), "--work", str(args.work / "ft"),
-                        "--out", str(args.work / "explore"), "--data", str(args.data), "--", *args.flags],
-                       check=True)
+                        str(encoder), "--work", str(work / "ft"), "--out", str(work / "explore"), "--data",
+                        str(data), "--", *flags], check=True)
     return json.loads(result.read_text())
 
 
@@ -67,9 +66,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     report = {"pretrain_options": PRETRAIN, "finetune_flags": args.flags, "modes": {}}
     for mode in MODES:
-        report["modes"][mode] = {"pretrain": pretrain(mode, args)}
+        report["modes"][mode] = {"pretrain": pretrain(args.work / f"pre-{mode}", ["--nuc-pass", mode], args.data)}
     for mode in MODES:
-        report["modes"][mode]["finetune"] = finetune(mode, args)
+        report["modes"][mode]["finetune"] = finetune(f"nuc_{mode}", args.work / f"pre-{mode}" / "checkpoints" /
+                                                     "best.pt", args.work, args.data, args.flags)
     maes = {m: [f["mae"] for f in report["modes"][m]["finetune"]["folds"].values()] for m in MODES}
     report["shared_minus_separate_mae_per_fold"] = [s - p for s, p in zip(maes["shared"], maes["separate"], strict=True)]
     args.out.parent.mkdir(parents=True, exist_ok=True)

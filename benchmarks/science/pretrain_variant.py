@@ -17,15 +17,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nuc_pass import PRETRAIN, REPO  # noqa: E402  (the evaluation command's pretraining options)
+from nuc_pass import PRETRAIN, REPO, finetune, pretrain  # noqa: E402  (the evaluation command's pretraining)
 
 
 def main() -> None:
-    import os
-    import re
-    import subprocess
-    import time
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "oral-age-dev")
@@ -34,25 +29,12 @@ def main() -> None:
     ap.add_argument("flags", nargs="*", help="the variant's extra `aam pretrain` flags (after --)")
     args = ap.parse_args()
     pre = args.work / f"pre-{args.name}"
-    cmd = [sys.executable, "-m", "aam.cli.main", "pretrain", "--table", str(args.data / "table.biom"), "--tree",
-           str(args.data / "tree.nwk"), "--output-dir", str(pre), *PRETRAIN, *args.flags]
-    env = dict(os.environ, AAM_NO_PROGRESS="1", PYTHONPATH=str(REPO / "src"))
-    start = time.perf_counter()
-    if not (pre / "checkpoints" / "best.pt").exists():
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    log = (pre / "training.log").read_text()
-    best = re.findall(r"done: best epoch (\d+): (.*?); checkpoints", log)[-1]
-    result = {"name": args.name, "pretrain_flags": [*PRETRAIN, *args.flags], "pretrain_wall_s": wall,
-              "train_samples_per_s": [float(v) for v in re.findall(r"train_samples_per_s=([0-9.]+)", log)],
-              "best_epoch": int(best[0]),
-              "best": {k: float(v) for k, v in (kv.split("=") for kv in best[1].split(", "))}}
-    name = f"pv_{args.name}"
-    explore_out = args.work / "explore"
-    subprocess.run([sys.executable, str(REPO / "benchmarks/science/explore.py"), "--name", name, "--encoder",
-                    str(pre / "checkpoints" / "best.pt"), "--work", str(args.work / "ft"), "--out",
-                    str(explore_out), "--data", str(args.data), "--", "--ensemble", "1"], check=True, env=env)
-    result["finetune"] = json.loads((explore_out / f"{name}.json").read_text())
+    run = pretrain(pre, args.flags, args.data)
+    result = {"name": args.name, "pretrain_flags": [*PRETRAIN, *args.flags], "pretrain_wall_s": run["wall_s"],
+              "train_samples_per_s": run["train_samples_per_s"], "best_epoch": run["best_epoch"],
+              "best": run["best"],
+              "finetune": finetune(f"pv_{args.name}", pre / "checkpoints" / "best.pt", args.work, args.data,
+                                   ["--ensemble", "1"])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("name", "pretrain_wall_s", "best")} |

@@ -110,16 +110,27 @@ def hdf5_sample_count(path: str | Path) -> int | None:
         return int(f["sample/ids"].shape[0])
 
 
-def read_hdf5_samples(path: str | Path, lo: int, hi: int) -> biom.Table:
+def _decoded(ids: np.ndarray) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ids]
+
+
+def hdf5_feature_ids(path: str | Path) -> list[str]:
+    """Feature IDs of an HDF5 BIOM table, in file order."""
+    with h5py.File(path, "r") as f:
+        return _decoded(f["observation/ids"][:])
+
+
+def read_hdf5_samples(path: str | Path, lo: int, hi: int, feature_ids: list[str] | None = None) -> biom.Table:
     """Samples lo:hi (file order) of an HDF5 BIOM table, reading only their counts: the table's sample-major
-    CSR arrays are sliced on disk (one read each), so memory grows with the chunk, not with the table."""
+    CSR arrays are sliced on disk (one read each), so memory grows with the chunk, not with the table.
+    `feature_ids` (hdf5_feature_ids) saves re-reading them for every chunk."""
+    feature_ids = hdf5_feature_ids(path) if feature_ids is None else feature_ids
     with h5py.File(path, "r") as f:
         indptr = f["sample/matrix/indptr"][lo:hi + 1].astype(np.int64)
         start, end = int(indptr[0]), int(indptr[-1])
         data = f["sample/matrix/data"][start:end]
         indices = f["sample/matrix/indices"][start:end]
-        sample_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["sample/ids"][lo:hi]]
-        feature_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["observation/ids"][:]]
+        sample_ids = _decoded(f["sample/ids"][lo:hi])
     from scipy.sparse import csc_matrix
 
     matrix = csc_matrix((data, indices, indptr - start), shape=(len(feature_ids), hi - lo))

@@ -149,3 +149,9 @@ def categorical_values(md: pd.DataFrame, column: str, sample_ids: Sequence[str])
     raw = md[column].reindex(list(sample_ids))
     mask = raw.notna().to_numpy()
     return raw.astype(object).to_numpy(), mask
+
+
+def group_labels(md: pd.DataFrame, column: str, sample_ids: Sequence[str]) -> np.ndarray:
+    """Column `column` for `sample_ids` as strings to group by, '(missing)' where a sample has no value."""
+    values, mask = categorical_values(md, column, sample_ids)
+    return np.array([str(v) if m else "(missing)" for v, m in zip(values, mask, strict=True)], dtype=object)

@@ -173,8 +173,7 @@ def _heatmap(per_sample: dict[str, dict[str, float]], md: Any, req: AttentionReq
     samples = list(per_sample)
     groups = None
     if req.metadata_column:
-        values = md[req.metadata_column].reindex(samples).astype(object).where(
-            md[req.metadata_column].reindex(samples).notna(), "(missing)").astype(str).to_numpy()
+        values = meta.group_labels(md, req.metadata_column, samples)
         order = np.argsort(values, kind="stable")
         samples, groups = [samples[i] for i in order], [values[i] for i in order]
     features = sorted({f for v in per_sample.values() for f in v})

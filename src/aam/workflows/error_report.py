@@ -63,8 +63,7 @@ def _fmt(x: float) -> str:
 
 
 def _group_table(md: pd.DataFrame, col: str, ids: list[str], values: np.ndarray) -> pd.DataFrame:
-    groups = md[col].reindex(ids).astype(object).where(md[col].reindex(ids).notna(), "(missing)").astype(str)
-    return pd.DataFrame({"group": groups.to_numpy(), "value": values})
+    return pd.DataFrame({"group": meta.group_labels(md, col, ids), "value": values})
 
 
 def _regression(scored: Scored, md: pd.DataFrame, columns: list[str], out: Path, column: str) -> dict:

@@ -109,17 +109,23 @@ def report_skipped(prepared: PreparedTable, output: Path, what: str) -> None:
 def categorical_codes(source: SavedModelInput, pre: Preprocessing, ids: list[str]) -> tuple[Any, np.ndarray | None]:
     """(--metadata or None, the model's categorical codes of `ids` or None when it uses no categorical column)."""
     md = meta.load_metadata(source.metadata) if source.metadata else None
+    return md, category_codes(md, pre, ids, source.metadata)
+
+
+def category_codes(md: Any, pre: Preprocessing, ids: list[str], path: str | None) -> np.ndarray | None:
+    """The model's categorical codes of `ids` from loaded metadata `md` (read from `path`), or None when the
+    model uses no categorical column."""
     if not pre.category_encoder:
-        return md, None
+        return None
     cenc = tgt.CategoryEncoder.from_dict(pre.category_encoder)
     if md is None:
         raise AAMError(f"this model uses categorical columns {', '.join(cenc.columns)}; pass --metadata with them")
-    meta.require_columns(md, cenc.columns, source.metadata)
+    meta.require_columns(md, cenc.columns, path)
     absent = [s for s in ids if s not in md.index]
     if absent:
         log.warning("%d sample(s) are not in %s; their categories are treated as unknown (e.g. %s)",
-                    len(absent), source.metadata, ", ".join(absent[:10]))
-    return md, cenc.transform(md, ids)
+                    len(absent), path, ", ".join(absent[:10]))
+    return cenc.transform(md, ids)
 
 
 def protect_inputs(source: SavedModelInput, outputs: dict[str, Path], **other_inputs: str | None) -> None:
@@ -157,6 +163,7 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     stats: dict[str, tuple[int, int]] = {}  # sample -> (ASVs, reads), for --report
     prepared = None
+    md = meta.load_metadata(req.source.metadata) if req.source.metadata else None  # once, not per chunk
     with atomic_path(output) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
         for table in _chunks(req):
@@ -168,7 +175,7 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
             if not ids and table is None:
                 raise _nothing_left(prepared, req.source.table, "predict")
             if ids:
-                _, cat = categorical_codes(req.source, pre, ids)
+                cat = category_codes(md, pre, ids, req.source.metadata)
                 header, labels, chunk_rows = _predict_rows(model, prepared, pre, mcfg, ids, cat, req.run, device)
                 if not n_written:
                     writer.writerow(header)
@@ -183,7 +190,6 @@ def run_predict(req: PredictRequest) -> dict[str, Any]:
     log.info("wrote %d predictions to %s", n_written, output)
     result = {"n_predicted": n_written, "skipped": skipped, "output": str(output)}
     if req.metadata_column and rows:
-        md = meta.load_metadata(req.source.metadata)
         result["evaluation"] = _evaluate_predictions(req, md, rows, labels, output, header, stats)
     return result
 
@@ -206,9 +212,10 @@ def _chunks(req: PredictRequest) -> Iterator[Any]:
     if n is None:
         raise InputError(f"--chunk-size reads an HDF5 BIOM table in chunks; {req.source.table} is not one "
                          "(convert it with `biom convert --to-hdf5`, or drop --chunk-size)")
+    feature_ids = biom_io.hdf5_feature_ids(req.source.table)  # once for every chunk
     for lo in range(0, n, req.chunk_size):
         log.info("samples %d-%d of %d", lo + 1, min(lo + req.chunk_size, n), n)
-        yield biom_io.read_hdf5_samples(req.source.table, lo, min(lo + req.chunk_size, n))
+        yield biom_io.read_hdf5_samples(req.source.table, lo, min(lo + req.chunk_size, n), feature_ids)
 
 
 def _predict_rows(model: torch.nn.Module, prepared: PreparedTable, pre: Preprocessing, mcfg: ModelConfig,

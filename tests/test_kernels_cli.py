@@ -36,6 +36,11 @@ def test_kernels_json_report(tmp_path):
         assert att[name]["self_check"]["max_err_fwd"] < 1e-4 and not att[name]["self_check"]["nan"]
     if importlib.util.find_spec("aam._C") is not None:
         assert att["custom"]["self_check"]["status"] == "PASS"
+        from aam import native  # each C++ kernel's instruction-set path, as the module reports it
+
+        paths = rep["versions"]["cpu_isa"]
+        assert paths == {op: getattr(native.cpu_module(), f"{op}_isa")() for op in diagnostics.CPU_ISA_OPS}
+        assert f"attention {paths['attention']}, pairwise loss {paths['pairwise_loss']}" in result.output
     else:
         assert not att["custom"]["available"] and "aam._C" in att["custom"]["reason"]
     assert not att["triton"]["available"] and "TRITON_INTERPRET" in att["triton"]["reason"]

@@ -24,4 +24,6 @@ void bind_pairwise_loss_cpu(py::module_& m) {
         py::arg("grad"), py::arg("B"), py::arg("D"), py::arg("dtype"), py::arg("factor"),
         py::call_guard<py::gil_scoped_release>(),
         "grad [B, D] = factor * sum_j coef_ij (e_i - e_j).");
+  m.def("pairwise_loss_isa", &aam::pairwise_loss_cpu_isa,
+        "The instruction set of the pairwise-loss path that runs now: avx512, avx2 or baseline.");
 }

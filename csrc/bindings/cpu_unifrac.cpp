@@ -113,6 +113,8 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
 }  // namespace
 
 void bind_unifrac_cpu(py::module_& m) {
+  m.def("unifrac_isa", &aam::unifrac::cpu_isa,
+        "The instruction set of the UniFrac stripe kernels' path that runs now: avx512, avx2 or baseline.");
   m.def("newick_parse", &newick_parse, py::arg("text"),
         "Parse Newick bytes -> (parent int32 [n], length float64 [n] (NaN = missing), names list[str], "
         "is_tip bool [n]); nodes in postorder, root last.");

@@ -25,6 +25,7 @@
 #endif
 
 #include "common.h"
+#include "cpu/isa.h"
 
 // FP exceptions are never inspected: let the compiler if-convert the clamps and selects so they vectorise.
 #pragma GCC optimize("no-trapping-math", "no-math-errno")
@@ -114,7 +115,7 @@ AAM_INLINE T load(const void* ptr, int64_t i) {
   return static_cast<const T*>(ptr)[i];
 }
 
-// 32-byte vectors through GCC/Clang vector extensions: AVX2 registers in the AVX2 clone, pairs of SSE
+// 32-byte vectors through GCC/Clang vector extensions: AVX2 registers in the AVX2 and AVX-512 paths, pairs of SSE
 // registers in the baseline one. The register blocks below keep QB x (JB or DB) accumulators live.
 template <typename T>
 struct VecOf {
@@ -422,58 +423,39 @@ void fwd_f32_base(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1
   forward_task<float>(p, n, h, i0, i1, w);
 }
 void bwd_f32_base(const Problem& p, int64_t n, int64_t h, Work<float>& w) { backward_task<float>(p, n, h, w); }
-#if defined(__x86_64__) && defined(__GNUC__)
-#define AAM_X86_ISA 1
-__attribute__((target("avx2,fma"))) void fwd_f32_avx2(const Problem& p, int64_t n, int64_t h, int64_t i0,
-                                                      int64_t i1, Work<float>& w) {
+#ifdef AAM_X86_ISA
+AAM_TARGET_AVX2 void fwd_f32_avx2(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<float>& w) {
   forward_task<float>(p, n, h, i0, i1, w);
 }
-__attribute__((target("avx2,fma"))) void bwd_f32_avx2(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
+AAM_TARGET_AVX2 void bwd_f32_avx2(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
   backward_task<float>(p, n, h, w);
 }
-#define AAM_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
-__attribute__((target(AAM_AVX512))) void fwd_f32_avx512(const Problem& p, int64_t n, int64_t h, int64_t i0,
-                                                         int64_t i1, Work<float>& w) {
+AAM_TARGET_AVX512 void fwd_f32_avx512(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1,
+                                      Work<float>& w) {
   forward_task<float>(p, n, h, i0, i1, w);
 }
-__attribute__((target(AAM_AVX512))) void bwd_f32_avx512(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
+AAM_TARGET_AVX512 void bwd_f32_avx512(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
   backward_task<float>(p, n, h, w);
 }
-bool have_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-bool have_avx512() {
-  return have_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-#else
-bool have_avx2() { return false; }
-bool have_avx512() { return false; }
 #endif
-
-// The widest instruction set this CPU runs, or a narrower one that AAM_CPU_ISA (baseline | avx2 | avx512)
-// asks for (tests and benchmarks force each path); a wider one than the CPU has is never used.
-const char* pick_isa() {
-  const char* env = std::getenv("AAM_CPU_ISA");
-  const std::string want = env ? env : "";
-  if (have_avx512() && (want.empty() || want == "avx512")) return "avx512";
-  if (have_avx2() && (want.empty() || want == "avx512" || want == "avx2")) return "avx2";
-  return "baseline";
-}
 
 FwdFn pick_fwd() {
-  const std::string isa = pick_isa();
+  switch (isa::active()) {
 #ifdef AAM_X86_ISA
-  if (isa == "avx512") return fwd_f32_avx512;
-  if (isa == "avx2") return fwd_f32_avx2;
+    case isa::Level::avx512: return fwd_f32_avx512;
+    case isa::Level::avx2: return fwd_f32_avx2;
 #endif
-  return fwd_f32_base;
+    default: return fwd_f32_base;
+  }
 }
 BwdFn pick_bwd() {
-  const std::string isa = pick_isa();
+  switch (isa::active()) {
 #ifdef AAM_X86_ISA
-  if (isa == "avx512") return bwd_f32_avx512;
-  if (isa == "avx2") return bwd_f32_avx2;
+    case isa::Level::avx512: return bwd_f32_avx512;
+    case isa::Level::avx2: return bwd_f32_avx2;
 #endif
-  return bwd_f32_base;
+    default: return bwd_f32_base;
+  }
 }
 
 int num_threads() {
@@ -587,7 +569,7 @@ void attention_backward_cpu(int dtype, const void* q, const void* k, const void*
   }
 }
 
-bool attention_cpu_has_avx2() { return have_avx2(); }
-std::string attention_cpu_isa() { return pick_isa(); }
+bool attention_cpu_has_avx2() { return isa::widest() >= isa::Level::avx2; }
+std::string attention_cpu_isa() { return isa::name(isa::active()); }
 
 }  // namespace aam

@@ -24,18 +24,13 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/isa.h"
 
 
 // The vector helpers are always inlined: no 32-byte vector ever crosses a call boundary.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// Compile the hot loops twice (x86-64-v3 = AVX2+FMA, and baseline); the loader picks one for this CPU.
-#define AAM_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define AAM_CLONES
-#endif
-// The templated bodies must be inlined into each clone so they are compiled for its target.
+// The templated bodies must be inlined into each ISA entry point so they are compiled for its target.
 #define AAM_INLINE __attribute__((always_inline)) inline
 #define AAM_LAMBDA_INLINE __attribute__((always_inline))
 
@@ -46,48 +41,49 @@ constexpr int64_t kRows = 4;     // rows i per register tile (forward and backwa
 constexpr int64_t kBlock = 128;  // rows j of E per cache block
 constexpr int64_t kSuper = 32;   // rows i per forward work item (they share each cache block of E)
 
-// 32-byte vectors (AVX2 registers in the x86-64-v3 clone, two SSE registers otherwise).
-template <typename T>
+// VB-byte vectors: 64 (AVX-512 registers) in the AVX-512 path, 32 otherwise (AVX2 registers, or two SSE
+// registers in the baseline path).
+template <typename T, int VB>
 struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int64_t n = 32 / sizeof(T);
+  typedef T type __attribute__((vector_size(VB)));
+  static constexpr int64_t n = VB / sizeof(T);
 };
-template <typename T>
-AAM_INLINE static typename Vec<T>::type vload(const T* p) {
-  typename Vec<T>::type v;
+template <typename T, int VB>
+AAM_INLINE static typename Vec<T, VB>::type vload(const T* p) {
+  typename Vec<T, VB>::type v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-template <typename T>
-AAM_INLINE static T hsum(const typename Vec<T>::type& v) {
+template <typename T, int VB>
+AAM_INLINE static T hsum(const typename Vec<T, VB>::type& v) {
   T s = 0;
-  for (int64_t k = 0; k < Vec<T>::n; ++k) s += v[k];
+  for (int64_t k = 0; k < Vec<T, VB>::n; ++k) s += v[k];
   return s;
 }
 
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE static T dot(const T* a, const T* b, int64_t D) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::n;
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::n;
   V acc = V{};
   int64_t d = 0;
-  for (; d + W <= D; d += W) acc += vload(a + d) * vload(b + d);
-  T s = hsum<T>(acc);
+  for (; d + W <= D; d += W) acc += vload<T, VB>(a + d) * vload<T, VB>(b + d);
+  T s = hsum<T, VB>(acc);
   for (; d < D; ++d) s += a[d] * b[d];
   return s;
 }
 
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE static T sqdist(const T* a, const T* b, int64_t D) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::n;
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::n;
   V acc = V{};
   int64_t d = 0;
   for (; d + W <= D; d += W) {
-    const V t = vload(a + d) - vload(b + d);
+    const V t = vload<T, VB>(a + d) - vload<T, VB>(b + d);
     acc += t * t;
   }
-  T s = hsum<T>(acc);
+  T s = hsum<T, VB>(acc);
   for (; d < D; ++d) s += (a[d] - b[d]) * (a[d] - b[d]);
   return s;
 }
@@ -96,30 +92,30 @@ AAM_INLINE static float root(float x) { return __builtin_sqrtf(x); }
 AAM_INLINE static double root(double x) { return __builtin_sqrt(x); }
 
 // Squared distance of pair (i, j) from the dot product g (over the first DV dims), written to coef[i][j].
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE static void finish_pair(const T* E, const T* n, const T* ei, int64_t B, int64_t D, int64_t DV,
                                    int64_t i, int64_t j, T g, T* coef) {
   const T* ej = E + j * D;
   for (int64_t d = DV; d < D; ++d) g += ei[d] * ej[d];
   const T nn = n[i] + n[j];
   T d2 = nn - T(2) * g;
-  if (d2 < nn * T(0.0625)) d2 = sqdist(ei, ej, D);  // close pair: exact
+  if (d2 < nn * T(0.0625)) d2 = sqdist<T, VB>(ei, ej, D);  // close pair: exact
   coef[i * B + j] = d2;
 }
 
 // Squared distances of rows [i0, i0 + R) (R <= kRows) to the columns j in [jbeg, jend), j > i0, written
 // to coef[i][j] for j > i. E is centred; n[i] = ||e_i||^2. Register tile: kRows rows x 2 columns.
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE static void block_sqdist(const T* E, const T* n, int64_t B, int64_t D, int64_t i0, int64_t R,
                                     int64_t jbeg, int64_t jend, T* coef) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::n;
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::n;
   const int64_t DV = D - D % W;
   const T* ei[kRows];
   for (int64_t r = 0; r < kRows; ++r) ei[r] = E + (i0 + r < B ? i0 + r : B - 1) * D;  // pad rows repeat
   auto finish = [&](int64_t j, const T* g) AAM_LAMBDA_INLINE {
     for (int64_t r = 0; r < R; ++r)
-      if (j > i0 + r) finish_pair(E, n, ei[r], B, D, DV, i0 + r, j, g[r], coef);
+      if (j > i0 + r) finish_pair<T, VB>(E, n, ei[r], B, D, DV, i0 + r, j, g[r], coef);
   };
   int64_t j = std::max(i0 + 1, jbeg);
   for (; j + 2 <= jend; j += 2) {
@@ -128,24 +124,24 @@ AAM_INLINE static void block_sqdist(const T* E, const T* n, int64_t B, int64_t D
     V a0[kRows], a1[kRows];
     for (int64_t r = 0; r < kRows; ++r) a0[r] = a1[r] = V{};
     for (int64_t d = 0; d < DV; d += W) {
-      const V b0 = vload(ej0 + d), b1 = vload(ej1 + d);
+      const V b0 = vload<T, VB>(ej0 + d), b1 = vload<T, VB>(ej1 + d);
       for (int64_t r = 0; r < kRows; ++r) {
-        const V x = vload(ei[r] + d);
+        const V x = vload<T, VB>(ei[r] + d);
         a0[r] += x * b0;
         a1[r] += x * b1;
       }
     }
     T g0[kRows], g1[kRows];
     for (int64_t r = 0; r < kRows; ++r) {
-      g0[r] = hsum<T>(a0[r]);
-      g1[r] = hsum<T>(a1[r]);
+      g0[r] = hsum<T, VB>(a0[r]);
+      g1[r] = hsum<T, VB>(a1[r]);
     }
     finish(j, g0);
     finish(j + 1, g1);
   }
   for (; j < jend; ++j) {
     T g[kRows];
-    for (int64_t r = 0; r < kRows; ++r) g[r] = dot(ei[r], E + j * D, DV);
+    for (int64_t r = 0; r < kRows; ++r) g[r] = dot<T, VB>(ei[r], E + j * D, DV);
     finish(j, g);
   }
 }
@@ -191,12 +187,12 @@ AAM_INLINE static void fwd_row(const T* target, const T* weights, int64_t B, boo
 
 // Rows [i0, i0 + R) (R <= kSuper): squared distances, sweeping the columns in cache blocks of kBlock
 // rows of E that every kRows-row tile of the group reuses, then the per-pair terms row by row.
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE static void fwd_block(const T* E, const T* n, const T* t, const T* w, int64_t B, int64_t D,
                                  bool th, T s, int64_t i0, int64_t R, T* c, double* lo, double* wo) {
   for (int64_t jb = i0 + 1; jb < B; jb += kBlock) {
     const int64_t je = std::min(B, jb + kBlock);
-    for (int64_t m = 0; m < R; m += kRows) block_sqdist(E, n, B, D, i0 + m, std::min(kRows, R - m), jb, je, c);
+    for (int64_t m = 0; m < R; m += kRows) block_sqdist<T, VB>(E, n, B, D, i0 + m, std::min(kRows, R - m), jb, je, c);
   }
   for (int64_t r = 0; r < R; ++r) fwd_row<T>(t, w, B, th, s, i0 + r, c, lo, wo);
   // Mirror into the lower triangle: for each column j the R values land contiguously in row j.
@@ -206,26 +202,6 @@ AAM_INLINE static void fwd_block(const T* E, const T* n, const T* t, const T* w,
     for (int64_t r = 0; r < rmax; ++r) dst[r] = c[(i0 + r) * B + j];
   }
 }
-AAM_CLONES static void fwd_block_f32(const float* E, const float* n, const float* t, const float* w, int64_t B,
-                                     int64_t D, bool th, float s, int64_t i0, int64_t R, float* c, double* lo,
-                                     double* wo) {
-  fwd_block<float>(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
-}
-AAM_CLONES static void fwd_block_f64(const double* E, const double* n, const double* t, const double* w,
-                                     int64_t B, int64_t D, bool th, double s, int64_t i0, int64_t R, double* c,
-                                     double* lo, double* wo) {
-  fwd_block<double>(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
-}
-static void fwd_block_any(const float* E, const float* n, const float* t, const float* w, int64_t B, int64_t D,
-                          bool th, double s, int64_t i0, int64_t R, float* c, double* lo, double* wo) {
-  fwd_block_f32(E, n, t, w, B, D, th, static_cast<float>(s), i0, R, c, lo, wo);
-}
-static void fwd_block_any(const double* E, const double* n, const double* t, const double* w, int64_t B,
-                          int64_t D, bool th, double s, int64_t i0, int64_t R, double* c, double* lo,
-                          double* wo) {
-  fwd_block_f64(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
-}
-
 // Threads only pay off (and only survive a busy machine's scheduling) above a minimum amount of work.
 static inline bool parallel_worth(int64_t B, int64_t work) { return B >= 64 && work >= (int64_t(1) << 22); }
 
@@ -250,41 +226,14 @@ static void centre(const T* E, int64_t B, int64_t D, std::vector<T>& Ec, std::ve
   }
 }
 
-template <typename T>
-static double forward(const T* E, const T* target, const T* weights, T* coef, int64_t B, int64_t D,
-                      bool use_tanh, double scale, double* wsum_out) {
-  std::vector<T> Ec, norms;
-  centre(E, B, D, Ec, norms);
-  std::vector<double> loss_rows(B, 0.0), w_rows(B, 0.0);
-  const int64_t nb = (B + kSuper - 1) / kSuper;
-  const int64_t half = (nb + 1) / 2;
-  // Stripe s covers row blocks s and nb-1-s: about the same number of pairs for every stripe.
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(B, B * B * D / 2))
-  for (int64_t s = 0; s < half; ++s) {
-    const int64_t blocks[2] = {s, nb - 1 - s};
-    for (int64_t k = 0; k < (blocks[0] == blocks[1] ? 1 : 2); ++k) {
-      const int64_t i0 = blocks[k] * kSuper;
-      fwd_block_any(Ec.data(), norms.data(), target, weights, B, D, use_tanh, scale, i0,
-                    std::min(kSuper, B - i0), coef, loss_rows.data(), w_rows.data());
-    }
-  }
-  double loss = 0.0, wsum = 0.0;
-  for (int64_t i = 0; i < B; ++i) {
-    loss += loss_rows[i];
-    wsum += w_rows[i];
-  }
-  *wsum_out = wsum;
-  return loss;
-}
-
 // grad rows [i0, i0 + R) (R <= kRows): G_i = factor * (s_i e_i - sum_j c_ij e_j), s_i = sum_j c_ij.
 // coef is symmetric with a zero diagonal. Each block of kBlock coefficients per row is copied into cbuf
 // (with the row sums) before the sweep over D.
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE static void bwd_block(const T* E, const T* Ep, const T* coef, int64_t B, int64_t D, double factor,
                                  int64_t i0, int64_t R, T* grad, double* acc) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::n;
+  using V = typename Vec<T, VB>::type;
+  constexpr int64_t W = Vec<T, VB>::n;
   const int64_t D2 = D - D % (2 * W);
   std::fill(acc, acc + kRows * D, 0.0);
   T cbuf[kRows][kBlock];
@@ -307,7 +256,7 @@ AAM_INLINE static void bwd_block(const T* E, const T* Ep, const T* coef, int64_t
       const T* pc = Ep + (d / (2 * W)) * B * 2 * W + jb * 2 * W;
       for (int64_t k = 0; k < nj; ++k) {
         const T* ej = pc + k * 2 * W;
-        const V y0 = vload(ej), y1 = vload(ej + W);
+        const V y0 = vload<T, VB>(ej), y1 = vload<T, VB>(ej + W);
         for (int64_t r = 0; r < kRows; ++r) {
           const T c = cbuf[r][k];
           a0[r] += c * y0;
@@ -339,28 +288,98 @@ AAM_INLINE static void bwd_block(const T* E, const T* Ep, const T* coef, int64_t
   }
 }
 
-AAM_CLONES static void bwd_block_f32(const float* E, const float* Ep, const float* c, int64_t B, int64_t D,
-                                     double f, int64_t i0, int64_t R, float* g, double* a) {
-  bwd_block<float>(E, Ep, c, B, D, f, i0, R, g, a);
+// ---- one entry point per instruction-set level (isa.h); the templated bodies above are inlined into each ----
+template <typename T>
+using FwdBlockFn = void (*)(const T*, const T*, const T*, const T*, int64_t, int64_t, bool, T, int64_t, int64_t, T*,
+                            double*, double*);
+template <typename T>
+using BwdBlockFn = void (*)(const T*, const T*, const T*, int64_t, int64_t, double, int64_t, int64_t, T*, double*);
+
+template <typename T>
+static void fwd_base(const T* E, const T* n, const T* t, const T* w, int64_t B, int64_t D, bool th, T s, int64_t i0,
+                     int64_t R, T* c, double* lo, double* wo) {
+  fwd_block<T, 32>(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
 }
-AAM_CLONES static void bwd_block_f64(const double* E, const double* Ep, const double* c, int64_t B, int64_t D,
-                                     double f, int64_t i0, int64_t R, double* g, double* a) {
-  bwd_block<double>(E, Ep, c, B, D, f, i0, R, g, a);
+template <typename T>
+static void bwd_base(const T* E, const T* Ep, const T* c, int64_t B, int64_t D, double f, int64_t i0, int64_t R, T* g,
+                     double* a) {
+  bwd_block<T, 32>(E, Ep, c, B, D, f, i0, R, g, a);
 }
-static void bwd_block_any(const float* E, const float* Ep, const float* c, int64_t B, int64_t D, double f,
-                          int64_t i0, int64_t R, float* g, double* a) {
-  bwd_block_f32(E, Ep, c, B, D, f, i0, R, g, a);
+#ifdef AAM_X86_ISA
+template <typename T>
+AAM_TARGET_AVX2 static void fwd_avx2(const T* E, const T* n, const T* t, const T* w, int64_t B, int64_t D, bool th,
+                                     T s, int64_t i0, int64_t R, T* c, double* lo, double* wo) {
+  fwd_block<T, 32>(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
 }
-static void bwd_block_any(const double* E, const double* Ep, const double* c, int64_t B, int64_t D, double f,
-                          int64_t i0, int64_t R, double* g, double* a) {
-  bwd_block_f64(E, Ep, c, B, D, f, i0, R, g, a);
+template <typename T>
+AAM_TARGET_AVX2 static void bwd_avx2(const T* E, const T* Ep, const T* c, int64_t B, int64_t D, double f, int64_t i0,
+                                     int64_t R, T* g, double* a) {
+  bwd_block<T, 32>(E, Ep, c, B, D, f, i0, R, g, a);
+}
+template <typename T>
+AAM_TARGET_AVX512 static void fwd_avx512(const T* E, const T* n, const T* t, const T* w, int64_t B, int64_t D,
+                                         bool th, T s, int64_t i0, int64_t R, T* c, double* lo, double* wo) {
+  fwd_block<T, 64>(E, n, t, w, B, D, th, s, i0, R, c, lo, wo);
+}
+template <typename T>
+AAM_TARGET_AVX512 static void bwd_avx512(const T* E, const T* Ep, const T* c, int64_t B, int64_t D, double f,
+                                         int64_t i0, int64_t R, T* g, double* a) {
+  bwd_block<T, 64>(E, Ep, c, B, D, f, i0, R, g, a);
+}
+#endif
+
+// The path for this CPU (or the narrower one AAM_CPU_ISA asks for), with its vector width in bytes.
+template <typename T>
+struct Path {
+  FwdBlockFn<T> fwd = fwd_base<T>;
+  BwdBlockFn<T> bwd = bwd_base<T>;
+  int64_t vec_bytes = 32;
+};
+template <typename T>
+static Path<T> pick_path() {
+  Path<T> path;
+#ifdef AAM_X86_ISA
+  const isa::Level level = isa::active();
+  if (level == isa::Level::avx512) path = {fwd_avx512<T>, bwd_avx512<T>, 64};
+  else if (level == isa::Level::avx2) path = {fwd_avx2<T>, bwd_avx2<T>, 32};
+#endif
+  return path;
+}
+
+template <typename T>
+static double forward(const T* E, const T* target, const T* weights, T* coef, int64_t B, int64_t D,
+                      bool use_tanh, double scale, double* wsum_out) {
+  std::vector<T> Ec, norms;
+  centre(E, B, D, Ec, norms);
+  std::vector<double> loss_rows(B, 0.0), w_rows(B, 0.0);
+  const int64_t nb = (B + kSuper - 1) / kSuper;
+  const int64_t half = (nb + 1) / 2;
+  const Path<T> path = pick_path<T>();
+  // Stripe s covers row blocks s and nb-1-s: about the same number of pairs for every stripe.
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_worth(B, B * B * D / 2))
+  for (int64_t s = 0; s < half; ++s) {
+    const int64_t blocks[2] = {s, nb - 1 - s};
+    for (int64_t k = 0; k < (blocks[0] == blocks[1] ? 1 : 2); ++k) {
+      const int64_t i0 = blocks[k] * kSuper;
+      path.fwd(Ec.data(), norms.data(), target, weights, B, D, use_tanh, static_cast<T>(scale), i0,
+                    std::min(kSuper, B - i0), coef, loss_rows.data(), w_rows.data());
+    }
+  }
+  double loss = 0.0, wsum = 0.0;
+  for (int64_t i = 0; i < B; ++i) {
+    loss += loss_rows[i];
+    wsum += w_rows[i];
+  }
+  *wsum_out = wsum;
+  return loss;
 }
 
 template <typename T>
 static void backward(const T* E, const T* coef, T* grad, int64_t B, int64_t D, double factor) {
   std::vector<T> Ec, norms;
   centre(E, B, D, Ec, norms);
-  constexpr int64_t W2 = 2 * Vec<T>::n;
+  const Path<T> path = pick_path<T>();
+  const int64_t W2 = 2 * path.vec_bytes / static_cast<int64_t>(sizeof(T));
   const int64_t nch = D / W2;
   std::vector<T> Ep(nch * B * W2);
 #pragma omp parallel for schedule(static) if (parallel_worth(B, B * D))
@@ -374,7 +393,7 @@ static void backward(const T* E, const T* coef, T* grad, int64_t B, int64_t D, d
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t i0 = b * kRows;
-      bwd_block_any(Ec.data(), Ep.data(), coef, B, D, factor, i0, std::min(kRows, B - i0), grad, acc.data());
+      path.bwd(Ec.data(), Ep.data(), coef, B, D, factor, i0, std::min(kRows, B - i0), grad, acc.data());
     }
   }
 }
@@ -420,5 +439,7 @@ void pairwise_loss_backward_cpu(std::uintptr_t emb, std::uintptr_t coef, std::ui
   }
   throw std::invalid_argument("pairwise_loss (CPU): dtype must be float32 or float64");
 }
+
+std::string pairwise_loss_cpu_isa() { return isa::name(isa::active()); }
 
 }  // namespace aam

@@ -41,6 +41,9 @@ using Progress = std::function<void(int64_t done, int64_t total)>;
 template <typename T>
 void unifrac_matrix(const TreeTable& tt, int metric, double alpha, int threads, T* out, const Progress& progress);
 
+// The instruction set of the striped kernels' path that runs now (AAM_CPU_ISA narrows it).
+std::string cpu_isa();
+
 // Faith's PD per sample (out has N entries).
 void faith_pd(const TreeTable& tt, double* out);
 

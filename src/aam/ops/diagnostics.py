@@ -23,6 +23,8 @@ from aam import native
 from aam.ops import registry
 
 MODULES = native.MODULES
+# The C++ kernels whose instruction-set path (baseline, avx2, avx512) `aam kernels` reports.
+CPU_ISA_OPS = ("attention", "pairwise_loss", "dropout", "unifrac")
 
 
 def backend_rows(device: torch.device, dtype: torch.dtype = torch.float32) -> list[dict]:
@@ -71,8 +73,8 @@ def versions() -> dict[str, Any]:
         info["cpu_openmp"] = bool(getattr(cpu, "has_openmp", False))
         if hasattr(cpu, "attention_has_avx2"):
             info["cpu_avx2"] = bool(cpu.attention_has_avx2())
-        if hasattr(cpu, "attention_isa"):  # the instruction set of the CPU attention path that runs here
-            info["cpu_attention_isa"] = cpu.attention_isa()
+        # the instruction set of each C++ kernel's path that runs here (AAM_CPU_ISA narrows them)
+        info["cpu_isa"] = {op: getattr(cpu, f"{op}_isa")() for op in CPU_ISA_OPS if hasattr(cpu, f"{op}_isa")}
     return info
 
 
@@ -134,13 +136,18 @@ def report(devs: list[torch.device] | None = None, check: bool = True) -> dict[s
             "env": {k: v for k, v in os.environ.items() if k.startswith(("AAM_", "TRITON_", "OMP_"))}}
 
 
+def _isa_summary(paths: dict[str, str]) -> str:
+    """{"attention": "avx512", "dropout": "avx2", ...} -> "attention avx512, dropout avx2, ..."."""
+    return ", ".join(f"{op.replace('_', ' ')} {isa}" for op, isa in paths.items())
+
+
 def format_report(rep: dict[str, Any]) -> str:
     v = rep["versions"]
     gpu = f"{v['gpu']} ({v['gpu_arch']})" if v.get("gpu") else "none"
     runtime = f"CUDA {v['cuda']}" if v.get("cuda") else (f"HIP {v['hip']}" if v.get("hip") else "CPU only")
     lines = [f"aam {v['aam']}  torch {v['torch']}  {runtime}  triton {v.get('triton') or 'not installed'}",
              f"GPU: {gpu}   CPU threads: {v['cpu_threads']}"
-             + (f"   CPU attention path: {v['cpu_attention_isa']}" if "cpu_attention_isa" in v else ""),
+             + (f"   CPU kernel paths: {_isa_summary(v['cpu_isa'])}" if v.get("cpu_isa") else ""),
              "compiled modules:"]
     for name, m in rep["modules"].items():
         lines.append(f"  {name:<12} {'loaded' if m['loaded'] else m['error']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from aam.cli import options as O
-from aam.workflows.requests import PretrainRequest, group_defaults
+from aam.workflows.requests import PretrainRequest, default_of, group_defaults
 
 D = group_defaults(PretrainRequest)
 
@@ -17,6 +17,10 @@ D = group_defaults(PretrainRequest)
 @O.opt("Data", "--unifrac-ids", type=click.Path(dir_okay=False), default=D.distances.unifrac_ids,
        help="Sample IDs file for a .npy --unifrac-matrix (default <stem>.ids.txt).")
 @O.apply(O.tree_options(D.distances))
+@O.opt("Data", "--stream", is_flag=True, default=default_of(PretrainRequest, "stream"),
+       help="Leave the counts of an HDF5 BIOM --table in the file and read each batch's samples from it (tables "
+            "larger than memory; DDP ranks and DataLoader workers read only their own batches). Rarefaction then "
+            "draws each sample with its own seed, so counts differ from a run without --stream.")
 @O.apply(O.preprocessing_options(D.preprocess))
 @O.apply(O.model_options(D.model))
 @O.apply(O.loss_options(D.loss))

@@ -153,7 +153,7 @@ def prepare_table(table_path: str | Path, sequences_path: str | Path | None, dep
 
 def make_dataset(prepared: PreparedTable, sample_ids: list[str], pre: Preprocessing,
                  targets: np.ndarray | None = None, categorical: np.ndarray | None = None) -> SampleDataset:
-    """SampleDataset over `sample_ids` (in that order) of a prepared table; the token rows stay aligned."""
+    """SampleDataset over `sample_ids` (in the table's order) of a prepared table; the token rows stay aligned."""
     from aam.data.dataset import SampleDataset  # torch: imported where a dataset is made
 
     table = prepared.table.filter(sample_ids, axis="sample", inplace=False)

@@ -10,8 +10,10 @@ from typing import Any
 
 from aam.data import distances as dist
 from aam.data.prepare import PreparedTable, Preprocessing, make_dataset
+from aam.data.streaming import StreamedTable, visible_chunks
 from aam.errors import AAMError, InputError
 from aam.ops.unifrac import TreeDistances
+from aam.ops.unifrac.tree_distances import Chunks
 from aam.workflows.requests import DistanceOptions
 
 log = logging.getLogger("aam")
@@ -61,15 +63,19 @@ def resolve(opts: DistanceOptions, asv_sampling: str, required: bool) -> Distanc
     return dataclasses.replace(opts, unifrac_targets=targets, unifrac_metric=metric)
 
 
-def load(opts: DistanceOptions, table_path: str, num_workers: int, sample_ids: list[str], prepared: PreparedTable,
-         pre: Preprocessing) -> Any:
+def load(opts: DistanceOptions, table_path: str, num_workers: int, sample_ids: list[str],
+         prepared: PreparedTable | StreamedTable, pre: Preprocessing) -> Any:
     """The batch-target source of resolved `opts`: a precomputed matrix, or TreeDistances over the rarefied
     table (--tree). With --tree the per-sample state is built once here and the collate function (DataLoader
-    workers) computes each batch's [B, B] block; workers get threads=1. The source is recorded in `pre.extra`.
+    workers) computes each batch's [B, B] block; workers get threads=1. A streamed table is read for it in
+    chunks. The source is recorded in `pre.extra`.
     """
     if opts.tree:
         visible = opts.unifrac_targets == "visible"
-        table = make_dataset(prepared, sample_ids, pre).visible_table() if visible else prepared.table
+        if isinstance(prepared, StreamedTable):
+            table: Any = Chunks(visible_chunks(prepared, pre, visible))
+        else:
+            table = make_dataset(prepared, sample_ids, pre).visible_table() if visible else prepared.table
         try:
             dm = TreeDistances(table, opts.tree, opts.unifrac_metric, opts.unifrac_alpha,
                                threads=1 if num_workers > 0 else None,

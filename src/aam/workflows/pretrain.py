@@ -8,8 +8,9 @@ import logging
 from typing import Any
 
 from aam.data.dataset import collate
-from aam.data.prepare import Preprocessing, make_dataset, prepare_table, report_token_limit
+from aam.data.prepare import PreparedTable, Preprocessing, make_dataset, prepare_table, report_token_limit
 from aam.data.split import split_samples
+from aam.data.streaming import StreamedTable, StreamingDataset, check_hdf5, open_streamed
 from aam.models import ModelConfig, build_model, count_parameters
 from aam.training.distributed import finish_distributed
 from aam.training.losses import LossConfig, MultiTaskLoss
@@ -42,17 +43,27 @@ def run_pretrain(req: PretrainRequest) -> dict[str, Any]:
     dist_opts = distances.resolve(dist_opts, req.preprocess.asv_sampling, required=True)  # before the run folder
     req = dataclasses.replace(req, distances=dist_opts)
     check_batch_size(req.training.batch_size, pairwise=req.loss.penalty > 0)
+    if req.stream:
+        check_hdf5(req.input.table)
     run = start_run(req, req.hardware, req.training.seed)  # after every check of the options: it writes the folder
     kernels = req.hardware.kernels
     pre = Preprocessing.from_dict(resume["preprocessing"]) if resume else \
         preprocessing(req.preprocess, req.training.seed, kernels, "pretrain")
-    prepared = prepare_table(req.input.table, req.input.sequences, pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
+    if req.stream:  # the counts stay in the file; each batch reads its samples
+        prepared: PreparedTable | StreamedTable = open_streamed(req.input.table, req.input.sequences,
+                                                                pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
+        ids = prepared.sample_ids
+    else:
+        prepared = prepare_table(req.input.table, req.input.sequences, pre.rarefy_depth, pre.rarefy_seed, pre.max_bp)
+        ids = [str(s) for s in prepared.table.ids(axis="sample")]
     pre.rarefy_depth = prepared.depth
-    ids = [str(s) for s in prepared.table.ids(axis="sample")]
     dm = distances.load(dist_opts, req.input.table, req.hardware.num_workers, ids, prepared, pre)
     train_ids, val_ids = split_samples(ids, req.preprocess.test_size, pre.seed)
     write_split(run.out, train_ids, val_ids)
-    train_set, val_set = make_dataset(prepared, train_ids, pre), make_dataset(prepared, val_ids, pre)
+    if isinstance(prepared, StreamedTable):
+        train_set, val_set = StreamingDataset(prepared, train_ids, pre), StreamingDataset(prepared, val_ids, pre)
+    else:
+        train_set, val_set = make_dataset(prepared, train_ids, pre), make_dataset(prepared, val_ids, pre)
     report_token_limit(train_set, pre.token_limit)
     if resume:
         mcfg = dataclasses.replace(ModelConfig.from_dict(resume["model_config"]), kernels=kernels)

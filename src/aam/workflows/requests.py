@@ -296,13 +296,15 @@ class PretrainRequest:
     loss: LossOptions = field(default_factory=LossOptions)
     training: TrainingOptions = field(default_factory=TrainingOptions)
     hardware: Hardware = field(default_factory=Hardware)
+    stream: bool = False  # read an HDF5 table's samples from the file as batches need them (aam.data.streaming)
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> PretrainRequest:
         return cls(output_dir=values["output_dir"], input=_group(TableInput, values),
                    preprocess=_group(Preprocess, values), distances=_group(DistanceOptions, values),
                    model=_group(ModelOptions, values), loss=_group(LossOptions, values),
-                   training=_group(TrainingOptions, values), hardware=_group(Hardware, values))
+                   training=_group(TrainingOptions, values), hardware=_group(Hardware, values),
+                   stream=bool(values.get("stream", False)))
 
 
 @dataclass(frozen=True, kw_only=True)

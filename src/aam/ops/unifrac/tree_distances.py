@@ -8,6 +8,7 @@ state is plain numpy arrays: it pickles, and forked DataLoader workers share it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,34 @@ from aam.errors import AAMError, InputError
 from aam.ops.unifrac.metrics import METRICS
 from aam.ops.unifrac.tree import load_tree, tips_table
 
+ALL_FEATURES = "__aam_all_features__"
+
+
+class Chunks:
+    """Tables of disjoint samples over the same features, read one after another (a table too big to hold):
+    `TreeDistances(Chunks(tables), tree)` builds one state from them, holding one table at a time."""
+
+    def __init__(self, tables: Iterable[Any]) -> None:
+        self.tables = tables
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.tables)
+
+
+def with_all_features(table: Any) -> Any:
+    """`table` plus a last sample holding every feature, so that every chunk's state has the same branches."""
+    import biom
+    import scipy.sparse as sp
+
+    ones = sp.csc_matrix(np.ones((table.shape[0], 1)))
+    m = sp.hstack([sp.csc_matrix(table.matrix_data), ones], format="csc")
+    return biom.Table(m, list(table.ids(axis="observation")), [*table.ids(axis="sample"), ALL_FEATURES])
+
 
 class TreeDistances:
     """Distance source with `.ids` and `.pairs(sample_ids) -> [B, B] float64` (UniFrac from a tree).
 
+    table: a biom Table (or what `load_table` reads), or `Chunks` of tables.
     threads: OpenMP threads for batches of more than 64 samples (default: all cores; pass 1 inside
     DataLoader workers); smaller batches run on one thread.
     """
@@ -47,16 +72,33 @@ class TreeDistances:
         if mod is None or not hasattr(mod, "unifrac_sample_state"):
             raise AAMError(f"on-the-fly UniFrac needs the compiled aam._C ({native.load_error('_C') or 'not built'})")
         tr = load_tree(tree)
-        t = tips_table(table, tr, drop_missing_features)
-        self.ids: list[str] = list(t.sample_ids)
-        self.n_dropped = t.n_dropped
+        chunks = table if isinstance(table, Chunks) else [table]
+        parts, self.ids, self.n_dropped = [], [], 0
+        for chunk in chunks:
+            if isinstance(table, Chunks):  # one more sample on every feature: the same branches in every chunk
+                chunk = with_all_features(chunk)
+            t = tips_table(chunk, tr, drop_missing_features)
+            try:
+                state = mod.unifrac_sample_state(tr.parent, tr.length, t.feat_node, t.indptr, t.indices, t.data,
+                                                 t.n_samples)
+            except ValueError as exc:
+                raise InputError(f"{tr.source}: {exc}") from None
+            n = len(t.sample_ids) - isinstance(table, Chunks)
+            offsets, rows, values, row_len = state
+            if parts and not np.array_equal(row_len, parts[0][3]):
+                raise AAMError("UniFrac state of a chunk has other branches than the first chunk's")
+            parts.append((offsets[: n + 1], rows[: offsets[n]], values[: offsets[n]], row_len))
+            self.ids += t.sample_ids[:n]
+            self.n_dropped = t.n_dropped
         self._index = {s: i for i, s in enumerate(self.ids)}
-        try:
-            state = mod.unifrac_sample_state(tr.parent, tr.length, t.feat_node, t.indptr, t.indices, t.data,
-                                             t.n_samples)
-        except ValueError as exc:
-            raise InputError(f"{tr.source}: {exc}") from None
-        self.offsets, self.rows, self.values, self.row_len = state
+        if len(parts) == 1:
+            self.offsets, self.rows, self.values, self.row_len = parts[0]
+        else:
+            ends = np.cumsum([0] + [p[0][-1] for p in parts[:-1]])
+            self.offsets = np.concatenate([parts[0][0][:1]] + [p[0][1:] + e for p, e in zip(parts, ends, strict=True)])
+            self.rows = np.concatenate([p[1] for p in parts])
+            self.values = np.concatenate([p[2] for p in parts])
+            self.row_len = parts[0][3]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -121,6 +121,18 @@ def test_pretrain_stream_trains_and_resumes_streaming(data, tmp_path):
     assert ck["preprocessing"]["rarefy_depth"] == 300
 
 
+def test_pretrain_stream_with_a_precomputed_matrix(data, tmp_path):
+    out = tmp_path / "matrix"
+    assert main(["unifrac", "--table", str(data["table"]), "--tree", str(data["tree"]), "--output",
+                 str(tmp_path / "u.tsv")]) == 0
+    args = _pretrain_args(data, out)
+    args[args.index("--tree"):args.index("--tree") + 2] = ["--unifrac-matrix", str(tmp_path / "u.tsv")]
+    assert main([*args, "--epochs", "1"]) == 0
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=False)
+    assert ck["preprocessing"]["extra"]["unifrac"]["source"] == "matrix"
+    assert np.isfinite(ck["trainer_state"]["history"][0]["val_unifrac_loss"])
+
+
 def test_stream_needs_an_hdf5_table(data, tmp_path, capsys):
     tsv = tmp_path / "table.tsv"
     tsv.write_text(biom.load_table(str(data["table"])).to_tsv())

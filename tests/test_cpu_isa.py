@@ -56,6 +56,40 @@ def test_varlen_attention_parity_per_isa(monkeypatch, isa):
     selfcheck.assert_varlen_parity("custom", torch.float32, q, k, v, dout, cu)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_bf16_tensors_are_read_and_written_in_place_with_fp32_results(monkeypatch, isa):
+    """bf16 q/k/v/out/dout go to the kernel as they are (no fp32 copies): outputs equal the fp32 kernel's on the
+    same values, rounded once to bf16, bit for bit; padded, packed (varlen) and packed-qkv forms."""
+    from aam.ops.attention import custom
+
+    force(monkeypatch, "attention", isa)
+    bf = torch.bfloat16
+
+    def same(got, fp32_result, lse: bool = False):
+        """Tensors in bf16 (the log-sum-exp, last when `lse`, in fp32), equal to the fp32 results rounded."""
+        for i, (g, e) in enumerate(zip(got, fp32_result, strict=True)):
+            assert g.dtype == (torch.float32 if lse and i == len(got) - 1 else bf)
+            assert torch.equal(g, e.to(g.dtype)), (g.dtype, (g.float() - e.float()).abs().max())
+
+    q, k, v, dout, mask = selfcheck.make_case(5, 37, h=4, d=32, seed=3, holes=True)
+    q, k, v, dout = (x.to(bf) for x in (q, k, v, dout))
+    out, lse = custom._custom_fwd(q, k, v, None, mask, 0.3)
+    same((out, lse), custom._custom_fwd(q.float(), k.float(), v.float(), None, mask, 0.3), lse=True)
+    same(custom._custom_bwd(dout, q, k, v, out, lse, None, mask, 0.3),
+         custom._custom_bwd(dout.float(), q.float(), k.float(), v.float(), out.float(), lse, None, mask, 0.3))
+
+    q, k, v, dout, cu = selfcheck.make_varlen_case([5, 0, 1, 13, 64, 31], h=4, d=32, seed=5)
+    qkv = torch.stack([q, k, v], 1).to(bf)
+    dout = dout.to(bf)
+    out, lse = custom._varlen_qkv_fwd(qkv, cu, 64, 0.2)
+    same((out, lse), custom._varlen_qkv_fwd(qkv.float(), cu, 64, 0.2), lse=True)
+    same((custom._varlen_qkv_bwd(dout, qkv, out, lse, cu, 64, 0.2),),
+         (custom._varlen_qkv_bwd(dout.float(), qkv.float(), out.float(), lse, cu, 64, 0.2),))
+    q, k, v = qkv.unbind(1)
+    same(custom._varlen_fwd(q, k, v, cu, 64, 0.2), custom._varlen_fwd(q.float(), k.float(), v.float(), cu, 64, 0.2),
+         lse=True)
+
+
 # ---- pairwise UniFrac loss ----------------------------------------------------------------------------------
 def _loss_case(b: int, d: int):
     g = torch.Generator().manual_seed(11)

@@ -1,5 +1,5 @@
-// Masked attention on the CPU: forward and backward, fp32 / fp64, OpenMP over (sequence, head[, query
-// block]). Only the valid keys of a sequence are touched: they are gathered into small per-task buffers
+// Masked attention on the CPU: forward and backward, fp32 / bf16 (computed in fp32) / fp64, OpenMP over
+// (sequence, head[, query block]). Only the valid keys of a sequence are touched: they are gathered into small per-task buffers
 // (K transposed for the score products, V row-major for P V), so a row with 30% valid keys costs ~30% of
 // a dense one. The forward saves the log-sum-exp per query; the backward recomputes P from it.
 //
@@ -8,7 +8,9 @@
 // A query without a valid key gets output 0 and gradient 0.
 //
 // The hot loops are written with fixed-size register blocks (QB queries x JB keys, QB x DB dims) the
-// compiler vectorises; they are compiled twice (baseline and AVX2+FMA) and picked at run time.
+// compiler vectorises; they are compiled per instruction set (baseline, AVX2+FMA, AVX-512; cpu/isa.h) and
+// picked at run time. bfloat16 tensors are widened as they are gathered into the fp32 buffers and rounded
+// (to nearest even) as results are stored, so no fp32 copy of a tensor is ever made.
 #include "cpu/attention.h"
 
 #include <algorithm>
@@ -63,6 +65,7 @@ struct Problem {
   int64_t N, H, Lq, Lk, D;
   Str sq, sk, sv, so, sdo, slse, sdq, sdk, sdv;
   double scale;
+  bool bf16 = false;  // q, k, v, o, dout, out, dq, dk, dv hold bfloat16 (computed in fp32); lse is fp32
 };
 
 AAM_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -110,9 +113,30 @@ AAM_INLINE float exp_approx(float x) {
 }
 AAM_INLINE double exp_approx(double x) { return std::exp(x); }
 
+// bfloat16 <-> fp32: the top 16 bits; rounding to nearest even on the way down, NaN kept quiet (as torch).
+AAM_INLINE float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+AAM_INLINE uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// Element i of an input / output tensor, in the compute type T (fp32 for bfloat16 tensors).
 template <typename T>
-AAM_INLINE T load(const void* ptr, int64_t i) {
+AAM_INLINE T load(const Problem& p, const void* ptr, int64_t i) {
+  if (p.bf16) return static_cast<T>(from_bf16(static_cast<const uint16_t*>(ptr)[i]));
   return static_cast<const T*>(ptr)[i];
+}
+template <typename T>
+AAM_INLINE void store(const Problem& p, void* ptr, int64_t i, T v) {
+  if (p.bf16) static_cast<uint16_t*>(ptr)[i] = to_bf16(static_cast<float>(v));
+  else static_cast<T*>(ptr)[i] = v;
 }
 
 // 32-byte vectors through GCC/Clang vector extensions: AVX2 registers in the AVX2 and AVX-512 paths, pairs of SSE
@@ -264,7 +288,7 @@ AAM_INLINE void gather_keys(const Problem& p, const void* x, const Str& s, int64
   for (int64_t jj = 0; jj < nk; ++jj) {
     const int64_t off = b + idx[jj] * s.l;
     for (int64_t d = 0; d < p.D; ++d) {
-      const T val = load<T>(x, off + d);
+      const T val = load<T>(p, x, off + d);
       if (xt) (*xt)[d * nkp + jj] = val;
       if (xc) (*xc)[jj * dp + d] = val;
     }
@@ -274,7 +298,6 @@ AAM_INLINE void gather_keys(const Problem& p, const void* x, const Str& s, int64
 template <typename T>
 AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<T>& w) {
   const int64_t D = p.D, dp = round_up(D, DB);
-  T* out = static_cast<T*>(p.out);
   T* lse = static_cast<T*>(p.lse);
   const int64_t ob = base(p, p.so, n) + h * p.so.h;
   const int64_t lb = base(p, p.slse, n) + h * p.slse.h;
@@ -282,7 +305,7 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
   const int64_t nk = static_cast<int64_t>(w.idx.size());
   if (nk == 0) {
     for (int64_t i = i0; i < i1; ++i) {
-      for (int64_t d = 0; d < D; ++d) out[ob + i * p.so.l + d] = T(0);
+      for (int64_t d = 0; d < D; ++d) store<T>(p, p.out, ob + i * p.so.l + d, T(0));
       lse[lb + i * p.slse.l] = std::numeric_limits<T>::infinity();
     }
     return;
@@ -300,7 +323,7 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
     const int64_t nb = std::min<int64_t>(QB, i1 - i);
     std::fill(w.rows.begin(), w.rows.end(), T(0));
     for (int64_t qq = 0; qq < nb; ++qq)
-      for (int64_t d = 0; d < D; ++d) w.rows[qq * dp + d] = scale * load<T>(p.q, qb0 + (i + qq) * p.sq.l + d);
+      for (int64_t d = 0; d < D; ++d) w.rows[qq * dp + d] = scale * load<T>(p, p.q, qb0 + (i + qq) * p.sq.l + d);
     block_scores(w.rows.data(), w.kt.data(), dp, nkp, w.s.data());
     T inv[QB], lse_q[QB];
     for (int qq = 0; qq < QB; ++qq) {
@@ -314,7 +337,7 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
     }
     block_weighted_rows(w.s.data(), w.vc.data(), nk, nkp, dp, w.out.data());
     for (int64_t qq = 0; qq < nb; ++qq) {
-      for (int64_t d = 0; d < D; ++d) out[ob + (i + qq) * p.so.l + d] = w.out[qq * dp + d] * inv[qq];
+      for (int64_t d = 0; d < D; ++d) store<T>(p, p.out, ob + (i + qq) * p.so.l + d, w.out[qq * dp + d] * inv[qq]);
       lse[lb + (i + qq) * p.slse.l] = lse_q[qq];
     }
   }
@@ -324,9 +347,6 @@ template <typename T>
 AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w) {
   const int64_t D = p.D, dp = round_up(D, DB);
   const int64_t nq = num_queries(p, n);
-  T* dq = static_cast<T*>(p.dq);
-  T* dk = static_cast<T*>(p.dk);
-  T* dv = static_cast<T*>(p.dv);
   const T* lse = static_cast<const T*>(p.lse);
   const int64_t dqb = base(p, p.sdq, n) + h * p.sdq.h;
   valid_keys(p, n, w.idx);
@@ -336,9 +356,12 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
   const int64_t key_rows = p.cu ? nk : p.Lk;  // every key row of dk / dv is written (0 at padding)
   if (nk == 0) {
     for (int64_t i = 0; i < nq; ++i)
-      for (int64_t d = 0; d < D; ++d) dq[dqb + i * p.sdq.l + d] = T(0);
+      for (int64_t d = 0; d < D; ++d) store<T>(p, p.dq, dqb + i * p.sdq.l + d, T(0));
     for (int64_t j = 0; j < key_rows; ++j)
-      for (int64_t d = 0; d < D; ++d) dk[kb + j * p.sdk.l + d] = dv[vb + j * p.sdv.l + d] = T(0);
+      for (int64_t d = 0; d < D; ++d) {
+        store<T>(p, p.dk, kb + j * p.sdk.l + d, T(0));
+        store<T>(p, p.dv, vb + j * p.sdv.l + d, T(0));
+      }
     return;
   }
   const int64_t nkp = round_up(nk, JB);
@@ -374,10 +397,10 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
         const int64_t r = i + qq;
         T acc = 0;
         for (int64_t d = 0; d < D; ++d) {
-          const T g = load<T>(p.dout, gb0 + r * p.sdo.l + d);
-          qrows[qq * dp + d] = scale * load<T>(p.q, qb0 + r * p.sq.l + d);
+          const T g = load<T>(p, p.dout, gb0 + r * p.sdo.l + d);
+          qrows[qq * dp + d] = scale * load<T>(p, p.q, qb0 + r * p.sq.l + d);
           grows[qq * dp + d] = g;
-          acc += g * load<T>(p.o, ob0 + r * p.so.l + d);
+          acc += g * load<T>(p, p.o, ob0 + r * p.so.l + d);
         }
         delta[qq] = acc;
         lse_q[qq] = lse[lb0 + r * p.slse.l];
@@ -398,7 +421,7 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
       // dQ_q = scale * sum_j dS_qj k_j
       block_weighted_rows(ds0, w.kc.data(), nk, nkp, dp, w.out.data());
       for (int64_t qq = 0; qq < nb; ++qq)
-        for (int64_t d = 0; d < D; ++d) dq[dqb + (i + qq) * p.sdq.l + d] = scale * w.out[qq * dp + d];
+        for (int64_t d = 0; d < D; ++d) store<T>(p, p.dq, dqb + (i + qq) * p.sdq.l + d, scale * w.out[qq * dp + d]);
     }
     // dV_j += sum_q P_qj dO_q ; dK_j += sum_q dS_qj (scale q_q)
     chunk_accumulate(w.pc.data(), w.gcr.data(), nrows, nk, nkp, dp, w.dvc.data());
@@ -408,8 +431,8 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
   for (int64_t j = 0; j < key_rows; ++j) {
     const bool has = jj < nk && w.idx[jj] == j;
     for (int64_t d = 0; d < D; ++d) {
-      dk[kb + j * p.sdk.l + d] = has ? w.dkc[jj * dp + d] : T(0);
-      dv[vb + j * p.sdv.l + d] = has ? w.dvc[jj * dp + d] : T(0);
+      store<T>(p, p.dk, kb + j * p.sdk.l + d, has ? w.dkc[jj * dp + d] : T(0));
+      store<T>(p, p.dv, vb + j * p.sdv.l + d, has ? w.dvc[jj * dp + d] : T(0));
     }
     jj += has;
   }
@@ -529,7 +552,8 @@ void attention_forward_cpu(int dtype, const void* q, const void* k, const void* 
   p.N = N; p.H = H; p.Lq = Lq; p.Lk = Lk; p.D = D;
   p.sq = str3(sq); p.sk = str3(sk); p.sv = str3(sv); p.so = str3(so); p.slse = str3(slse);
   p.scale = scale;
-  if (dtype == static_cast<int>(DType::f32)) {
+  p.bf16 = dtype == static_cast<int>(DType::bf16);
+  if (dtype == static_cast<int>(DType::f32) || p.bf16) {
     const FwdFn fn = pick_fwd();
     run_forward<float>(p, fn);
   } else if (dtype == static_cast<int>(DType::f64)) {
@@ -537,7 +561,7 @@ void attention_forward_cpu(int dtype, const void* q, const void* k, const void* 
       forward_task<double>(pp, n, h, i0, i1, w);
     });
   } else {
-    check(false, "attention_forward_cpu: dtype must be float32 or float64 (upcast half types first)");
+    check(false, "attention_forward_cpu: dtype must be float32, bfloat16 or float64 (upcast float16 first)");
   }
 }
 
@@ -557,7 +581,8 @@ void attention_backward_cpu(int dtype, const void* q, const void* k, const void*
   p.sq = str3(sq); p.sk = str3(sk); p.sv = str3(sv); p.so = str3(so); p.sdo = str3(sdo);
   p.slse = str3(slse); p.sdq = str3(sdq); p.sdk = str3(sdk); p.sdv = str3(sdv);
   p.scale = scale;
-  if (dtype == static_cast<int>(DType::f32)) {
+  p.bf16 = dtype == static_cast<int>(DType::bf16);
+  if (dtype == static_cast<int>(DType::f32) || p.bf16) {
     const BwdFn fn = pick_bwd();
     run_backward<float>(p, fn);
   } else if (dtype == static_cast<int>(DType::f64)) {
@@ -565,7 +590,7 @@ void attention_backward_cpu(int dtype, const void* q, const void* k, const void*
       backward_task<double>(pp, n, h, w);
     });
   } else {
-    check(false, "attention_backward_cpu: dtype must be float32 or float64 (upcast half types first)");
+    check(false, "attention_backward_cpu: dtype must be float32, bfloat16 or float64 (upcast float16 first)");
   }
 }
 

@@ -41,10 +41,16 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _cpu_ready(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32 on the CPU; last dim contiguous."""
-    if t.dtype in _HALF:
-        t = t.float()
+def _cpu_io_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the CPU kernel reads and writes for inputs of `dtype`: bf16 as it is (computed in fp32), fp16 as
+    fp32 (no fp16 path), fp32 and fp64 as they are."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def _cpu_ready(t: torch.Tensor, io: torch.dtype) -> torch.Tensor:
+    """`t` in the kernel's I/O dtype, last dim contiguous."""
+    if t.dtype != io:
+        t = t.to(io)
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
@@ -63,11 +69,11 @@ def _ptr(t: torch.Tensor | None) -> int:
 
 def _cpu_forward(q, k, v, lengths, mask, scale):
     mod = native.cpu_module()
-    dtype = q.dtype
-    qc, kc, vc = _cpu_ready(q), _cpu_ready(k), _cpu_ready(v)
+    dtype, io = q.dtype, _cpu_io_dtype(q.dtype)
+    qc, kc, vc = _cpu_ready(q, io), _cpu_ready(k, io), _cpu_ready(v, io)
     n, h, lq, d = qc.shape
-    out = _empty((n, h, lq, d), qc.dtype)
-    lse = _empty((n, h, lq), qc.dtype)
+    out = _empty((n, h, lq, d), io)
+    lse = _empty((n, h, lq), _lse_dtype(io))
     lens, m = _mask_args(lengths, mask)
     mod.attention_forward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
                           lse.data_ptr(), _ptr(lens), _ptr(m), 0 if m is None else m.stride(0), 0, n, h, lq,
@@ -78,11 +84,10 @@ def _cpu_forward(q, k, v, lengths, mask, scale):
 
 def _cpu_backward(dout, q, k, v, out, lse, lengths, mask, scale):
     mod = native.cpu_module()
-    qc, kc, vc, oc, gc = (_cpu_ready(t) for t in (q, k, v, out, dout))
+    io = _cpu_io_dtype(q.dtype)
+    qc, kc, vc, oc, gc = (_cpu_ready(t, io) for t in (q, k, v, out, dout))
     n, h, lq, d = qc.shape
-    dq = _empty(qc.shape, qc.dtype)
-    dk = _empty(kc.shape, qc.dtype)
-    dv = _empty(vc.shape, qc.dtype)
+    dq, dk, dv = _empty(qc.shape, io), _empty(kc.shape, io), _empty(vc.shape, io)
     lens, m = _mask_args(lengths, mask)
     mod.attention_backward(native.dtype_code(qc), qc.data_ptr(), kc.data_ptr(), vc.data_ptr(), oc.data_ptr(),
                            gc.data_ptr(), lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
@@ -179,11 +184,12 @@ def check(req: KernelRequest) -> str | None:
 
 def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
     mod = native.cpu_module()
-    qc, kc, vc = _cpu_ready(q), _cpu_ready(k), _cpu_ready(v)
+    io = _cpu_io_dtype(q.dtype)
+    qc, kc, vc = _cpu_ready(q, io), _cpu_ready(k, io), _cpu_ready(v, io)
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
-    out = _empty((t, h, d), qc.dtype)
-    lse = _empty((t, h), qc.dtype)
+    out = _empty((t, h, d), io)
+    lse = _empty((t, h), _lse_dtype(io))
 
     def s(x):  # (n unused, h, token)
         return [0, x.stride(1), x.stride(0)]
@@ -197,10 +203,11 @@ def _cpu_varlen_forward(q, k, v, cu_seqlens, max_seqlen, scale):
 def _cpu_varlen_backward(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, grads=None):
     """dq, dk, dv; `grads`, when given, are the three [T, H, Dh] (possibly strided) tensors to write them to."""
     mod = native.cpu_module()
-    qc, kc, vc, oc, gc = (_cpu_ready(x) for x in (q, k, v, out, dout))
+    io = _cpu_io_dtype(q.dtype)
+    qc, kc, vc, oc, gc = (_cpu_ready(x, io) for x in (q, k, v, out, dout))
     t, h, d = qc.shape
     cu = cu_seqlens.to(torch.int64).contiguous()
-    dq, dk, dv = grads if grads is not None else (_empty(x.shape, qc.dtype) for x in (qc, kc, vc))
+    dq, dk, dv = grads if grads is not None else (_empty(x.shape, io) for x in (qc, kc, vc))
 
     def s(x):
         return [0, x.stride(1), x.stride(0)]
@@ -294,7 +301,7 @@ def _varlen_qkv_fwd(qkv, cu_seqlens, max_seqlen, scale):
     schema="(Tensor dout, Tensor qkv, Tensor out, Tensor lse, Tensor cu_seqlens, int max_seqlen, float scale)"
            " -> Tensor")
 def _varlen_qkv_bwd(dout, qkv, out, lse, cu_seqlens, max_seqlen, scale):
-    dqkv = _empty(qkv.shape, torch.float32 if qkv.dtype in _HALF else qkv.dtype)
+    dqkv = _empty(qkv.shape, _cpu_io_dtype(qkv.dtype))
     _cpu_varlen_backward(dout, *qkv.unbind(1), out, lse, cu_seqlens, max_seqlen, scale, grads=dqkv.unbind(1))
     return dqkv.to(qkv.dtype)
 

@@ -39,9 +39,14 @@
 namespace aam {
 namespace {
 
-constexpr int QB = 4;   // queries per register block
-constexpr int JB = 16;  // keys per register block (score products)
-constexpr int DB = 16;  // head dims per register block (P V, dS K); D is padded to a multiple
+// Register blocks: QB queries x JB keys (score products), QB x DB head dims (P V, dS K). With VB-byte vectors
+// (32, or 64 in the AVX-512 path), JB = DB = VB / 2 elements: two fp32 vectors per row of a block, so each block
+// keeps 2 QB independent accumulators. Keys are padded to a multiple of JB, head dims to one of DB.
+constexpr int QB = 4;
+template <int VB>
+constexpr int kJB = VB / 2;
+template <int VB>
+constexpr int kDB = VB / 2;
 
 struct Str {
   int64_t n, h, l;
@@ -139,74 +144,77 @@ AAM_INLINE void store(const Problem& p, void* ptr, int64_t i, T v) {
   else static_cast<T*>(ptr)[i] = v;
 }
 
-// 32-byte vectors through GCC/Clang vector extensions: AVX2 registers in the AVX2 and AVX-512 paths, pairs of SSE
-// registers in the baseline one. The register blocks below keep QB x (JB or DB) accumulators live.
-template <typename T>
+// VB-byte vectors through GCC/Clang vector extensions: 32 bytes (AVX2 registers, or pairs of SSE registers in
+// the baseline path) or 64 (AVX-512 registers, in the AVX-512 path).
+template <typename T, int VB>
 struct VecOf {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int lanes = 32 / sizeof(T);
+  typedef T type __attribute__((vector_size(VB)));
+  static constexpr int lanes = VB / sizeof(T);
 };
-template <typename T>
-using Vec = typename VecOf<T>::type;
+template <typename T, int VB>
+using Vec = typename VecOf<T, VB>::type;
 
-template <typename T>
-AAM_INLINE Vec<T> vload(const T* p) {
-  Vec<T> v;
+template <typename T, int VB>
+AAM_INLINE Vec<T, VB> vload(const T* p) {
+  Vec<T, VB> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-template <typename T>
-AAM_INLINE void vstore(T* p, const Vec<T>& v) {
+template <typename T, int VB>
+AAM_INLINE void vstore(T* p, const Vec<T, VB>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
 // out[qq][j] = sum_d rows[qq][d] * xt[d][j] for j < nkp (nkp multiple of JB).
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE void block_scores(const T* rows, const T* xt, int64_t dp, int64_t nkp, T* out) {
-  constexpr int W = VecOf<T>::lanes, NV = JB / W;
+  constexpr int JB = kJB<VB>;
+  constexpr int W = VecOf<T, VB>::lanes, NV = JB / W;
   for (int64_t j0 = 0; j0 < nkp; j0 += JB) {
-    Vec<T> acc[QB][NV];
+    Vec<T, VB> acc[QB][NV];
     for (int qq = 0; qq < QB; ++qq)
-      for (int u = 0; u < NV; ++u) acc[qq][u] = Vec<T>{} ;
+      for (int u = 0; u < NV; ++u) acc[qq][u] = Vec<T, VB>{} ;
     for (int64_t d = 0; d < dp; ++d) {
       const T* xr = xt + d * nkp + j0;
-      Vec<T> x[NV];
-      for (int u = 0; u < NV; ++u) x[u] = vload(xr + u * W);
+      Vec<T, VB> x[NV];
+      for (int u = 0; u < NV; ++u) x[u] = vload<T, VB>(xr + u * W);
       for (int qq = 0; qq < QB; ++qq) {
         const T r = rows[qq * dp + d];
         for (int u = 0; u < NV; ++u) acc[qq][u] += r * x[u];
       }
     }
     for (int qq = 0; qq < QB; ++qq)
-      for (int u = 0; u < NV; ++u) vstore(out + qq * nkp + j0 + u * W, acc[qq][u]);
+      for (int u = 0; u < NV; ++u) vstore<T, VB>(out + qq * nkp + j0 + u * W, acc[qq][u]);
   }
 }
 
 // out[qq][d] = sum_{j < nk} w[qq][j] * x[j][d] (dp multiple of DB).
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE void block_weighted_rows(const T* w, const T* x, int64_t nk, int64_t nkp, int64_t dp, T* out) {
-  constexpr int W = VecOf<T>::lanes, NV = DB / W;
+  constexpr int DB = kDB<VB>;
+  constexpr int W = VecOf<T, VB>::lanes, NV = DB / W;
   for (int64_t d0 = 0; d0 < dp; d0 += DB) {
-    Vec<T> acc[QB][NV];
+    Vec<T, VB> acc[QB][NV];
     for (int qq = 0; qq < QB; ++qq)
-      for (int u = 0; u < NV; ++u) acc[qq][u] = Vec<T>{};
+      for (int u = 0; u < NV; ++u) acc[qq][u] = Vec<T, VB>{};
     for (int64_t j = 0; j < nk; ++j) {
       const T* xr = x + j * dp + d0;
-      Vec<T> xv[NV];
-      for (int u = 0; u < NV; ++u) xv[u] = vload(xr + u * W);
+      Vec<T, VB> xv[NV];
+      for (int u = 0; u < NV; ++u) xv[u] = vload<T, VB>(xr + u * W);
       for (int qq = 0; qq < QB; ++qq) {
         const T wj = w[qq * nkp + j];
         for (int u = 0; u < NV; ++u) acc[qq][u] += wj * xv[u];
       }
     }
     for (int qq = 0; qq < QB; ++qq)
-      for (int u = 0; u < NV; ++u) vstore(out + qq * dp + d0 + u * W, acc[qq][u]);
+      for (int u = 0; u < NV; ++u) vstore<T, VB>(out + qq * dp + d0 + u * W, acc[qq][u]);
   }
 }
 
 // Max and sum over nkp entries (multiple of JB) with JB independent lanes so they vectorise.
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE T lane_max(const T* x, int64_t nkp) {
+  constexpr int JB = kJB<VB>;
   T m[JB];
   for (int jj = 0; jj < JB; ++jj) m[jj] = x[jj];
   for (int64_t j0 = JB; j0 < nkp; j0 += JB)
@@ -216,8 +224,9 @@ AAM_INLINE T lane_max(const T* x, int64_t nkp) {
   return r;
 }
 
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE T lane_sum(const T* x, int64_t nkp) {
+  constexpr int JB = kJB<VB>;
   T s[JB] = {};
   for (int64_t j0 = 0; j0 < nkp; j0 += JB)
     for (int jj = 0; jj < JB; ++jj) s[jj] += x[j0 + jj];
@@ -226,45 +235,30 @@ AAM_INLINE T lane_sum(const T* x, int64_t nkp) {
   return r;
 }
 
-// acc[j][d] += sum_qq w[qq][j] * rows[qq][d] for j < nk (dp multiple of DB).
-template <typename T>
-AAM_INLINE void accumulate_rows(const T* w, const T* rows, int64_t nk, int64_t nkp, int64_t dp, T* acc) {
-  constexpr int W = VecOf<T>::lanes;
-  for (int64_t d0 = 0; d0 < dp; d0 += W) {
-    Vec<T> r[QB];
-    for (int qq = 0; qq < QB; ++qq) r[qq] = vload(rows + qq * dp + d0);
-    for (int64_t j = 0; j < nk; ++j) {
-      T* a = acc + j * dp + d0;
-      Vec<T> s = vload(a);
-      for (int qq = 0; qq < QB; ++qq) s += w[qq * nkp + j] * r[qq];
-      vstore(a, s);
-    }
-  }
-}
-
 // acc[j][d] += sum_{i < nrows} w[i][j] * rows[i][d] for j < nk: a register-blocked GEMM over a chunk of
 // queries (KB keys x DB dims live in registers across all rows), used for dV = P^T dO and dK = dS^T Q.
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE void chunk_accumulate(const T* w, const T* rows, int64_t nrows, int64_t nk, int64_t nkp, int64_t dp,
                                  T* acc) {
-  constexpr int W = VecOf<T>::lanes, NV = DB / W, KB = 4;
+  constexpr int JB = kJB<VB>, DB = kDB<VB>;
+  constexpr int W = VecOf<T, VB>::lanes, NV = DB / W, KB = 4;
   static_assert(JB % KB == 0, "key padding must cover the key blocks");
   for (int64_t j0 = 0; j0 < nk; j0 += KB) {
     for (int64_t d0 = 0; d0 < dp; d0 += DB) {
-      Vec<T> a[KB][NV];
+      Vec<T, VB> a[KB][NV];
       for (int jj = 0; jj < KB; ++jj)
-        for (int u = 0; u < NV; ++u) a[jj][u] = vload(acc + (j0 + jj) * dp + d0 + u * W);
+        for (int u = 0; u < NV; ++u) a[jj][u] = vload<T, VB>(acc + (j0 + jj) * dp + d0 + u * W);
       for (int64_t i = 0; i < nrows; ++i) {
         const T* wr = w + i * nkp + j0;
-        Vec<T> r[NV];
-        for (int u = 0; u < NV; ++u) r[u] = vload(rows + i * dp + d0 + u * W);
+        Vec<T, VB> r[NV];
+        for (int u = 0; u < NV; ++u) r[u] = vload<T, VB>(rows + i * dp + d0 + u * W);
         for (int jj = 0; jj < KB; ++jj) {
           const T c = wr[jj];
           for (int u = 0; u < NV; ++u) a[jj][u] += c * r[u];
         }
       }
       for (int jj = 0; jj < KB; ++jj)
-        for (int u = 0; u < NV; ++u) vstore(acc + (j0 + jj) * dp + d0 + u * W, a[jj][u]);
+        for (int u = 0; u < NV; ++u) vstore<T, VB>(acc + (j0 + jj) * dp + d0 + u * W, a[jj][u]);
     }
   }
 }
@@ -295,8 +289,9 @@ AAM_INLINE void gather_keys(const Problem& p, const void* x, const Str& s, int64
   }
 }
 
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<T>& w) {
+  constexpr int JB = kJB<VB>, DB = kDB<VB>;
   const int64_t D = p.D, dp = round_up(D, DB);
   T* lse = static_cast<T*>(p.lse);
   const int64_t ob = base(p, p.so, n) + h * p.so.h;
@@ -324,18 +319,18 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
     std::fill(w.rows.begin(), w.rows.end(), T(0));
     for (int64_t qq = 0; qq < nb; ++qq)
       for (int64_t d = 0; d < D; ++d) w.rows[qq * dp + d] = scale * load<T>(p, p.q, qb0 + (i + qq) * p.sq.l + d);
-    block_scores(w.rows.data(), w.kt.data(), dp, nkp, w.s.data());
+    block_scores<T, VB>(w.rows.data(), w.kt.data(), dp, nkp, w.s.data());
     T inv[QB], lse_q[QB];
     for (int qq = 0; qq < QB; ++qq) {
       T* srow = w.s.data() + qq * nkp;
       for (int64_t j = nk; j < nkp; ++j) srow[j] = neg_inf;
-      const T m = lane_max(srow, nkp);
+      const T m = lane_max<T, VB>(srow, nkp);
       for (int64_t j = 0; j < nkp; ++j) srow[j] = exp_approx(srow[j] - m);
-      const T l = lane_sum(srow, nkp);
+      const T l = lane_sum<T, VB>(srow, nkp);
       inv[qq] = T(1) / l;
       lse_q[qq] = m + std::log(l);
     }
-    block_weighted_rows(w.s.data(), w.vc.data(), nk, nkp, dp, w.out.data());
+    block_weighted_rows<T, VB>(w.s.data(), w.vc.data(), nk, nkp, dp, w.out.data());
     for (int64_t qq = 0; qq < nb; ++qq) {
       for (int64_t d = 0; d < D; ++d) store<T>(p, p.out, ob + (i + qq) * p.so.l + d, w.out[qq * dp + d] * inv[qq]);
       lse[lb + (i + qq) * p.slse.l] = lse_q[qq];
@@ -343,8 +338,9 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
   }
 }
 
-template <typename T>
+template <typename T, int VB>
 AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w) {
+  constexpr int JB = kJB<VB>, DB = kDB<VB>;
   const int64_t D = p.D, dp = round_up(D, DB);
   const int64_t nq = num_queries(p, n);
   const T* lse = static_cast<const T*>(p.lse);
@@ -405,8 +401,8 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
         delta[qq] = acc;
         lse_q[qq] = lse[lb0 + r * p.slse.l];
       }
-      block_scores(qrows, w.kt.data(), dp, nkp, pr0);  // scaled scores
-      block_scores(grows, w.vt.data(), dp, nkp, ds0);  // dP = dO . v
+      block_scores<T, VB>(qrows, w.kt.data(), dp, nkp, pr0);  // scaled scores
+      block_scores<T, VB>(grows, w.vt.data(), dp, nkp, ds0);  // dP = dO . v
       for (int qq = 0; qq < QB; ++qq) {
         T* pr = pr0 + qq * nkp;
         T* dsr = ds0 + qq * nkp;
@@ -419,13 +415,13 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
         for (int64_t j = nk; j < nkp; ++j) pr[j] = dsr[j] = T(0);
       }
       // dQ_q = scale * sum_j dS_qj k_j
-      block_weighted_rows(ds0, w.kc.data(), nk, nkp, dp, w.out.data());
+      block_weighted_rows<T, VB>(ds0, w.kc.data(), nk, nkp, dp, w.out.data());
       for (int64_t qq = 0; qq < nb; ++qq)
         for (int64_t d = 0; d < D; ++d) store<T>(p, p.dq, dqb + (i + qq) * p.sdq.l + d, scale * w.out[qq * dp + d]);
     }
     // dV_j += sum_q P_qj dO_q ; dK_j += sum_q dS_qj (scale q_q)
-    chunk_accumulate(w.pc.data(), w.gcr.data(), nrows, nk, nkp, dp, w.dvc.data());
-    chunk_accumulate(w.dsc.data(), w.qcr.data(), nrows, nk, nkp, dp, w.dkc.data());
+    chunk_accumulate<T, VB>(w.pc.data(), w.gcr.data(), nrows, nk, nkp, dp, w.dvc.data());
+    chunk_accumulate<T, VB>(w.dsc.data(), w.qcr.data(), nrows, nk, nkp, dp, w.dkc.data());
   }
   int64_t jj = 0;  // idx is ascending
   for (int64_t j = 0; j < key_rows; ++j) {
@@ -443,22 +439,22 @@ using FwdFn = void (*)(const Problem&, int64_t, int64_t, int64_t, int64_t, Work<
 using BwdFn = void (*)(const Problem&, int64_t, int64_t, Work<float>&);
 
 void fwd_f32_base(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<float>& w) {
-  forward_task<float>(p, n, h, i0, i1, w);
+  forward_task<float, 32>(p, n, h, i0, i1, w);
 }
-void bwd_f32_base(const Problem& p, int64_t n, int64_t h, Work<float>& w) { backward_task<float>(p, n, h, w); }
+void bwd_f32_base(const Problem& p, int64_t n, int64_t h, Work<float>& w) { backward_task<float, 32>(p, n, h, w); }
 #ifdef AAM_X86_ISA
 AAM_TARGET_AVX2 void fwd_f32_avx2(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<float>& w) {
-  forward_task<float>(p, n, h, i0, i1, w);
+  forward_task<float, 32>(p, n, h, i0, i1, w);
 }
 AAM_TARGET_AVX2 void bwd_f32_avx2(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
-  backward_task<float>(p, n, h, w);
+  backward_task<float, 32>(p, n, h, w);
 }
 AAM_TARGET_AVX512 void fwd_f32_avx512(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1,
                                       Work<float>& w) {
-  forward_task<float>(p, n, h, i0, i1, w);
+  forward_task<float, 64>(p, n, h, i0, i1, w);
 }
 AAM_TARGET_AVX512 void bwd_f32_avx512(const Problem& p, int64_t n, int64_t h, Work<float>& w) {
-  backward_task<float>(p, n, h, w);
+  backward_task<float, 64>(p, n, h, w);
 }
 #endif
 
@@ -558,7 +554,7 @@ void attention_forward_cpu(int dtype, const void* q, const void* k, const void* 
     run_forward<float>(p, fn);
   } else if (dtype == static_cast<int>(DType::f64)) {
     run_forward<double>(p, [](const Problem& pp, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<double>& w) {
-      forward_task<double>(pp, n, h, i0, i1, w);
+      forward_task<double, 32>(pp, n, h, i0, i1, w);
     });
   } else {
     check(false, "attention_forward_cpu: dtype must be float32, bfloat16 or float64 (upcast float16 first)");
@@ -587,7 +583,7 @@ void attention_backward_cpu(int dtype, const void* q, const void* k, const void*
     run_backward<float>(p, fn);
   } else if (dtype == static_cast<int>(DType::f64)) {
     run_backward<double>(p, [](const Problem& pp, int64_t n, int64_t h, Work<double>& w) {
-      backward_task<double>(pp, n, h, w);
+      backward_task<double, 32>(pp, n, h, w);
     });
   } else {
     check(false, "attention_backward_cpu: dtype must be float32, bfloat16 or float64 (upcast float16 first)");

@@ -25,6 +25,7 @@ import biom
 import h5py
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from aam.data import biom_io, sequences, tokenizer
 from aam.data.dataset import SELECTION_MODES
@@ -33,6 +34,12 @@ from aam.errors import AAMError, InputError
 
 log = logging.getLogger("aam")
 CHUNK = 4096  # samples per read while scanning the whole file (totals, UniFrac state)
+
+
+def _bar(total: int, desc: str) -> tqdm:
+    """A progress bar over samples for the whole-file passes (AAM_NO_PROGRESS hides it)."""
+    return tqdm(total=total, desc=desc, unit="sample", leave=False,
+                disable=os.environ.get("AAM_NO_PROGRESS") is not None)
 
 
 class _Rows:
@@ -143,9 +150,11 @@ def open_streamed(table_path: str | Path, sequences_path: str | Path | None, dep
     reader = _Rows(str(path))
     totals = np.zeros(len(sample_ids))
     nnz = np.zeros(len(sample_ids), dtype=np.int64)
+    bar = _bar(len(sample_ids), f"reading {path.name}")
     for lo in range(0, len(sample_ids), CHUNK):
         hi = min(lo + CHUNK, len(sample_ids))
         indptr, indices, counts = reader.read(lo, hi)
+        bar.update(hi - lo)
         bad = ~np.isfinite(counts) | (counts < 0)
         if depth != 0 and not bad.any():
             bad = counts != np.round(counts)
@@ -158,6 +167,7 @@ def open_streamed(table_path: str | Path, sequences_path: str | Path | None, dep
         sums = np.add.reduceat(counts, indptr[:-1]) if counts.size else np.zeros(hi - lo)
         totals[lo:hi] = np.where(np.diff(indptr) > 0, sums, 0.0)
         nnz[lo:hi] = np.diff(indptr)
+    bar.close()
     mapping = sequences.load_sequences(sequences_path) if sequences_path else None
     seqs = sequences.feature_sequences(feature_ids, mapping, path, sequences_path)
     dropped = {s: "no reads" for s, t in zip(sample_ids, totals, strict=True) if t <= 0}
@@ -252,7 +262,9 @@ def visible_chunks(table: StreamedTable, pre: Preprocessing, visible: bool) -> I
     import scipy.sparse as sp
 
     reader = _Rows(table.path)
+    bar = _bar(len(table.sample_ids), "UniFrac state")
     for pos, samples in table.chunks(reader):
+        bar.update(len(pos))
         if visible:
             samples = [select_asvs(f, c, pre.token_limit, pre.asv_sampling, ()) for f, c in samples]
         cols = np.repeat(np.arange(len(samples)), [len(f) for f, _ in samples])
@@ -260,3 +272,4 @@ def visible_chunks(table: StreamedTable, pre: Preprocessing, visible: bool) -> I
         data = np.concatenate([c for _, c in samples])
         m = sp.csc_matrix((data, (rows, cols)), shape=(len(table.feature_ids), len(samples)))
         yield biom.Table(m, table.feature_ids, [table.sample_ids[int(p)] for p in pos])
+    bar.close()

@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import biom
 import numpy as np
 import pytest
 
@@ -50,25 +51,30 @@ WRAP = ("import importlib, re, sys; mod, name = sys.argv[1].rsplit(':', 1); "
         "sys.exit(rc)")
 
 
+def write_oral_subset(path: Path, samples: int = SAMPLES) -> biom.Table:
+    """`samples` oral-age-dev samples drawn with seed 0, written to `path` as an HDF5 BIOM table; returned."""
+    table = biom.load_table(str(ORAL / "table.biom"))
+    ids = list(table.ids())
+    keep = [ids[i] for i in sorted(np.random.default_rng(0).choice(len(ids), samples, replace=False))]
+    table = table.filter(keep, inplace=False).remove_empty(axis="observation", inplace=False)
+    with biom.util.biom_open(str(path), "w") as fh:
+        table.to_hdf5(fh, "bench")
+    return table
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     if not (ORAL / "table.biom").is_file():
         pytest.skip(f"{ORAL} is absent (set AAM_SHARED_DATA to the shared data folder)")
     if not (REF_SRC and REF_PY and Path(REF_SRC, "aam", "cli", "pretrain.py").is_file()):
         pytest.skip("set AAM_REFERENCE_SRC (the reference's sources with its CLI) and AAM_REFERENCE_PYTHON")
-    import biom
     import pandas as pd
 
     from aam.ops.unifrac import unifrac
 
-    table = biom.load_table(str(ORAL / "table.biom"))
-    ids = list(table.ids())
-    keep = [ids[i] for i in sorted(np.random.default_rng(0).choice(len(ids), SAMPLES, replace=False))]
-    table = table.filter(keep, inplace=False).remove_empty(axis="observation", inplace=False)
     folder = tmp_path_factory.mktemp("command")
     paths = {"table": folder / "table.biom", "tree": ORAL / "tree.nwk", "unifrac": folder / "unifrac.csv"}
-    with biom.util.biom_open(str(paths["table"]), "w") as fh:
-        table.to_hdf5(fh, "bench")
+    table = write_oral_subset(paths["table"])
     dm = unifrac(table, str(paths["tree"]), "unweighted")
     pd.DataFrame(dm.data, index=dm.ids, columns=dm.ids).to_csv(paths["unifrac"])
     return paths

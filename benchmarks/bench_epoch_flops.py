@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_command_vs_reference import ORAL, write_oral_subset
 from bench_roofline import matmul_peak
 from torch.utils.flop_counter import FlopCounterMode
 
 import aam
 
-REPO = Path(__file__).resolve().parents[1]
-ORAL = Path(os.environ.get("AAM_SHARED_DATA", REPO.parent / "shared" / "data")) / "oral-age-dev"
 SAMPLES = 200
 ROUNDS = int(os.environ.get("AAM_BENCH_ROUNDS", "3"))
 
@@ -46,17 +45,10 @@ def _history(out: Path) -> dict:
 def test_epoch_flops_vs_matmul_peak(benchmark, tmp_path):
     if not (ORAL / "table.biom").is_file():
         pytest.skip(f"{ORAL} is absent (set AAM_SHARED_DATA to the shared data folder)")
-    import biom
-
     from aam.cli.main import main
 
-    table = biom.load_table(str(ORAL / "table.biom"))
-    ids = list(table.ids())
-    keep = [ids[i] for i in sorted(np.random.default_rng(0).choice(len(ids), SAMPLES, replace=False))]
-    table = table.filter(keep, inplace=False).remove_empty(axis="observation", inplace=False)
     path = tmp_path / "table.biom"
-    with biom.util.biom_open(str(path), "w") as fh:
-        table.to_hdf5(fh, "bench")
+    write_oral_subset(path, SAMPLES)
 
     with FlopCounterMode(display=False) as counter:
         assert main(_args(path, tmp_path / "math", "math")) == 0

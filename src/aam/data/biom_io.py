@@ -143,16 +143,9 @@ def sample_totals(table: biom.Table) -> np.ndarray:
     return np.asarray(table.sum(axis="sample"), dtype=np.float64)
 
 
-def rarefy(table: biom.Table, depth: int, seed: int | None, path: str | Path | None = None) -> tuple[biom.Table, RarefactionInfo]:
-    """Subsample every sample to `depth` reads without replacement (seeded); samples under it are dropped.
-
-    Features left with no reads are removed. Returns the new table and a RarefactionInfo to record.
-    """
-    where = f"table {path}" if path else "the table"
-    if depth < 1:
-        raise InputError(f"rarefaction depth must be a positive number of reads (got {depth}); pass --rarefy-depth N")
-    totals = sample_totals(table)
-    ids = [str(s) for s in table.ids(axis="sample")]
+def under_depth(ids: list[str], totals: np.ndarray, depth: int, where: str) -> list[str]:
+    """The samples with fewer than `depth` reads (logged), which rarefaction drops; InputError when that is
+    every sample. `where` names the table in messages ("table t.biom")."""
     if totals.size == 0 or depth > totals.max():
         largest = int(totals.max()) if totals.size else 0
         raise InputError(
@@ -165,6 +158,19 @@ def rarefy(table: biom.Table, depth: int, seed: int | None, path: str | Path | N
             "rarefaction to %d reads drops %d of %d samples with fewer reads (e.g. %s)",
             depth, len(dropped), len(ids), ", ".join(dropped[:5]),
         )  # fmt: skip
+    return dropped
+
+
+def rarefy(table: biom.Table, depth: int, seed: int | None, path: str | Path | None = None) -> tuple[biom.Table, RarefactionInfo]:
+    """Subsample every sample to `depth` reads without replacement (seeded); samples under it are dropped.
+
+    Features left with no reads are removed. Returns the new table and a RarefactionInfo to record.
+    """
+    where = f"table {path}" if path else "the table"
+    if depth < 1:
+        raise InputError(f"rarefaction depth must be a positive number of reads (got {depth}); pass --rarefy-depth N")
+    ids = [str(s) for s in table.ids(axis="sample")]
+    dropped = under_depth(ids, sample_totals(table), depth, where)
     out = table.subsample(int(depth), axis="sample", by_id=False, seed=seed)
     out = out.remove_empty(axis="observation", inplace=False)
     info = RarefactionInfo(depth=int(depth), seed=seed, n_input=len(ids), n_kept=int(out.shape[1]), dropped_ids=dropped)

@@ -88,8 +88,10 @@ class StreamedTable:
     rarefy_seed: int
     dropped: dict[str, str]
 
-    def row_of(self) -> dict[str, int]:
-        return {s: int(r) for s, r in zip(self.sample_ids, self.rows, strict=True)}
+    def positions(self, sample_ids: list[str]) -> np.ndarray:
+        """Position of each of `sample_ids` among the kept samples."""
+        index = {s: i for i, s in enumerate(self.sample_ids)}
+        return np.fromiter((index[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
 
     def counts(self, reader: _Rows, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(feature indices, counts) of file row `row`, rarefied when the table is."""
@@ -176,14 +178,9 @@ def open_streamed(table_path: str | Path, sequences_path: str | Path | None, dep
         log.info("rarefaction depth %d = min(%d, %dth percentile of sample depths); set --rarefy-depth to change",
                  depth, DEFAULT_MAX_DEPTH, DEPTH_PERCENTILE)
     if depth > 0:
-        if depth > totals.max(initial=0):
-            raise InputError(f"rarefaction depth {depth} is above every sample of table {path} (largest sample "
-                             f"total {int(totals.max(initial=0))}); pass --rarefy-depth {int(totals.max(initial=0))} "
-                             "or less")
-        under = [s for s, t in zip(sample_ids, totals, strict=True) if 0 < t < depth]
-        if under:
-            log.warning("rarefaction to %d reads drops %d of %d samples with fewer reads (e.g. %s)", depth,
-                        len(under), len(sample_ids), ", ".join(under[:5]))
+        reads = totals > 0  # empty samples are dropped above
+        under = biom_io.under_depth([s for s, r in zip(sample_ids, reads, strict=True) if r], totals[reads], depth,
+                                    f"table {path}")
         dropped.update({s: f"fewer than {depth} reads (rarefaction depth)" for s in under})
     elif dropped:
         raise InputError(f"{len(dropped)} sample(s) of {path} have no reads: {', '.join(list(dropped)[:10])}; "
@@ -204,10 +201,10 @@ class StreamingDataset(torch.utils.data.Dataset):
     def __init__(self, table: StreamedTable, sample_ids: list[str], pre: Preprocessing) -> None:
         if pre.asv_sampling not in SELECTION_MODES:
             raise AAMError(f"asv_sampling must be one of {', '.join(SELECTION_MODES)} (got {pre.asv_sampling!r})")
-        row_of = table.row_of()
+        pos = np.sort(table.positions(sample_ids))  # kept samples are in file order
         self.table = table
-        self.sample_ids = sorted(sample_ids, key=row_of.__getitem__)
-        self.rows = np.fromiter((row_of[s] for s in self.sample_ids), dtype=np.int64, count=len(self.sample_ids))
+        self.sample_ids = [table.sample_ids[i] for i in pos]
+        self.rows = table.rows[pos]
         self.feature_ids = table.feature_ids
         self.token_table = table.tokens
         self.token_lengths = tokenizer.token_lengths(table.tokens)
@@ -216,8 +213,7 @@ class StreamingDataset(torch.utils.data.Dataset):
         self.seed = int(pre.seed)
         self.epoch = 0
         self._reader = _Rows(table.path)
-        kept = {s: i for i, s in enumerate(table.sample_ids)}
-        self._nnz = table.nnz[[kept[s] for s in self.sample_ids]] if self.sample_ids else np.zeros(0, np.int64)
+        self._nnz = table.nnz[pos]
 
     def __len__(self) -> int:
         return len(self.sample_ids)

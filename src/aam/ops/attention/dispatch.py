@@ -105,8 +105,16 @@ def masked_attention(
 def _varlen_request(device: torch.device, dtype: torch.dtype, head_dim, dropout_p: float,
                     max_seqlen: int) -> KernelRequest:
     return KernelRequest(device, dtype, head_dim=_head_dim_const(head_dim),
-                         long_rows=True if max_seqlen > CPU_CUSTOM_MAX_DENSE_LEN else False,
+                         long_rows=True if max_seqlen > CPU_CUSTOM_MAX_DENSE_LEN else False,  # never a SymBool
                          dropout_p=float(dropout_p))
+
+
+def _varlen_choice(x: torch.Tensor, scale: float | None, dropout_p: float, max_seqlen: int,
+                   backend: str) -> tuple[float, str]:
+    """(scale, backend name) of a varlen call on tensors like `x` (head dim last)."""
+    scale = 1.0 / math.sqrt(x.shape[-1]) if scale is None else float(scale)
+    return scale, registry.select_name(OP_VARLEN, backend, _varlen_request(x.device, x.dtype, x.shape[-1], dropout_p,
+                                                                            max_seqlen))
 
 
 def masked_attention_varlen(
@@ -128,9 +136,7 @@ def masked_attention_varlen(
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
         raise ValueError("masked_attention_varlen: cu_seqlens must be a 1-D tensor [B + 1] of offsets")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    name = registry.select_name(OP_VARLEN, backend, _varlen_request(q.device, q.dtype, q.shape[-1], dropout_p,
-                                                                    max_seqlen))
+    scale, name = _varlen_choice(q, scale, dropout_p, max_seqlen, backend)
     return _IMPLS[(OP_VARLEN, name)](q, k, v, cu_seqlens, max_seqlen, scale, dropout_p)
 
 
@@ -149,9 +155,7 @@ def masked_attention_varlen_qkv(
     """
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"masked_attention_varlen_qkv: qkv must be [T, 3, H, Dh], got {tuple(qkv.shape)}")
-    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
-    name = registry.select_name(OP_VARLEN, backend, _varlen_request(qkv.device, qkv.dtype, qkv.shape[-1],
-                                                                    dropout_p, max_seqlen))
+    scale, name = _varlen_choice(qkv, scale, dropout_p, max_seqlen, backend)
     if name == "custom" and qkv.device.type == "cpu":
         return custom.attention_varlen_qkv(qkv, cu_seqlens, max_seqlen, scale)
     return _IMPLS[(OP_VARLEN, name)](*qkv.unbind(1), cu_seqlens, max_seqlen, scale, dropout_p)

@@ -72,10 +72,10 @@ class TreeDistances:
         if mod is None or not hasattr(mod, "unifrac_sample_state"):
             raise AAMError(f"on-the-fly UniFrac needs the compiled aam._C ({native.load_error('_C') or 'not built'})")
         tr = load_tree(tree)
-        chunks = table if isinstance(table, Chunks) else [table]
+        chunked = isinstance(table, Chunks)
         parts, self.ids, self.n_dropped = [], [], 0
-        for chunk in chunks:
-            if isinstance(table, Chunks):  # one more sample on every feature: the same branches in every chunk
+        for chunk in table if chunked else [table]:
+            if chunked:  # one more sample on every feature: the same branches in every chunk
                 chunk = with_all_features(chunk)
             t = tips_table(chunk, tr, drop_missing_features)
             try:
@@ -83,7 +83,7 @@ class TreeDistances:
                                                  t.n_samples)
             except ValueError as exc:
                 raise InputError(f"{tr.source}: {exc}") from None
-            n = len(t.sample_ids) - isinstance(table, Chunks)
+            n = len(t.sample_ids) - chunked
             offsets, rows, values, row_len = state
             if parts and not np.array_equal(row_len, parts[0][3]):
                 raise AAMError("UniFrac state of a chunk has other branches than the first chunk's")

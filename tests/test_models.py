@@ -315,8 +315,30 @@ def test_packing_only_with_a_varlen_kernel():
     x = torch.zeros(5, 9, 32)
     assert Transformer(32, 4, 1, kernels="sdpa")._packing(x, pad) is None
     assert Transformer(32, 4, 1, kernels="custom", packed=False)._packing(x, pad) is None
-    assert Transformer(32, 4, 1, kernels="custom")._packing(x, None) is None
     assert Transformer(32, 4, 1, kernels="custom")._packing(x, torch.ones(5, 9, dtype=torch.bool)) is None
+    for no_pad in (None, torch.zeros(5, 9, dtype=torch.bool)):  # reads of one length: packed in place
+        packing = Transformer(32, 4, 1, kernels="custom")._packing(x, no_pad)
+        assert packing.index is None and packing.cu_seqlens.tolist() == list(range(0, 46, 9))
+
+
+@pytest.mark.parametrize("no_pad", [None, "zeros"])
+def test_unpadded_batch_packed_in_place_matches_padded(no_pad):
+    """Without padding the stack runs the varlen kernels on the rows in place: the padded op's result and input
+    gradients."""
+    torch.manual_seed(0)
+    model = Transformer(32, 4, 2, dropout=0.0, kernels="custom").double().train()
+    pad = None if no_pad is None else torch.zeros(5, 9, dtype=torch.bool)
+    x = torch.randn(5, 9, 32, dtype=torch.float64)
+    outs, grads = [], []
+    for packed in (True, False):
+        model.packed = packed
+        xi = x.clone().requires_grad_(True)
+        y = model(xi, pad)
+        y.pow(2).sum().backward()
+        outs.append(y)
+        grads.append(xi.grad)
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_packed_encoder_matches_padded():

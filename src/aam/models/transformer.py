@@ -19,20 +19,27 @@ from torch.utils.checkpoint import checkpoint
 
 from aam.ops.attention import masked_attention, masked_attention_varlen_qkv, packed_backend
 from aam.ops.dropout import dropout
+from aam.ops.mlp import gelu_mlp
 
 
 @dataclass(frozen=True)
 class Packing:
-    """Valid tokens of a padded [N, L] batch: flat positions `index` [T] in row order; row b owns packed
-    tokens cu_seqlens[b]:cu_seqlens[b + 1]; `backend` is the varlen backend to run."""
+    """Valid tokens of a padded [N, L] batch: flat positions `index` [T] in row order (None: no padding, every
+    token in place); row b owns packed tokens cu_seqlens[b]:cu_seqlens[b + 1]; `backend` is the varlen backend
+    to run."""
 
-    index: torch.Tensor
+    index: torch.Tensor | None
     cu_seqlens: torch.Tensor
     max_seqlen: int
     backend: str
 
     @classmethod
-    def from_padding(cls, pad: torch.Tensor, backend: str) -> Packing:
+    def from_padding(cls, pad: torch.Tensor | None, x: torch.Tensor, backend: str) -> Packing:
+        """The packing of a [N, L, D] batch `x` with key padding `pad` [N, L] (None: none)."""
+        n, length = x.shape[:2]
+        if pad is None or not bool(pad.any()):  # e.g. 16S reads of one length: the rows are the sequences
+            cu_seqlens = torch.arange(0, (n + 1) * length, length, dtype=torch.int32, device=x.device)
+            return cls(None, cu_seqlens, length, backend)
         valid = ~pad
         counts = valid.sum(dim=1)
         cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
@@ -116,13 +123,16 @@ class Block(nn.Module):
         self.fc_out = nn.Linear(ffn_ratio * dim, dim)
         self.dropout_p = dropout
         self.dropout_backend = "math" if kernels == "math" else "auto"  # the CPU kernel unless --kernels math
+        self.mlp_backend = "math" if kernels == "math" else "auto"  # the row-blocked CPU MLP unless math
 
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.dropout_p, self.training, self.dropout_backend)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), pad, packing))
-        return x + self.drop(self.fc_out(self.drop(F.gelu(self.fc(self.ln2(x))))))
+        if self.training and self.dropout_p > 0:  # dropout between fc and fc_out: the three ops one by one
+            return x + self.drop(self.fc_out(self.drop(F.gelu(self.fc(self.ln2(x))))))
+        return x + self.drop(gelu_mlp(self.ln2(x), self.fc, self.fc_out, self.mlp_backend))
 
 
 class Transformer(nn.Module):
@@ -148,6 +158,8 @@ class Transformer(nn.Module):
         if packing is None:
             return self._run(x, pad, None)
         n, length, dim = x.shape
+        if packing.index is None:
+            return self._run(x.reshape(n * length, dim), None, packing).view(n, length, dim)
         tokens = self._run(x.reshape(n * length, dim).index_select(0, packing.index), None, packing)
         return tokens.new_zeros(n * length, dim).index_copy(0, packing.index, tokens).view(n, length, dim)
 
@@ -160,8 +172,9 @@ class Transformer(nn.Module):
         return self.ln_f(x)
 
     def _packing(self, x: torch.Tensor, pad: torch.Tensor | None) -> Packing | None:
-        """How to pack this batch, or None to run padded (no padding, no varlen kernel, or compiling)."""
-        if not self.packed or pad is None or not self.blocks or torch.compiler.is_compiling():
+        """How to pack this batch, or None to run padded (no varlen kernel, nothing valid, no padding on a GPU, or
+        compiling)."""
+        if not self.packed or not self.blocks or x.shape[0] * x.shape[1] == 0 or torch.compiler.is_compiling():
             return None
         attn = self.blocks[0].attn
         attn_dropout = attn.attention_dropout if self.training else 0.0
@@ -169,9 +182,12 @@ class Transformer(nn.Module):
         backend = packed_backend(attn.kernels, x.device, dtype, x.shape[2] // attn.heads, attn_dropout, x.shape[1])
         if backend is None:
             return None
-        packing = Packing.from_padding(pad, backend)
-        # Nothing valid, or nothing to skip (e.g. 16S reads of one length): run padded.
-        return packing if 0 < packing.index.numel() < pad.numel() else None
+        if x.device.type != "cpu" and (pad is None or not bool(pad.any())):
+            return None  # no padding on a GPU: the padded op (SDPA's fused kernels) needs no packing
+        packing = Packing.from_padding(pad, x, backend)
+        # Nothing valid: run padded. No padding on the CPU: packed in place, which spares the padded op's
+        # q/k/v and output layout copies.
+        return None if packing.index is not None and packing.index.numel() == 0 else packing
 
 
 class AttentionPooling(nn.Module):

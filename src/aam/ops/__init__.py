@@ -4,6 +4,7 @@
 - pairwise_unifrac_loss(emb, target, transform="identity", scale=10.0, weights=None, backend="auto")
 - unifrac.unifrac(table, tree, metric="unweighted", ...)  (the op module aam.ops.unifrac)
 - dropout.dropout(x, p, training=True, backend="auto")  (the op module aam.ops.dropout)
+- mlp.gelu_mlp(x, fc, fc_out, backend="auto")  (the op module aam.ops.mlp: the transformer's feed-forward)
 
 `python -m aam.ops` (or `aam kernels`) prints which backends can run here and why the others cannot.
 """
@@ -16,7 +17,7 @@ from typing import Any
 # the names of `--kernels`; here rather than in registry.py so the CLI's --help reads them without torch
 BACKEND_CHOICES = ("auto", "custom", "triton", "sdpa", "math")
 _LAZY = {"masked_attention": "aam.ops.attention", "pairwise_unifrac_loss": "aam.ops.pairwise_loss"}
-_SUBMODULES = ("attention", "dropout", "pairwise_loss", "unifrac", "registry", "parity", "diagnostics")
+_SUBMODULES = ("attention", "dropout", "mlp", "pairwise_loss", "unifrac", "registry", "parity", "diagnostics")
 
 
 def __getattr__(name: str) -> Any:

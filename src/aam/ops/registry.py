@@ -1,6 +1,6 @@
 """Backend registry: which implementation of each op runs, and why the others do not.
 
-Every op (masked_attention, pairwise_unifrac_loss, unifrac, dropout) registers its backends here with
+Every op (masked_attention, pairwise_unifrac_loss, unifrac, dropout, gelu_mlp) registers its backends here with
 - `check(req) -> str | None`: None when the backend can run the request (a `KernelRequest`: device and
   dtype plus the shape facts an op's backends decide on, such as `head_dim`), else the reason it cannot;
 - `priority`: `auto` tries backends from the highest priority down;
@@ -91,7 +91,8 @@ def register(
     _backends.setdefault(op, {})[name] = Backend(op, name, fn, check, priority, self_check, auto_refusal)
 
 
-OP_MODULES = ("aam.ops.attention", "aam.ops.pairwise_loss", "aam.ops.unifrac.dispatch", "aam.ops.dropout")
+OP_MODULES = ("aam.ops.attention", "aam.ops.pairwise_loss", "aam.ops.unifrac.dispatch", "aam.ops.dropout",
+              "aam.ops.mlp")
 _loaded = False
 
 

@@ -1,0 +1,187 @@
+"""The transformer's feed-forward network: `gelu_mlp(x, fc, fc_out, backend="auto")` = fc_out(gelu(fc(x))).
+
+Backends:
+- custom (CPU; float32, float64, bfloat16): the same products, run over blocks of rows so that each block's
+  [rows, hidden] intermediate stays in the core's cache between the two GEMMs and the GELU. PyTorch runs
+  fc, GELU and fc_out as three passes over a [T, 4D] tensor in memory (and its GELU backward as a fourth);
+  here the GELU and its backward read cache, the bias is added by the GEMM, and only the pre-activation
+  fc(x) is saved for the backward (the GELU output is recomputed there, block by block), which halves the
+  FFN's activation memory. No native code: a torch.autograd.Function over row blocks. The row-wise results
+  equal math's up to the GEMM library's blocking; the weight gradients are summed block by block.
+- math: F.linear, F.gelu, F.linear (every device and dtype; GPUs, where the row blocks would be many small
+  launches, and torch.compile, which fuses the epilogues itself).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aam.ops import parity, registry
+from aam.ops.registry import KernelRequest
+
+OP = "gelu_mlp"
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+BLOCK_ELEMENTS = 1 << 19  # a row block's [rows, hidden] intermediate: 2 MiB in float32
+
+
+def block_rows(hidden: int) -> int:
+    """Rows per block: BLOCK_ELEMENTS / hidden (1,024 rows at hidden 512)."""
+    return max(16, BLOCK_ELEMENTS // max(hidden, 1))
+
+
+def _blocks(rows: int, hidden: int) -> list[tuple[int, int]]:
+    step = block_rows(hidden)
+    return [(s, min(s + step, rows)) for s in range(0, rows, step)]
+
+
+def _forward_blocks(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                    keep_pre: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y = gelu(x @ w1^T + b1) @ w2^T + b2 block by block; also returns the pre-activation [rows, hidden]
+    when `keep_pre` (for the backward)."""
+    rows, hidden = x.shape[0], w1.shape[0]
+    y = x.new_empty(rows, w2.shape[0])
+    pre = x.new_empty(rows, hidden) if keep_pre else None
+    step = min(block_rows(hidden), max(rows, 1))
+    scratch_pre = None if keep_pre else x.new_empty(step, hidden)
+    act = x.new_empty(step, hidden)
+    for s, e in _blocks(rows, hidden):
+        h = pre[s:e] if pre is not None else scratch_pre[: e - s]
+        torch.addmm(b1, x[s:e], w1.t(), out=h)
+        a = act[: e - s]
+        torch._C._nn.gelu(h, out=a)
+        torch.addmm(b2, a, w2.t(), out=y[s:e])
+    return y, pre
+
+
+class _BlockedGeluMLP(torch.autograd.Function):
+    """Autograd over `_forward_blocks`; saves x and the pre-activation, recomputes the GELU output."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        y, pre = _forward_blocks(x, w1, b1, w2, b2, keep_pre=True)
+        ctx.save_for_backward(x, w1, w2, pre)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, w2, pre = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        dy = dy.contiguous()
+        rows, hidden = pre.shape
+        # parameter gradients are summed over blocks in float32 at least (one rounding to bf16, as math's)
+        acc = torch.promote_types(pre.dtype, torch.float32)
+        dx = torch.empty_like(x) if need_x else None
+        dw1 = w1.new_zeros(w1.shape, dtype=acc) if need_w1 else None
+        dw2 = w2.new_zeros(w2.shape, dtype=acc) if need_w2 else None
+        db1 = w1.new_zeros(hidden, dtype=acc) if need_b1 else None
+        step = min(block_rows(hidden), max(rows, 1))
+        act, dact, dpre = (pre.new_empty(step, hidden) for _ in range(3))
+        for s, e in _blocks(rows, hidden):
+            h, g = pre[s:e], dy[s:e]
+            if need_w2:  # dW2 += dy^T gelu(h)
+                a = act[: e - s]
+                torch._C._nn.gelu(h, out=a)
+                _accumulate(dw2, g.t(), a)
+            if not (need_x or need_w1 or need_b1):
+                continue
+            da = dact[: e - s]
+            torch.mm(g, w2, out=da)
+            dh = dpre[: e - s]
+            torch.ops.aten.gelu_backward.grad_input(da, h, grad_input=dh)
+            if need_w1:
+                _accumulate(dw1, dh.t(), x[s:e])
+            if need_b1:
+                db1 += dh.sum(0, dtype=acc)
+            if need_x:
+                torch.mm(dh, w1, out=dx[s:e])
+        db2 = dy.sum(0, dtype=acc).to(dy.dtype) if need_b2 else None
+        cast = [None if t is None else t.to(pre.dtype) for t in (dw1, db1, dw2)]
+        return dx, cast[0], cast[1], cast[2], db2
+
+
+def _accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """total += a @ b, in place (a @ b rounded once to the inputs' dtype when total is wider)."""
+    if total.dtype == a.dtype:
+        total.addmm_(a, b)
+    else:
+        total += a @ b
+
+
+def _custom(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear) -> torch.Tensor:
+    w1, b1, w2, b2 = fc.weight, fc.bias, fc_out.weight, fc_out.bias
+    if b1 is None or b2 is None:
+        return _math(x, fc, fc_out)
+    if torch.is_autocast_enabled("cpu"):  # cast as autocast would cast F.linear's inputs, tracked by autograd
+        dtype = torch.get_autocast_dtype("cpu")
+        x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    with torch.autocast("cpu", enabled=False):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x2, w1, b1, w2, b2)):
+            y = _BlockedGeluMLP.apply(x2, w1, b1, w2, b2)
+        else:  # inference: nothing saved, one block of scratch
+            y, _ = _forward_blocks(x2, w1, b1, w2, b2, keep_pre=False)
+    return y.view(*lead, y.shape[-1])
+
+
+def _math(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear) -> torch.Tensor:
+    return fc_out(F.gelu(fc(x)))
+
+
+def _check_custom(req: KernelRequest) -> str | None:
+    if req.device.type != "cpu":
+        return "the row-blocked MLP is for CPU caches (on GPUs: math)"
+    if req.dtype not in CPU_DTYPES:
+        return f"dtype {req.dtype} not supported (float32/float64/bfloat16)"
+    return None
+
+
+registry.register(OP, "math", _math, lambda req: None, priority=0)
+registry.register(OP, "custom", _custom, _check_custom, priority=20)
+
+
+def gelu_mlp(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear, backend: str = "auto") -> torch.Tensor:
+    """fc_out(gelu(fc(x))) for x [..., D] (exact, erf GELU); `backend` is a `--kernels` choice."""
+    if torch.compiler.is_compiling():
+        return _math(x, fc, fc_out)
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    name = registry.select_name(OP, registry.resolve_name(OP, backend), KernelRequest(x.device, dtype))
+    return registry.get(OP, name).fn(x, fc, fc_out)
+
+
+def self_check_gelu_mlp(backend: str, device: torch.device | str) -> dict:
+    """`aam kernels` check: 1,500 rows (one full and one partial row block at hidden 512), D 128, float32,
+    output and the gradients of x and all four parameters against float64 math (DESIGN.md's parity rule)."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(3, 500, 128, generator=g, dtype=torch.float64)
+    fc0, out0 = nn.Linear(128, 512).double(), nn.Linear(512, 128).double()
+    with torch.no_grad():
+        for p in (*fc0.parameters(), *out0.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.1)
+    dy = torch.randn(3, 500, 128, generator=g, dtype=torch.float64)
+
+    def result(fn, dtype):
+        fc, out = nn.Linear(128, 512), nn.Linear(512, 128)
+        fc.load_state_dict(fc0.state_dict())
+        out.load_state_dict(out0.state_dict())
+        fc, out = fc.to(device, dtype), out.to(device, dtype)
+        x = x0.to(device, dtype).requires_grad_(True)
+        y = fn(x, fc, out)
+        params = [x, fc.weight, fc.bias, out.weight, out.bias]
+        grads = torch.autograd.grad(y, params, dy.to(device, dtype))
+        return y.detach(), [t.detach() for t in grads]
+
+    report = parity.check_fwd_bwd(result(_math, torch.float64), result(_math, torch.float32),
+                                  result(lambda *a: gelu_mlp(*a, backend=backend), torch.float32), torch.float32,
+                                  names=["x", "fc.weight", "fc.bias", "fc_out.weight", "fc_out.bias"])
+    fwd, bwd = report.worst("forward"), report.worst("backward")
+    detail = (f"float32: max err fwd {fwd.err:.2e} (tol {fwd.bound:.1e}), bwd {bwd.err:.2e} (tol {bwd.bound:.1e})"
+              + (", NaN" if report.nan else ""))
+    return {"ok": report.ok, "max_err_fwd": fwd.err, "max_err_bwd": bwd.err, "tol_fwd": fwd.bound,
+            "tol_bwd": bwd.bound, "nan": report.nan, "detail": detail}
+
+
+registry.register_diagnostic(OP, self_check_gelu_mlp)

@@ -41,7 +41,8 @@ namespace {
 
 // Register blocks: QB queries x JB keys (score products), QB x DB head dims (P V, dS K). With VB-byte vectors
 // (32, or 64 in the AVX-512 path), JB = DB = VB / 2 elements: two fp32 vectors per row of a block, so each block
-// keeps 2 QB independent accumulators. Keys are padded to a multiple of JB, head dims to one of DB. QB is 8 with
+// keeps 2 QB independent accumulators. Keys are padded to a multiple of KP = JB / 2 (the last block of scores may
+// be a half block), head dims to one of DB. QB is 8 with
 // AVX-512's 32 registers (16 accumulators; ~6% faster fwd+bwd at L 101, Dh 32 than 4), else 4.
 template <int VB>
 constexpr int kQB = VB == 64 ? 8 : 4;
@@ -49,6 +50,8 @@ template <int VB>
 constexpr int kJB = VB / 2;
 template <int VB>
 constexpr int kDB = VB / 2;
+template <int VB>
+constexpr int kKP = kJB<VB> / 2;  // keys are padded to a multiple of half a block (101 keys: 112, not 128)
 
 struct Str {
   int64_t n, h, l;
@@ -167,28 +170,37 @@ AAM_INLINE void vstore(T* p, const Vec<T, VB>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// out[qq][j] = sum_d rows[qq][d] * xt[d][j] for j < nkp (nkp multiple of JB).
+// out[qq][j0 + j] = sum_d rows[qq][d] * xt[d][j0 + j] for j < NV vectors of keys.
+template <typename T, int VB, int NV>
+AAM_INLINE void score_block(const T* rows, const T* xt, int64_t dp, int64_t nkp, int64_t j0, T* out) {
+  constexpr int QB = kQB<VB>;
+  constexpr int W = VecOf<T, VB>::lanes;
+  Vec<T, VB> acc[QB][NV];
+  for (int qq = 0; qq < QB; ++qq)
+    for (int u = 0; u < NV; ++u) acc[qq][u] = Vec<T, VB>{};
+  for (int64_t d = 0; d < dp; ++d) {
+    const T* xr = xt + d * nkp + j0;
+    Vec<T, VB> x[NV];
+    for (int u = 0; u < NV; ++u) x[u] = vload<T, VB>(xr + u * W);
+    for (int qq = 0; qq < QB; ++qq) {
+      const T r = rows[qq * dp + d];
+      for (int u = 0; u < NV; ++u) acc[qq][u] += r * x[u];
+    }
+  }
+  for (int qq = 0; qq < QB; ++qq)
+    for (int u = 0; u < NV; ++u) vstore<T, VB>(out + qq * nkp + j0 + u * W, acc[qq][u]);
+}
+
+// out[qq][j] = sum_d rows[qq][d] * xt[d][j] for j < nkp (nkp multiple of KP = JB / 2): whole JB blocks, then
+// at most one half block.
 template <typename T, int VB>
 AAM_INLINE void block_scores(const T* rows, const T* xt, int64_t dp, int64_t nkp, T* out) {
-  constexpr int QB = kQB<VB>;
   constexpr int JB = kJB<VB>;
-  constexpr int W = VecOf<T, VB>::lanes, NV = JB / W;
-  for (int64_t j0 = 0; j0 < nkp; j0 += JB) {
-    Vec<T, VB> acc[QB][NV];
-    for (int qq = 0; qq < QB; ++qq)
-      for (int u = 0; u < NV; ++u) acc[qq][u] = Vec<T, VB>{} ;
-    for (int64_t d = 0; d < dp; ++d) {
-      const T* xr = xt + d * nkp + j0;
-      Vec<T, VB> x[NV];
-      for (int u = 0; u < NV; ++u) x[u] = vload<T, VB>(xr + u * W);
-      for (int qq = 0; qq < QB; ++qq) {
-        const T r = rows[qq * dp + d];
-        for (int u = 0; u < NV; ++u) acc[qq][u] += r * x[u];
-      }
-    }
-    for (int qq = 0; qq < QB; ++qq)
-      for (int u = 0; u < NV; ++u) vstore<T, VB>(out + qq * nkp + j0 + u * W, acc[qq][u]);
-  }
+  constexpr int NV = JB / VecOf<T, VB>::lanes;
+  static_assert(NV % 2 == 0, "a half block is a whole number of vectors");
+  int64_t j0 = 0;
+  for (; j0 + JB <= nkp; j0 += JB) score_block<T, VB, NV>(rows, xt, dp, nkp, j0, out);
+  if (j0 < nkp) score_block<T, VB, NV / 2>(rows, xt, dp, nkp, j0, out);
 }
 
 // out[qq][d] = sum_{j < nk} w[qq][j] * x[j][d] (dp multiple of DB).
@@ -215,27 +227,27 @@ AAM_INLINE void block_weighted_rows(const T* w, const T* x, int64_t nk, int64_t 
   }
 }
 
-// Max and sum over nkp entries (multiple of JB) with JB independent lanes so they vectorise.
+// Max and sum over nkp entries (multiple of KP) with KP independent lanes so they vectorise.
 template <typename T, int VB>
 AAM_INLINE T lane_max(const T* x, int64_t nkp) {
-  constexpr int JB = kJB<VB>;
-  T m[JB];
-  for (int jj = 0; jj < JB; ++jj) m[jj] = x[jj];
-  for (int64_t j0 = JB; j0 < nkp; j0 += JB)
-    for (int jj = 0; jj < JB; ++jj) m[jj] = x[j0 + jj] > m[jj] ? x[j0 + jj] : m[jj];
+  constexpr int KP = kKP<VB>;
+  T m[KP];
+  for (int jj = 0; jj < KP; ++jj) m[jj] = x[jj];
+  for (int64_t j0 = KP; j0 < nkp; j0 += KP)
+    for (int jj = 0; jj < KP; ++jj) m[jj] = x[j0 + jj] > m[jj] ? x[j0 + jj] : m[jj];
   T r = m[0];
-  for (int jj = 1; jj < JB; ++jj) r = m[jj] > r ? m[jj] : r;
+  for (int jj = 1; jj < KP; ++jj) r = m[jj] > r ? m[jj] : r;
   return r;
 }
 
 template <typename T, int VB>
 AAM_INLINE T lane_sum(const T* x, int64_t nkp) {
-  constexpr int JB = kJB<VB>;
-  T s[JB] = {};
-  for (int64_t j0 = 0; j0 < nkp; j0 += JB)
-    for (int jj = 0; jj < JB; ++jj) s[jj] += x[j0 + jj];
+  constexpr int KP = kKP<VB>;
+  T s[KP] = {};
+  for (int64_t j0 = 0; j0 < nkp; j0 += KP)
+    for (int jj = 0; jj < KP; ++jj) s[jj] += x[j0 + jj];
   T r = 0;
-  for (int jj = 0; jj < JB; ++jj) r += s[jj];
+  for (int jj = 0; jj < KP; ++jj) r += s[jj];
   return r;
 }
 
@@ -244,9 +256,9 @@ AAM_INLINE T lane_sum(const T* x, int64_t nkp) {
 template <typename T, int VB>
 AAM_INLINE void chunk_accumulate(const T* w, const T* rows, int64_t nrows, int64_t nk, int64_t nkp, int64_t dp,
                                  T* acc) {
-  constexpr int JB = kJB<VB>, DB = kDB<VB>;
+  constexpr int DB = kDB<VB>;
   constexpr int W = VecOf<T, VB>::lanes, NV = DB / W, KB = 4;
-  static_assert(JB % KB == 0, "key padding must cover the key blocks");
+  static_assert(kKP<VB> % KB == 0, "key padding must cover the key blocks");
   for (int64_t j0 = 0; j0 < nk; j0 += KB) {
     for (int64_t d0 = 0; d0 < dp; d0 += DB) {
       Vec<T, VB> a[KB][NV];
@@ -296,7 +308,7 @@ AAM_INLINE void gather_keys(const Problem& p, const void* x, const Str& s, int64
 template <typename T, int VB>
 AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0, int64_t i1, Work<T>& w) {
   constexpr int QB = kQB<VB>;
-  constexpr int JB = kJB<VB>, DB = kDB<VB>;
+  constexpr int DB = kDB<VB>;
   const int64_t D = p.D, dp = round_up(D, DB);
   T* lse = static_cast<T*>(p.lse);
   const int64_t ob = base(p, p.so, n) + h * p.so.h;
@@ -310,7 +322,7 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
     }
     return;
   }
-  const int64_t nkp = round_up(nk, JB);
+  const int64_t nkp = round_up(nk, kKP<VB>);
   gather_keys<T>(p, p.k, p.sk, n, h, w.idx, dp, nkp, &w.kt, nullptr);
   gather_keys<T>(p, p.v, p.sv, n, h, w.idx, dp, nkp, nullptr, &w.vc);
   w.rows.assign(QB * dp, T(0));
@@ -346,7 +358,7 @@ AAM_INLINE void forward_task(const Problem& p, int64_t n, int64_t h, int64_t i0,
 template <typename T, int VB>
 AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w) {
   constexpr int QB = kQB<VB>;
-  constexpr int JB = kJB<VB>, DB = kDB<VB>;
+  constexpr int DB = kDB<VB>;
   const int64_t D = p.D, dp = round_up(D, DB);
   const int64_t nq = num_queries(p, n);
   const T* lse = static_cast<const T*>(p.lse);
@@ -366,7 +378,7 @@ AAM_INLINE void backward_task(const Problem& p, int64_t n, int64_t h, Work<T>& w
       }
     return;
   }
-  const int64_t nkp = round_up(nk, JB);
+  const int64_t nkp = round_up(nk, kKP<VB>);
   gather_keys<T>(p, p.k, p.sk, n, h, w.idx, dp, nkp, &w.kt, &w.kc);
   gather_keys<T>(p, p.v, p.sv, n, h, w.idx, dp, nkp, &w.vt, nullptr);
   w.dkc.assign(nkp * dp, T(0));

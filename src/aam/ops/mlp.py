@@ -50,7 +50,7 @@ def _forward_blocks(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: tor
         h = pre[s:e] if pre is not None else scratch_pre[: e - s]
         torch.addmm(b1, x[s:e], w1.t(), out=h)
         a = act[: e - s]
-        torch._C._nn.gelu(h, out=a)
+        torch.ops.aten.gelu.out(h, out=a)
         torch.addmm(b2, a, w2.t(), out=y[s:e])
     return y, pre
 
@@ -82,7 +82,7 @@ class _BlockedGeluMLP(torch.autograd.Function):
             h, g = pre[s:e], dy[s:e]
             if need_w2:  # dW2 += dy^T gelu(h)
                 a = act[: e - s]
-                torch._C._nn.gelu(h, out=a)
+                torch.ops.aten.gelu.out(h, out=a)
                 _accumulate(dw2, g.t(), a)
             if not (need_x or need_w1 or need_b1):
                 continue

@@ -1,6 +1,7 @@
 """The transformer's feed-forward network fwd+bwd (`aam.ops.mlp.gelu_mlp`), every backend that runs here, at the
 ASV encoder's shape in a pretraining step: T = 29,000 nucleotide tokens (about 200 reads of 145 bp), D 128, hidden
-512; float32 and bf16 autocast. Each benchmark also records what autograd saves for the backward (the distinct
+512; float32 and bf16 autocast, and float32 with dropout 0.1 between the Linears (fine-tuning) against the three ops
+one by one with aam's CPU dropout kernel (what a Block ran before). Each benchmark also records what autograd saves for the backward (the distinct
 tensors' bytes, the input x included): the activation memory the op costs a training step.
 
     make dev && PYTHONPATH=src .venv/bin/python -m pytest benchmarks/bench_mlp.py --benchmark-enable -q
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aam.ops import registry
+from aam.ops.dropout import dropout
 from aam.ops.mlp import OP, gelu_mlp
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -57,6 +60,30 @@ def test_gelu_mlp_fwd_bwd(benchmark, backend, precision):
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
         return grads
+
+    run()
+    benchmark.extra_info["saved_for_backward_mb"] = _saved_bytes(forward) / 2**20
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("path", ["blocked", "unfused"])
+def test_gelu_mlp_dropout_fwd_bwd(benchmark, path):
+    p = 0.1
+    reason = dict(registry.status(OP, registry.KernelRequest(DEVICE, torch.float32, dropout_p=p))).get("custom")
+    if reason:
+        pytest.skip(f"the blocked MLP cannot run here: {reason}")
+    torch.manual_seed(0)
+    fc, fc_out = nn.Linear(D, HIDDEN).to(DEVICE), nn.Linear(HIDDEN, D).to(DEVICE)
+    x = torch.randn(T, D, device=DEVICE, requires_grad=True)
+    g = torch.randn(T, D, device=DEVICE)
+
+    def forward():
+        if path == "blocked":
+            return gelu_mlp(x, fc, fc_out, "custom", dropout_p=p)
+        return fc_out(dropout(F.gelu(fc(x)), p, True))
+
+    def run():
+        return torch.autograd.grad(forward(), [x, *fc.parameters(), *fc_out.parameters()], g)
 
     run()
     benchmark.extra_info["saved_for_backward_mb"] = _saved_bytes(forward) / 2**20

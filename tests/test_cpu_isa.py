@@ -136,9 +136,10 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def dropout_keep(n: int, seed: int, p: float) -> np.ndarray:
-    """The mask as csrc/cpu/dropout.cpp defines it: element i is kept when hash(seed, i) / 2 >= p * 2^31."""
-    i = np.arange(n, dtype=np.uint64)
+def dropout_keep(n: int, seed: int, p: float, first: int = 0) -> np.ndarray:
+    """The mask as csrc/cpu/dropout.cpp defines it: element i is kept when hash(seed, i) / 2 >= p * 2^31 (for mask
+    indices first .. first + n - 1)."""
+    i = np.arange(first, first + n, dtype=np.uint64)
     lo, hi = (i & 0xFFFFFFFF).astype(np.uint32), (i >> 32).astype(np.uint32)
     key0, key1 = np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
     with np.errstate(over="ignore"):
@@ -157,6 +158,19 @@ def test_dropout_mask_per_isa(monkeypatch, isa, dtype):
     keep = torch.from_numpy(dropout_keep(n, seed, p))
     assert torch.equal(out != 0, keep)
     assert torch.equal(out[keep], x[keep] * torch.tensor(1 / (1 - p), dtype=dtype))
+
+
+@pytest.mark.parametrize("isa", ISAS[:2])
+@pytest.mark.parametrize("first", [1, (1 << 16) - 3, (1 << 32) - 70_000])
+def test_dropout_of_a_slice_draws_the_whole_tensors_mask(monkeypatch, isa, first):
+    """With `first`, element k takes mask index first + k (a row block of a larger tensor gets that tensor's mask):
+    offsets inside a 2^16 chunk, across chunks, and across the 2^32 boundary of the index's high half."""
+    force(monkeypatch, "dropout", isa)
+    n, seed, p = (1 << 16) + 1000, (3 << 32) + 99, 0.25
+    x = torch.rand(n) + 0.5
+    out = torch.empty_like(x)
+    native.cpu_module().dropout(x.data_ptr(), out.data_ptr(), n, native.dtype_code(x), seed, p, first)
+    assert torch.equal(out != 0, torch.from_numpy(dropout_keep(n, seed, p, first)))
 
 
 # ---- UniFrac ------------------------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """aam.ops.mlp: the row-blocked feed-forward network against float64 math (DESIGN.md's parity rule) at block
-boundaries, in float64 and under bf16 autocast, with frozen parts, without autograd, and inside the model."""
+boundaries, in float64 and under bf16 autocast, with dropout (the CPU kernel's mask, drawn per block), with frozen
+parts, without autograd, and inside the model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from aam import native
 from aam.models.transformer import Block, Transformer
 from aam.ops import parity, registry
+from aam.ops.dropout import _dropout_cpu
 from aam.ops.mlp import OP, _math, block_rows, gelu_mlp
 from aam.ops.registry import KernelRequest
 
@@ -104,24 +108,79 @@ def test_auto_picks_the_blocked_mlp_on_cpu_only():
                                 KernelRequest(torch.device("cpu"), torch.float32)) == "math"
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_block_equals_the_math_block(dropout):
-    """A Block with the blocked MLP (dropout 0, or eval) computes what the --kernels math Block computes; with
-    dropout in training it runs the three ops one by one (the same random stream as math's)."""
+def _unfused_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """Block.forward as it was before the row-blocked MLP: fc, GELU, aam dropout, fc_out one by one."""
+    h = x + block.drop(block.attn(block.ln1(x), None, None))
+    return h + block.drop(block.fc_out(block.drop(F.gelu(block.fc(block.ln2(h))))))
+
+
+@pytest.mark.native("dropout")
+def test_block_with_dropout_draws_the_unfused_blocks_masks():
+    """In training with dropout, the blocked MLP's mask is the mask aam.ops.dropout draws on the whole [T, hidden]
+    tensor with the same generator state (per block, at the block's offset): the Block computes what the three ops
+    one by one compute, over two row blocks, output and gradients."""
     torch.manual_seed(5)
-    fast = Block(D, 4, 4, dropout, 0.0, "auto")
-    slow = Block(D, 4, 4, dropout, 0.0, "math")
-    slow.load_state_dict(fast.state_dict())
-    slow.dropout_backend = fast.dropout_backend = "math"  # the same dropout stream on both sides
-    x = torch.randn(2, 11, D)
-    for training in (True, False):
-        fast.train(training)
-        slow.train(training)
+    block = Block(D, 4, 4, 0.3, 0.0, "auto").train()
+    x = torch.randn(3, (BLOCK + 40) // 3 + 1, D)
+    results = []
+    for fn in (lambda t: block(t, None), lambda t: _unfused_block(block, t)):
+        xi = x.clone().requires_grad_(True)
         torch.manual_seed(6)
-        a = fast(x, None)
-        torch.manual_seed(6)
-        b = slow(x, None)
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        y = fn(xi)
+        y.square().sum().backward()
+        results.append((y.detach(), xi.grad, [p.grad.clone() for p in block.parameters()]))
+        block.zero_grad(set_to_none=True)
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    assert (y0 - y1).abs().max() < 1e-4  # a different mask would differ by O(1)
+    torch.testing.assert_close(gx0, gx1, rtol=1e-4, atol=1e-4)
+    for a, b in zip(gp0, gp1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.native("dropout")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parity_with_dropout(dtype):
+    """With dropout: the blocked MLP against float64 math under the same mask (the CPU dropout kernel's, drawn from
+    the same generator state), across block boundaries."""
+    p, rows = 0.2, 3 * BLOCK + 17
+    x64 = torch.randn(rows, D, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    layers = _layers(11)
+    torch.manual_seed(12)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    mask = _dropout_cpu(torch.ones(rows * HIDDEN, dtype=torch.float64), p, seed).view(rows, HIDDEN)
+
+    def masked_math(x, fc, out):
+        return out(F.gelu(fc(x)) * mask.to(x.dtype))
+
+    def blocked(x, fc, out):
+        torch.manual_seed(12)
+        return gelu_mlp(x, fc, out, "custom", dropout_p=p)
+
+    ref = _run(masked_math, x64, layers, torch.float64)
+    low = _run(masked_math, x64, layers, dtype)
+    got = _run(blocked, x64, layers, dtype)
+    assert (mask == 0).any() and (mask != 0).any()
+    parity.check_fwd_bwd(ref, low, got, dtype, names=["x", "w1", "b1", "w2", "b2"]).assert_ok()
+
+
+def test_dropout_needs_the_dropout_kernels_dtypes():
+    cpu = torch.device("cpu")
+    assert registry.select_name(OP, "auto", KernelRequest(cpu, torch.float32, dropout_p=0.1)) == (
+        "custom" if native.module_with(cpu, "dropout")[1] is None else "math")
+    assert registry.select_name(OP, "auto", KernelRequest(cpu, torch.bfloat16, dropout_p=0.1)) == "math"
+    with pytest.raises(ValueError, match="dropout probability"):
+        gelu_mlp(torch.zeros(2, D), *(m.float() for m in _layers()), dropout_p=1.0)
+
+
+def test_block_without_dropout_equals_the_math_block():
+    """Outside dropout (eval, or dropout 0) the blocked Block computes what the --kernels math Block computes."""
+    torch.manual_seed(5)
+    for dropout_p, training in ((0.0, True), (0.3, False)):
+        fast = Block(D, 4, 4, dropout_p, 0.0, "auto").train(training)
+        slow = Block(D, 4, 4, dropout_p, 0.0, "math").train(training)
+        slow.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 11, D)
+        torch.testing.assert_close(fast(x, None), slow(x, None), rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -130,9 +130,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None, packing: Packing | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), pad, packing))
-        if self.training and self.dropout_p > 0:  # dropout between fc and fc_out: the three ops one by one
-            return x + self.drop(self.fc_out(self.drop(F.gelu(self.fc(self.ln2(x))))))
-        return x + self.drop(gelu_mlp(self.ln2(x), self.fc, self.fc_out, self.mlp_backend))
+        p = self.dropout_p if self.training else 0.0
+        return x + self.drop(gelu_mlp(self.ln2(x), self.fc, self.fc_out, self.mlp_backend, p))
 
 
 class Transformer(nn.Module):

@@ -1,4 +1,5 @@
-"""The transformer's feed-forward network: `gelu_mlp(x, fc, fc_out, backend="auto")` = fc_out(gelu(fc(x))).
+"""The transformer's feed-forward network: `gelu_mlp(x, fc, fc_out, backend="auto", dropout_p=0.0)` =
+fc_out(dropout(gelu(fc(x)))).
 
 Backends:
 - custom (CPU; float32, float64, bfloat16): the same products, run over blocks of rows so that each block's
@@ -6,10 +7,12 @@ Backends:
   fc, GELU and fc_out as three passes over a [T, 4D] tensor in memory (and its GELU backward as a fourth);
   here the GELU and its backward read cache, the bias is added by the GEMM, and only the pre-activation
   fc(x) is saved for the backward (the GELU output is recomputed there, block by block), which halves the
-  FFN's activation memory. No native code: a torch.autograd.Function over row blocks. The row-wise results
-  equal math's up to the GEMM library's blocking; the weight gradients are summed block by block.
-- math: F.linear, F.gelu, F.linear (every device and dtype; GPUs, where the row blocks would be many small
-  launches, and torch.compile, which fuses the epilogues itself).
+  FFN's activation memory. A torch.autograd.Function over row blocks. The row-wise results equal math's up to
+  the GEMM library's blocking; the weight gradients are summed block by block. Dropout (float32/float64) is the
+  CPU dropout kernel's counter-based mask, drawn per block at the block's offset in the [T, hidden] tensor:
+  the very mask `aam.ops.dropout` would draw on the whole tensor with the same seed, recomputed in the backward.
+- math: F.linear, F.gelu, (F.dropout,) F.linear (every device and dtype; GPUs, where the row blocks would be
+  many small launches, and torch.compile, which fuses the epilogues itself).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aam import native
 from aam.ops import parity, registry
 from aam.ops.registry import KernelRequest
 
 OP = "gelu_mlp"
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+DROPOUT_DTYPES = (torch.float32, torch.float64)
 BLOCK_ELEMENTS = 1 << 19  # a row block's [rows, hidden] intermediate: 2 MiB in float32
 
 
@@ -36,10 +41,17 @@ def _blocks(rows: int, hidden: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, rows)) for s in range(0, rows, step)]
 
 
+def _drop_(block: torch.Tensor, p: float, seed: int, first: int) -> None:
+    """Dropout in place on a contiguous row block whose first element is element `first` of the whole tensor."""
+    if p > 0.0:
+        native.cpu_module().dropout(block.data_ptr(), block.data_ptr(), block.numel(), native.dtype_code(block), seed,
+                                    p, first)
+
+
 def _forward_blocks(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                    keep_pre: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """y = gelu(x @ w1^T + b1) @ w2^T + b2 block by block; also returns the pre-activation [rows, hidden]
-    when `keep_pre` (for the backward)."""
+                    p: float, seed: int, keep_pre: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y = dropout(gelu(x @ w1^T + b1)) @ w2^T + b2 block by block; also returns the pre-activation
+    [rows, hidden] when `keep_pre` (for the backward)."""
     rows, hidden = x.shape[0], w1.shape[0]
     y = x.new_empty(rows, w2.shape[0])
     pre = x.new_empty(rows, hidden) if keep_pre else None
@@ -51,23 +63,26 @@ def _forward_blocks(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: tor
         torch.addmm(b1, x[s:e], w1.t(), out=h)
         a = act[: e - s]
         torch.ops.aten.gelu.out(h, out=a)
+        _drop_(a, p, seed, s * hidden)
         torch.addmm(b2, a, w2.t(), out=y[s:e])
     return y, pre
 
 
 class _BlockedGeluMLP(torch.autograd.Function):
-    """Autograd over `_forward_blocks`; saves x and the pre-activation, recomputes the GELU output."""
+    """Autograd over `_forward_blocks`; saves x and the pre-activation, recomputes the GELU output (and its
+    dropout mask, from the seed)."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
-        y, pre = _forward_blocks(x, w1, b1, w2, b2, keep_pre=True)
+    def forward(ctx, x, w1, b1, w2, b2, p, seed):
+        y, pre = _forward_blocks(x, w1, b1, w2, b2, p, seed, keep_pre=True)
         ctx.save_for_backward(x, w1, w2, pre)
+        ctx.p, ctx.seed = p, seed
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, w1, w2, pre = ctx.saved_tensors
-        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
         dy = dy.contiguous()
         rows, hidden = pre.shape
         # parameter gradients are summed over blocks in float32 at least (one rounding to bf16, as math's)
@@ -80,14 +95,16 @@ class _BlockedGeluMLP(torch.autograd.Function):
         act, dact, dpre = (pre.new_empty(step, hidden) for _ in range(3))
         for s, e in _blocks(rows, hidden):
             h, g = pre[s:e], dy[s:e]
-            if need_w2:  # dW2 += dy^T gelu(h)
+            if need_w2:  # dW2 += dy^T dropout(gelu(h))
                 a = act[: e - s]
                 torch.ops.aten.gelu.out(h, out=a)
+                _drop_(a, ctx.p, ctx.seed, s * hidden)
                 _accumulate(dw2, g.t(), a)
             if not (need_x or need_w1 or need_b1):
                 continue
             da = dact[: e - s]
             torch.mm(g, w2, out=da)
+            _drop_(da, ctx.p, ctx.seed, s * hidden)  # the same mask and scale on the gradient
             dh = dpre[: e - s]
             torch.ops.aten.gelu_backward.grad_input(da, h, grad_input=dh)
             if need_w1:
@@ -98,7 +115,7 @@ class _BlockedGeluMLP(torch.autograd.Function):
                 torch.mm(dh, w1, out=dx[s:e])
         db2 = dy.sum(0, dtype=acc).to(dy.dtype) if need_b2 else None
         cast = [None if t is None else t.to(pre.dtype) for t in (dw1, db1, dw2)]
-        return dx, cast[0], cast[1], cast[2], db2
+        return dx, cast[0], cast[1], cast[2], db2, None, None
 
 
 def _accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -109,10 +126,11 @@ def _accumulate(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         total += a @ b
 
 
-def _custom(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear) -> torch.Tensor:
+def _custom(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear, p: float) -> torch.Tensor:
     w1, b1, w2, b2 = fc.weight, fc.bias, fc_out.weight, fc_out.bias
     if b1 is None or b2 is None:
-        return _math(x, fc, fc_out)
+        return _math(x, fc, fc_out, p)
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else 0  # as aam.ops.dropout draws it
     if torch.is_autocast_enabled("cpu"):  # cast as autocast would cast F.linear's inputs, tracked by autograd
         dtype = torch.get_autocast_dtype("cpu")
         x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
@@ -120,14 +138,15 @@ def _custom(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     with torch.autocast("cpu", enabled=False):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x2, w1, b1, w2, b2)):
-            y = _BlockedGeluMLP.apply(x2, w1, b1, w2, b2)
+            y = _BlockedGeluMLP.apply(x2, w1, b1, w2, b2, p, seed)
         else:  # inference: nothing saved, one block of scratch
-            y, _ = _forward_blocks(x2, w1, b1, w2, b2, keep_pre=False)
+            y, _ = _forward_blocks(x2, w1, b1, w2, b2, p, seed, keep_pre=False)
     return y.view(*lead, y.shape[-1])
 
 
-def _math(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear) -> torch.Tensor:
-    return fc_out(F.gelu(fc(x)))
+def _math(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear, p: float = 0.0) -> torch.Tensor:
+    a = F.gelu(fc(x))
+    return fc_out(F.dropout(a, p, True) if p > 0 else a)
 
 
 def _check_custom(req: KernelRequest) -> str | None:
@@ -135,6 +154,11 @@ def _check_custom(req: KernelRequest) -> str | None:
         return "the row-blocked MLP is for CPU caches (on GPUs: math)"
     if req.dtype not in CPU_DTYPES:
         return f"dtype {req.dtype} not supported (float32/float64/bfloat16)"
+    if req.dropout_p > 0:
+        if req.dtype not in DROPOUT_DTYPES:
+            return f"dropout inside the blocks is the CPU dropout kernel's (float32/float64), not {req.dtype}"
+        _, reason = native.module_with(req.device, "dropout")
+        return reason
     return None
 
 
@@ -142,13 +166,18 @@ registry.register(OP, "math", _math, lambda req: None, priority=0)
 registry.register(OP, "custom", _custom, _check_custom, priority=20)
 
 
-def gelu_mlp(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear, backend: str = "auto") -> torch.Tensor:
-    """fc_out(gelu(fc(x))) for x [..., D] (exact, erf GELU); `backend` is a `--kernels` choice."""
+def gelu_mlp(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear, backend: str = "auto",
+             dropout_p: float = 0.0) -> torch.Tensor:
+    """fc_out(dropout(gelu(fc(x)))) for x [..., D] (exact, erf GELU); dropout with probability `dropout_p` (pass
+    0 outside training); `backend` is a `--kernels` choice."""
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {dropout_p}")
     if torch.compiler.is_compiling():
-        return _math(x, fc, fc_out)
+        return _math(x, fc, fc_out, dropout_p)
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    name = registry.select_name(OP, registry.resolve_name(OP, backend), KernelRequest(x.device, dtype))
-    return registry.get(OP, name).fn(x, fc, fc_out)
+    req = KernelRequest(x.device, dtype, dropout_p=dropout_p)
+    name = registry.select_name(OP, registry.resolve_name(OP, backend), req)
+    return registry.get(OP, name).fn(x, fc, fc_out, dropout_p)
 
 
 def self_check_gelu_mlp(backend: str, device: torch.device | str) -> dict:

@@ -11,13 +11,22 @@ from torch import nn
 
 from aam import native
 from aam.models.transformer import Block, Transformer
-from aam.ops import parity, registry
+from aam.ops import mlp, parity, registry
 from aam.ops.dropout import _dropout_cpu
 from aam.ops.mlp import OP, _math, block_rows, gelu_mlp
 from aam.ops.registry import KernelRequest
 
 D, HIDDEN = 24, 96
 BLOCK = block_rows(HIDDEN)
+
+
+DEFAULT_MIN_BLOCKED = mlp.MIN_BLOCKED_ELEMENTS
+
+
+@pytest.fixture(autouse=True)
+def blocks_at_every_size(monkeypatch):
+    """The row blocks run at these small sizes too (by default only from MIN_BLOCKED_ELEMENTS up)."""
+    monkeypatch.setattr(mlp, "MIN_BLOCKED_ELEMENTS", 0)
 
 
 def _layers(seed: int = 0) -> tuple[nn.Linear, nn.Linear]:
@@ -195,3 +204,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         m(x, pad).square().sum().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_small_inputs_run_the_ops_one_by_one_and_large_ones_in_blocks(monkeypatch):
+    monkeypatch.setattr(mlp, "MIN_BLOCKED_ELEMENTS", DEFAULT_MIN_BLOCKED)
+    fc, out = (m.float() for m in _layers(8))
+    rows = DEFAULT_MIN_BLOCKED // HIDDEN + 1
+    for n, blocked in ((rows - 1, False), (rows, True)):  # rows * HIDDEN: just under, just over the threshold
+        y = gelu_mlp(torch.randn(n, D, requires_grad=True), fc, out, "custom")
+        assert _in_graph(y, "_BlockedGeluMLPBackward") == blocked
+
+
+def _in_graph(y: torch.Tensor, name: str) -> bool:
+    """Whether a node named `name` is in y's autograd graph."""
+    todo, seen = [y.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == name:
+            return True
+        todo.extend(n for n, _ in node.next_functions)
+    return False

@@ -276,6 +276,19 @@ def _ragged_padding() -> torch.Tensor:
     return pad
 
 
+def _packed_and_padded(model: Transformer, x: torch.Tensor, pad: torch.Tensor | None, weight) -> tuple[list, list]:
+    """Outputs and input gradients of `model` packed, then padded, under the loss sum((y * weight)^2)."""
+    outs, grads = [], []
+    for packed in (True, False):
+        model.packed = packed
+        xi = x.clone().requires_grad_(True)
+        y = model(xi, pad)
+        (y * weight).pow(2).sum().backward()
+        outs.append(y)
+        grads.append(xi.grad)
+    return outs, grads
+
+
 @pytest.mark.parametrize("kernels", ["custom", "auto"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_packed_transformer_matches_padded(kernels, checkpointing):
@@ -288,15 +301,7 @@ def test_packed_transformer_matches_padded(kernels, checkpointing):
     assert packing is not None and packing.backend == "custom"
     assert packing.cu_seqlens.tolist() == [0, 9, 9, 10, 14, 21] and packing.max_seqlen == 9
     valid = (~pad).unsqueeze(-1).double()
-    x = torch.randn(5, 9, 32, dtype=torch.float64)
-    outs, grads = [], []
-    for packed in (True, False):
-        model.packed = packed
-        xi = x.clone().requires_grad_(True)
-        y = model(xi, pad)
-        (y * valid).pow(2).sum().backward()
-        outs.append(y)
-        grads.append(xi.grad)
+    outs, grads = _packed_and_padded(model, torch.randn(5, 9, 32, dtype=torch.float64), pad, valid)
     torch.testing.assert_close(outs[0] * valid, outs[1] * valid)
     assert outs[0].mul(1 - valid).abs().max() == 0
     torch.testing.assert_close(grads[0], grads[1])
@@ -328,15 +333,7 @@ def test_unpadded_batch_packed_in_place_matches_padded(no_pad):
     torch.manual_seed(0)
     model = Transformer(32, 4, 2, dropout=0.0, kernels="custom").double().train()
     pad = None if no_pad is None else torch.zeros(5, 9, dtype=torch.bool)
-    x = torch.randn(5, 9, 32, dtype=torch.float64)
-    outs, grads = [], []
-    for packed in (True, False):
-        model.packed = packed
-        xi = x.clone().requires_grad_(True)
-        y = model(xi, pad)
-        y.pow(2).sum().backward()
-        outs.append(y)
-        grads.append(xi.grad)
+    outs, grads = _packed_and_padded(model, torch.randn(5, 9, 32, dtype=torch.float64), pad, 1.0)
     torch.testing.assert_close(outs[0], outs[1])
     torch.testing.assert_close(grads[0], grads[1])
 

@@ -35,9 +35,9 @@ class Packing:
 
     @classmethod
     def from_padding(cls, pad: torch.Tensor | None, x: torch.Tensor, backend: str) -> Packing:
-        """The packing of a [N, L, D] batch `x` with key padding `pad` [N, L] (None: none)."""
+        """The packing of a [N, L, D] batch `x` with key padding `pad` [N, L] (None: no padding)."""
         n, length = x.shape[:2]
-        if pad is None or not bool(pad.any()):  # e.g. 16S reads of one length: the rows are the sequences
+        if pad is None:  # e.g. 16S reads of one length: the rows are the sequences
             cu_seqlens = torch.arange(0, (n + 1) * length, length, dtype=torch.int32, device=x.device)
             return cls(None, cu_seqlens, length, backend)
         valid = ~pad
@@ -181,9 +181,10 @@ class Transformer(nn.Module):
         backend = packed_backend(attn.kernels, x.device, dtype, x.shape[2] // attn.heads, attn_dropout, x.shape[1])
         if backend is None:
             return None
-        if x.device.type != "cpu" and (pad is None or not bool(pad.any())):
+        unpadded = pad is None or not bool(pad.any())
+        if unpadded and x.device.type != "cpu":
             return None  # no padding on a GPU: the padded op (SDPA's fused kernels) needs no packing
-        packing = Packing.from_padding(pad, x, backend)
+        packing = Packing.from_padding(None if unpadded else pad, x, backend)
         # Nothing valid: run padded. No padding on the CPU: packed in place, which spares the padded op's
         # q/k/v and output layout copies.
         return None if packing.index is not None and packing.index.numel() == 0 else packing

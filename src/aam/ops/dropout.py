@@ -45,9 +45,13 @@ def _backward(ctx, grad):
 _dropout_cpu.register_autograd(_backward, setup_context=_setup_context)
 
 
+def draw_seed() -> int:
+    """The custom kernel's mask seed, from torch's CPU generator (one draw per dropout call)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
 def _custom(x: torch.Tensor, p: float) -> torch.Tensor:
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    return _dropout_cpu(x.contiguous(), p, seed)
+    return _dropout_cpu(x.contiguous(), p, draw_seed())
 
 
 def _math(x: torch.Tensor, p: float) -> torch.Tensor:

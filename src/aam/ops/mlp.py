@@ -24,7 +24,7 @@ from torch import nn
 
 from aam import native
 from aam.ops import parity, registry
-from aam.ops.dropout import dropout
+from aam.ops.dropout import draw_seed, dropout
 from aam.ops.registry import KernelRequest
 
 OP = "gelu_mlp"
@@ -135,7 +135,7 @@ def _custom(x: torch.Tensor, fc: nn.Linear, fc_out: nn.Linear, p: float) -> torc
     w1, b1, w2, b2 = fc.weight, fc.bias, fc_out.weight, fc_out.bias
     if b1 is None or b2 is None or x.numel() // max(x.shape[-1], 1) * fc.out_features < MIN_BLOCKED_ELEMENTS:
         return fc_out(dropout(F.gelu(fc(x)), p, True))  # small: one by one, with the same dropout mask
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if p > 0 else 0  # as aam.ops.dropout draws it
+    seed = draw_seed() if p > 0 else 0  # the draw aam.ops.dropout makes: the same mask from the same state
     if torch.is_autocast_enabled("cpu"):  # cast as autocast would cast F.linear's inputs, tracked by autograd
         dtype = torch.get_autocast_dtype("cpu")
         x, w1, b1, w2, b2 = (t.to(dtype) for t in (x, w1, b1, w2, b2))
